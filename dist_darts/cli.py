@@ -1,0 +1,177 @@
+"""The `dist-darts` command line (also `python -m dist_darts`, so `torchrun -m dist_darts ...` works).
+
+Parses argv, builds what the sub-command needs and calls it. Bad input exits 2 with one line; anything else 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import genotype as gt
+from .config import DATASETS, ConfigError
+
+
+class UsageError(ValueError):
+    """A bad argument found after parsing (exit code 2, one line)."""
+
+
+def _bad_input_errors():
+    from .visualize import DrawingError
+    return (gt.GenotypeError, ConfigError, UsageError, DrawingError)
+
+
+# --- genotype ---------------------------------------------------------------------------------------------
+
+def cmd_genotype_list(args):
+    width = max(map(len, gt.GENOTYPES))
+    for name, g in gt.GENOTYPES.items():
+        print(f"{name:<{width}}  {gt.format_genotype(g)}")
+
+
+def cmd_genotype_show(args):
+    g = gt.load(args.genotype)
+    if args.format == "json":
+        print(json.dumps(gt.to_dict(g), indent=2))
+    elif args.format == "nni":
+        print(json.dumps(gt.to_nni_dict(g), indent=2))
+    else:
+        print(gt.format_genotype(g))
+
+
+def cmd_genotype_draw(args):
+    from .visualize import draw_genotype
+    for path in draw_genotype(gt.load(args.genotype), args.output, args.format):
+        print(path)
+
+
+def cmd_genotype_convert(args):
+    g = gt.load(args.genotype)
+    fmt = args.to or args.output.rsplit(".", 1)[-1].lower()
+    if fmt == "json":
+        gt.save(g, args.output)
+    elif fmt == "nni":
+        with open(args.output, "w") as f:
+            json.dump(gt.to_nni_dict(g), f, indent=2)
+            f.write("\n")
+    elif fmt in ("png", "svg", "pdf"):
+        from .visualize import draw_genotype
+        prefix = args.output.rsplit(".", 1)[0] if args.output.lower().endswith(f".{fmt}") else args.output
+        for path in draw_genotype(g, prefix, fmt):
+            print(path)
+        return
+    else:
+        raise UsageError(f"--to: cannot convert to {fmt!r}; use json, nni, png, svg or pdf")
+    print(args.output)
+
+
+def cmd_genotype_alphas(args):
+    import torch
+
+    from .visualize import plot_alphas
+    try:
+        saved = torch.load(args.alphas, map_location="cpu", weights_only=True)
+        a_normal, a_reduce = saved["alphas_normal"], saved["alphas_reduce"]
+    except FileNotFoundError:
+        raise UsageError(f"alphas file {args.alphas} does not exist") from None
+    except Exception as e:  # truncated, foreign or tampered files all land here
+        raise UsageError(f"alphas file {args.alphas}: not a saved alphas file "
+                         f"(needs tensors 'alphas_normal' and 'alphas_reduce'): {type(e).__name__}") from None
+    g = gt.derive(a_normal, a_reduce, saved.get("betas_normal"), saved.get("betas_reduce"))
+    print(gt.format_genotype(g))
+    print(plot_alphas(a_normal, a_reduce, args.output))
+
+
+# --- model ------------------------------------------------------------------------------------------------
+
+def cmd_model_summary(args):
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .model import NetworkCIFAR, NetworkImageNet, count_parameters
+    info = DATASETS[args.dataset]
+    imagenet = args.dataset == "imagenet"
+    C = args.init_channels or (48 if imagenet else 36)
+    layers = args.layers or (14 if imagenet else 20)
+    cls = NetworkImageNet if imagenet else NetworkCIFAR
+    net = cls(C, info.num_classes, layers, args.auxiliary, gt.load(args.genotype)).eval()
+    x = torch.zeros(1, 3, info.image_size, info.image_size)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(x)
+    rows = [
+        ("network", f"{cls.__name__} (C={C}, layers={layers}, classes={info.num_classes})"),
+        ("genotype", args.genotype),
+        ("parameters", f"{count_parameters(net):,} ({count_parameters(net) / 1e6:.2f} M, without auxiliary head)"),
+        ("parameters, all", f"{count_parameters(net, exclude_auxiliary=False):,}"),
+        ("multiply-adds", f"{counter.get_total_flops() // 2:,} ({counter.get_total_flops() / 2e6:.1f} M "
+                          f"at {info.image_size}x{info.image_size}, counted by torch.utils.flop_counter)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
+# --- parser -----------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="dist-darts", description="Distributed Differentiable Architecture "
+                                     "Search (DARTS): search, retrain, evaluate, sweep, genotypes and models.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p_gen = sub.add_parser("genotype", help="show, draw and convert genotypes", formatter_class=fmt)
+    gsub = p_gen.add_subparsers(dest="action", required=True, metavar="ACTION")
+    geno_help = "a published name (see `genotype list`), a genotype JSON file, or an NNI architecture-dict JSON"
+
+    p = gsub.add_parser("list", help="list the published genotypes", formatter_class=fmt)
+    p.set_defaults(func=cmd_genotype_list)
+
+    p = gsub.add_parser("show", help="print a genotype", formatter_class=fmt)
+    p.add_argument("genotype", help=geno_help)
+    p.add_argument("--format", choices=["text", "json", "nni"], default="text",
+                   help="text: the original code's Genotype(...) repr; json: ours; nni: NNI's architecture dict")
+    p.set_defaults(func=cmd_genotype_show)
+
+    p = gsub.add_parser("draw", help="draw the normal and reduction cells with graphviz", formatter_class=fmt)
+    p.add_argument("genotype", help=geno_help)
+    p.add_argument("--output", default="cell", help="file prefix: writes PREFIX_normal.FMT and PREFIX_reduce.FMT")
+    p.add_argument("--format", choices=["png", "svg", "pdf"], default="png", help="image format")
+    p.set_defaults(func=cmd_genotype_draw)
+
+    p = gsub.add_parser("convert", help="convert a genotype to JSON, an NNI dict or drawings", formatter_class=fmt)
+    p.add_argument("genotype", help=geno_help)
+    p.add_argument("--output", required=True, help="output file (its suffix picks the format unless --to is given)")
+    p.add_argument("--to", choices=["json", "nni", "png", "svg", "pdf"], default=None,
+                   help="output format (default: from the output file's suffix)")
+    p.set_defaults(func=cmd_genotype_convert)
+
+    p = gsub.add_parser("alphas", help="derive the genotype from saved alphas and plot their softmax",
+                        formatter_class=fmt)
+    p.add_argument("alphas", help="a .pt file with tensors 'alphas_normal' and 'alphas_reduce' (as the search "
+                                  "saves each epoch)")
+    p.add_argument("--output", default="alphas.png", help="plot file (.png, .svg or .pdf)")
+    p.set_defaults(func=cmd_genotype_alphas)
+
+    p_model = sub.add_parser("model", help="inspect evaluation networks", formatter_class=fmt)
+    msub = p_model.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = msub.add_parser("summary", help="parameters and multiply-adds of a genotype's evaluation network",
+                        formatter_class=fmt)
+    p.add_argument("--genotype", default="DARTS_V2", help=geno_help)
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="cifar10",
+                   help="sets the classes and input size (imagenet builds NetworkImageNet)")
+    p.add_argument("--init-channels", type=int, default=None, help="initial channels C (default: 36, ImageNet 48)")
+    p.add_argument("--layers", type=int, default=None, help="number of cells (default: 20, ImageNet 14)")
+    p.add_argument("--auxiliary", action="store_true", help="build the auxiliary head too")
+    p.set_defaults(func=cmd_model_summary)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except _bad_input_errors() as e:
+        print(f"dist-darts: error: {e}", file=sys.stderr)
+        return 2
+    return 0

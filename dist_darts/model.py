@@ -1,0 +1,171 @@
+"""Evaluation networks built from a genotype: NetworkCIFAR and NetworkImageNet.
+
+Argument order, module names and forward outputs follow the original DARTS code, so its checkpoints load with
+``load_state_dict(strict=True)`` and ported code keeps working: ``forward`` returns ``(logits, logits_aux)``.
+"""
+
+import torch
+import torch.nn as nn
+
+from .genotype import Genotype, load, validate
+from .ops import OPS, FactorizedReduce, Identity, ReLUConvBN, drop_path
+
+
+class Cell(nn.Module):
+    def __init__(self, genotype: Genotype, C_prev_prev, C_prev, C, reduction, reduction_prev):
+        super().__init__()
+        if reduction_prev:
+            self.preprocess0 = FactorizedReduce(C_prev_prev, C)
+        else:
+            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0)
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0)
+
+        edges = genotype.reduce if reduction else genotype.normal
+        self._concat = list(genotype.reduce_concat if reduction else genotype.normal_concat)
+        self.multiplier = len(self._concat)
+        self._steps = len(edges) // 2
+        self._indices = [index for _, index in edges]
+        # only the edges leaving the cell inputs stride in a reduction cell
+        self._ops = nn.ModuleList(OPS[name](C, 2 if reduction and index < 2 else 1, True) for name, index in edges)
+
+    def forward(self, s0, s1, drop_prob):
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        for i in range(self._steps):
+            h = []
+            for k in (2 * i, 2 * i + 1):
+                op = self._ops[k]
+                out = op(states[self._indices[k]])
+                if self.training and drop_prob > 0.0 and not isinstance(op, Identity):
+                    out = drop_path(out, drop_prob)
+                h.append(out)
+            states.append(h[0] + h[1])
+        return torch.cat([states[i] for i in self._concat], dim=1)
+
+
+class AuxiliaryHeadCIFAR(nn.Module):
+    """Auxiliary classifier on the 8x8 feature map after the second reduction."""
+
+    def __init__(self, C, num_classes):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.ReLU(inplace=True),
+            nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False),  # 8x8 -> 2x2
+            nn.Conv2d(C, 128, 1, bias=False),
+            nn.BatchNorm2d(128),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(128, 768, 2, bias=False),
+            nn.BatchNorm2d(768),
+            nn.ReLU(inplace=True),
+        )
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+
+
+class AuxiliaryHeadImageNet(nn.Module):
+    """Auxiliary classifier on the 14x14 map; like the original it has no BN after the 768-channel conv."""
+
+    def __init__(self, C, num_classes):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.ReLU(inplace=True),
+            nn.AvgPool2d(5, stride=2, padding=0, count_include_pad=False),
+            nn.Conv2d(C, 128, 1, bias=False),
+            nn.BatchNorm2d(128),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(128, 768, 2, bias=False),
+            nn.ReLU(inplace=True),
+        )
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+
+
+def _build_cells(net, genotype, layers, C, C_prev_prev, C_prev, reduction_prev):
+    """Stack the cells (reductions at layers//3 and 2*layers//3); return the output channels and aux channels."""
+    net.cells = nn.ModuleList()
+    C_curr, C_aux = C, None
+    for i in range(layers):
+        reduction = i in (layers // 3, 2 * layers // 3)
+        if reduction:
+            C_curr *= 2
+        cell = Cell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
+        reduction_prev = reduction
+        net.cells.append(cell)
+        C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
+        if i == 2 * layers // 3:
+            C_aux = C_prev
+    return C_prev, C_aux
+
+
+class _Network(nn.Module):
+    """Shared forward: stems, cells with drop path, auxiliary head after cell 2*layers//3, classifier."""
+
+    def _run_cells(self, s0, s1):
+        logits_aux = None
+        for i, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            if i == 2 * self._layers // 3 and self._auxiliary and self.training:
+                logits_aux = self.auxiliary_head(s1)
+        logits = self.classifier(self.global_pooling(s1).flatten(1))
+        return logits, logits_aux
+
+
+class NetworkCIFAR(_Network):
+    def __init__(self, C, num_classes, layers, auxiliary, genotype):
+        super().__init__()
+        genotype = validate(load(genotype))
+        self._layers = layers
+        self._auxiliary = auxiliary
+        self.drop_path_prob = 0.0
+        self.genotype = genotype
+        C_stem = 3 * C
+        self.stem = nn.Sequential(nn.Conv2d(3, C_stem, 3, padding=1, bias=False), nn.BatchNorm2d(C_stem))
+        C_prev, C_aux = _build_cells(self, genotype, layers, C, C_stem, C_stem, reduction_prev=False)
+        if auxiliary:
+            self.auxiliary_head = AuxiliaryHeadCIFAR(C_aux, num_classes)
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+    def forward(self, input):
+        s = self.stem(input)
+        return self._run_cells(s, s)
+
+
+class NetworkImageNet(_Network):
+    def __init__(self, C, num_classes, layers, auxiliary, genotype):
+        super().__init__()
+        genotype = validate(load(genotype))
+        self._layers = layers
+        self._auxiliary = auxiliary
+        self.drop_path_prob = 0.0
+        self.genotype = genotype
+        self.stem0 = nn.Sequential(
+            nn.Conv2d(3, C // 2, kernel_size=3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(C // 2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(C),
+        )
+        self.stem1 = nn.Sequential(
+            nn.ReLU(inplace=True),
+            nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(C),
+        )
+        C_prev, C_aux = _build_cells(self, genotype, layers, C, C, C, reduction_prev=True)
+        if auxiliary:
+            self.auxiliary_head = AuxiliaryHeadImageNet(C_aux, num_classes)
+        self.global_pooling = nn.AvgPool2d(7)  # 224 input -> 7x7 final map, as in the original
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+    def forward(self, input):
+        s0 = self.stem0(input)
+        return self._run_cells(s0, self.stem1(s0))
+
+
+def count_parameters(model: nn.Module, exclude_auxiliary: bool = True) -> int:
+    """Parameters as the DARTS papers count them: without the auxiliary head."""
+    return sum(p.numel() for name, p in model.named_parameters()
+               if not (exclude_auxiliary and name.startswith("auxiliary_head.")))

@@ -1,0 +1,148 @@
+"""The DARTS search network: every edge a softmax-weighted mixture of all primitives.
+
+Module names follow the original ``model_search.py`` so its state dicts load (the alphas, which the original
+keeps outside the module, are registered parameters here). The architecture parameters are kept apart from the
+network weights: ``arch_parameters()`` vs ``weights()``. ``partial_channels=K > 1`` turns on PC-DARTS: each edge
+mixes ops on 1/K of the channels, shuffles channels, and per-edge betas normalise the edges into a node.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .genotype import PRIMITIVES, Genotype, derive, edge_weights
+from .ops import OPS, FactorizedReduce, ReLUConvBN
+
+NONE_INDEX = PRIMITIVES.index("none")
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class MixedOp(nn.Module):
+    def __init__(self, C, stride, partial_channels=1):
+        super().__init__()
+        if C % partial_channels:
+            raise ValueError(f"partial_channels={partial_channels} must divide the {C} channels of every edge")
+        self.stride = stride
+        self.partial_channels = partial_channels
+        C_op = C // partial_channels
+        self._ops = nn.ModuleList()
+        for primitive in PRIMITIVES:
+            op = OPS[primitive](C_op, stride, False)
+            if "pool" in primitive:  # BN after pooling keeps its scale comparable to the conv ops
+                op = nn.Sequential(op, nn.BatchNorm2d(C_op, affine=False))
+            self._ops.append(op)
+
+    def forward(self, x, weights):
+        k = self.partial_channels
+        x_op = x if k == 1 else x[:, : x.shape[1] // k]
+        # 'none' contributes weight * 0: skipping it changes neither the output nor any gradient
+        out = sum(weights[i] * op(x_op) for i, op in enumerate(self._ops) if i != NONE_INDEX)
+        if k == 1:
+            return out
+        bypass = x[:, x.shape[1] // k:]
+        if self.stride == 2:
+            bypass = F.max_pool2d(bypass, 2, 2)
+        return channel_shuffle(torch.cat([out, bypass], dim=1), k)
+
+
+class Cell(nn.Module):
+    def __init__(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev, partial_channels=1):
+        super().__init__()
+        self.reduction = reduction
+        if reduction_prev:
+            self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=False)
+        else:
+            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False)
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
+        self._steps = steps
+        self._multiplier = multiplier
+        self._ops = nn.ModuleList(
+            MixedOp(C, 2 if reduction and j < 2 else 1, partial_channels)
+            for i in range(steps) for j in range(2 + i)
+        )
+
+    def forward(self, s0, s1, weights, edge_scale=None):
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        offset = 0
+        for _ in range(self._steps):
+            if edge_scale is None:
+                s = sum(self._ops[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
+            else:
+                s = sum(edge_scale[offset + j] * self._ops[offset + j](h, weights[offset + j])
+                        for j, h in enumerate(states))
+            offset += len(states)
+            states.append(s)
+        return torch.cat(states[-self._multiplier:], dim=1)
+
+
+class Network(nn.Module):
+    """The search supernet (stem multiplier 3; reduction cells at layers//3 and 2*layers//3)."""
+
+    def __init__(self, C, num_classes, layers, steps=4, multiplier=4, stem_multiplier=3, partial_channels=1):
+        super().__init__()
+        self._C = C
+        self._num_classes = num_classes
+        self._layers = layers
+        self._steps = steps
+        self._multiplier = multiplier
+        self.partial_channels = partial_channels
+
+        C_curr = stem_multiplier * C
+        self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            if reduction:
+                C_curr *= 2
+            self.cells.append(Cell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev,
+                                   partial_channels))
+            reduction_prev = reduction
+            C_prev_prev, C_prev = C_prev, multiplier * C_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+        edges = sum(2 + i for i in range(steps))
+        self.alphas_normal = nn.Parameter(1e-3 * torch.randn(edges, len(PRIMITIVES)))
+        self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(edges, len(PRIMITIVES)))
+        self._arch_names = ["alphas_normal", "alphas_reduce"]
+        if partial_channels > 1:
+            self.betas_normal = nn.Parameter(1e-3 * torch.randn(edges))
+            self.betas_reduce = nn.Parameter(1e-3 * torch.randn(edges))
+            self._arch_names += ["betas_normal", "betas_reduce"]
+
+    def arch_parameters(self):
+        return [getattr(self, name) for name in self._arch_names]
+
+    def arch_parameter_names(self):
+        return list(self._arch_names)
+
+    def weights(self):
+        return [p for name, p in self.named_parameters() if name not in self._arch_names]
+
+    def named_weights(self):
+        return [(name, p) for name, p in self.named_parameters() if name not in self._arch_names]
+
+    def forward(self, input):
+        w_normal = F.softmax(self.alphas_normal, dim=-1)
+        w_reduce = F.softmax(self.alphas_reduce, dim=-1)
+        e_normal = e_reduce = None
+        if self.partial_channels > 1:
+            e_normal = edge_weights(self.betas_normal, self._steps)
+            e_reduce = edge_weights(self.betas_reduce, self._steps)
+        s0 = s1 = self.stem(input)
+        for cell in self.cells:
+            if cell.reduction:
+                s0, s1 = s1, cell(s0, s1, w_reduce, e_reduce)
+            else:
+                s0, s1 = s1, cell(s0, s1, w_normal, e_normal)
+        return self.classifier(self.global_pooling(s1).flatten(1))
+
+    def genotype(self) -> Genotype:
+        betas = (self.betas_normal, self.betas_reduce) if self.partial_channels > 1 else (None, None)
+        return derive(self.alphas_normal, self.alphas_reduce, *betas, steps=self._steps)

@@ -1,0 +1,75 @@
+import pytest
+import torch
+
+from dist_darts import genotype as gt
+from dist_darts.model import NetworkCIFAR, NetworkImageNet, count_parameters
+from dist_darts.ops import OPS
+
+
+def test_darts_v2_cifar_parameter_count_matches_original():
+    net = NetworkCIFAR(36, 10, 20, True, gt.DARTS_V2)
+    assert count_parameters(net) == 3_349_342
+
+
+def test_darts_v2_imagenet_parameter_count_matches_original():
+    net = NetworkImageNet(48, 1000, 14, True, gt.DARTS_V2)
+    assert count_parameters(net) == 4_718_752
+
+
+@pytest.mark.parametrize("name", ["DARTS_V1", "DARTS_V2", "PC_DARTS", "NASNet", "AmoebaNet"])
+def test_cifar_shapes_and_aux(name):
+    net = NetworkCIFAR(8, 10, 5, True, name)
+    net.drop_path_prob = 0.2
+    logits, aux = net.train()(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 10) and aux.shape == (2, 10)
+    logits, aux = net.eval()(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 10) and aux is None
+
+
+def test_imagenet_shapes():
+    net = NetworkImageNet(8, 7, 5, True, gt.DARTS_V2).train()
+    logits, aux = net(torch.randn(2, 3, 224, 224))
+    assert logits.shape == (2, 7) and aux.shape == (2, 7)
+
+
+def test_drop_path_only_in_training_and_spares_identity():
+    torch.manual_seed(0)
+    net = NetworkCIFAR(8, 10, 3, False, gt.DARTS_V2)
+    x = torch.randn(4, 3, 32, 32)
+    net.eval()
+    net.drop_path_prob = 0.9
+    a, _ = net(x)
+    net.drop_path_prob = 0.0
+    b, _ = net(x)
+    assert torch.equal(a, b)  # eval ignores drop path
+    net.train()
+    net.drop_path_prob = 0.5
+    torch.manual_seed(1)
+    c, _ = net(x)
+    torch.manual_seed(1)
+    d, _ = net(x)
+    net.drop_path_prob = 0.0
+    e, _ = net(x)
+    assert torch.equal(c, d) and not torch.allclose(c, e)
+
+
+def test_module_names_follow_the_original():
+    keys = set(NetworkCIFAR(8, 10, 5, True, gt.DARTS_V2).state_dict())
+    for k in ["stem.0.weight", "stem.1.running_mean", "cells.0.preprocess0.op.1.weight",
+              "cells.0._ops.0.op.1.weight", "cells.0._ops.0.op.7.running_var",
+              "cells.2.preprocess0.conv_1.weight",
+              "auxiliary_head.features.2.weight", "auxiliary_head.classifier.bias", "classifier.weight"]:
+        assert k in keys, k
+
+
+def test_every_op_keeps_or_halves_the_resolution():
+    x = torch.randn(2, 8, 16, 16)
+    for name, make in OPS.items():
+        for stride in (1, 2):
+            assert make(8, stride, True)(x).shape == (2, 8, 16 // stride, 16 // stride), (name, stride)
+
+
+def test_rejects_malformed_genotype():
+    bad = gt.Genotype([("sep_conv_3x3", 0), ("bogus", 1)], [2], [("skip_connect", 0), ("skip_connect", 1)], [2])
+    with pytest.raises(gt.GenotypeError, match="unknown op 'bogus'"):
+        NetworkCIFAR(8, 10, 3, False, bad)
