@@ -4,6 +4,8 @@ Argument order, module names and forward outputs follow the original DARTS code,
 ``load_state_dict(strict=True)`` and ported code keeps working: ``forward`` returns ``(logits, logits_aux)``.
 """
 
+import re
+
 import torch
 import torch.nn as nn
 
@@ -169,3 +171,37 @@ def count_parameters(model: nn.Module, exclude_auxiliary: bool = True) -> int:
     """Parameters as the DARTS papers count them: without the auxiliary head."""
     return sum(p.numel() for name, p in model.named_parameters()
                if not (exclude_auxiliary and name.startswith("auxiliary_head.")))
+
+
+_NNI_CELL = re.compile(r"^stages\.(\d+)\.(\d+)\.(.*)$")
+_NNI_PRE = re.compile(r"^preprocessor\.pre([01])\.(.*)$")
+# NNI wraps an op in Sequential(op, DropPath) when built with drop path: an extra "0." (module 0 of an op is
+# always a parameter-free ReLU otherwise, so the prefix is unambiguous)
+_NNI_OP = re.compile(r"^ops\.(\d+)\.([01])\.(?:0\.(?=.+\.))?(.*)$")
+
+
+def from_nni_state_dict(state_dict: dict, layers: int) -> dict:
+    """Rename the keys of a state dict saved by NNI's DARTS space (``stages.S.J...``) to the original's.
+
+    NNI's cell j of stage s is cell ``s*layers//3 + j``; its ``ops.N.K`` is edge ``2N+K`` of the genotype. The
+    computations are the same, so after renaming the logits match (checked against NNI 3.0's own output).
+    """
+    stage_start = [0, layers // 3, 2 * layers // 3]
+    out = {}
+    for key, value in state_dict.items():
+        m = _NNI_CELL.match(key)
+        if not m:  # stem, auxiliary head and classifier keep their names
+            out[key] = value
+            continue
+        stage, index, rest = int(m.group(1)), int(m.group(2)), m.group(3)
+        cell = f"cells.{stage_start[stage] + index}."
+        if pre := _NNI_PRE.match(rest):
+            tail = pre.group(2)
+            out[cell + f"preprocess{pre.group(1)}." + (f"op.{tail}" if tail[0].isdigit() else tail)] = value
+        elif op := _NNI_OP.match(rest):
+            tail = op.group(3)
+            edge = 2 * int(op.group(1)) + int(op.group(2))
+            out[cell + f"_ops.{edge}." + (f"op.{tail}" if tail[0].isdigit() else tail)] = value
+        else:
+            raise KeyError(f"NNI state dict: key '{key}' matches no DARTS module")
+    return out

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dist_darts import genotype as gt
-from dist_darts.model import NetworkCIFAR, NetworkImageNet
+from dist_darts.model import NetworkCIFAR, NetworkImageNet, from_nni_state_dict
 from dist_darts.supernet import Network
 
 
@@ -39,3 +39,24 @@ def test_original_supernet_state_logits_and_genotype(fixtures_dir):
         logits = net.train()(ref["input"])
     assert (logits - ref["logits"]).abs().max().item() <= 1e-5
     assert gt.to_dict(net.genotype()) == ref["genotype"]
+
+
+def test_nni_state_dict_loads_with_same_logits(fixtures_dir):
+    ref = _load(fixtures_dir, "nni_cifar.pt")
+    c = ref["config"]
+    g = gt.from_nni_dict(ref["arch"])
+    assert g == gt.DARTS_V2
+    net = NetworkCIFAR(c["width"], c["num_classes"], c["num_cells"], c["auxiliary"], g)
+    net.load_state_dict(from_nni_state_dict(ref["state_dict"], c["num_cells"]), strict=True)
+    with torch.no_grad():
+        logits, _ = net.eval()(ref["input"])
+    assert torch.allclose(logits, ref["logits"], atol=1e-4, rtol=1e-5)
+
+
+def test_nni_renaming_rules():
+    sd = {"stages.1.1.ops.2.0.0.1.weight": 1, "stages.2.0.ops.0.1.conv_1.weight": 2,
+          "stages.0.0.preprocessor.pre1.1.weight": 3, "stages.2.0.preprocessor.pre0.bn.running_mean": 4,
+          "stem.0.weight": 5, "stages.1.0.ops.3.1.4.weight": 6}
+    assert from_nni_state_dict(sd, layers=8) == {
+        "cells.3._ops.4.op.1.weight": 1, "cells.5._ops.1.conv_1.weight": 2, "cells.0.preprocess1.op.1.weight": 3,
+        "cells.5.preprocess0.bn.running_mean": 4, "stem.0.weight": 5, "cells.2._ops.7.op.4.weight": 6}
