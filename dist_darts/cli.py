@@ -10,6 +10,7 @@ import json
 import sys
 
 from . import genotype as gt
+from . import config
 from .config import DATASETS, ConfigError
 
 
@@ -18,8 +19,27 @@ class UsageError(ValueError):
 
 
 def _bad_input_errors():
+    from .checkpoint import CheckpointError
+    from .data import DataError
     from .visualize import DrawingError
-    return (gt.GenotypeError, ConfigError, UsageError, DrawingError)
+    return (gt.GenotypeError, ConfigError, UsageError, DrawingError, CheckpointError, DataError)
+
+
+# --- jobs -------------------------------------------------------------------------------------------------
+
+def cmd_search(args):
+    from . import search
+    search.run(config.from_args(config.SearchConfig, args))
+
+
+def cmd_retrain(args):
+    from . import train
+    train.run(config.from_args(config.RetrainConfig, args))
+
+
+def cmd_evaluate(args):
+    from . import train
+    train.evaluate_checkpoint(config.from_args(config.EvaluateConfig, args))
 
 
 # --- genotype ---------------------------------------------------------------------------------------------
@@ -119,6 +139,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dist-darts", description="Distributed Differentiable Architecture "
                                      "Search (DARTS): search, retrain, evaluate, sweep, genotypes and models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("search", help="DARTS architecture search (1st/2nd order, PC-DARTS), one or many ranks",
+                       description="Search a cell with DARTS. Under torchrun every rank runs this; the run folder "
+                                   "ends with genotype.json, alphas.pt, drawings, history.json and checkpoints.")
+    config.add_arguments(p, config.SearchConfig)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("retrain", help="train a genotype from scratch (auxiliary loss, drop path, cutout, EMA)",
+                       description="Train an evaluation network of a genotype. The run folder ends with "
+                                   "metrics.json (top1, top5, params), checkpoints/last.pt and best.pt.")
+    config.add_arguments(p, config.RetrainConfig)
+    p.set_defaults(func=cmd_retrain)
+
+    p = sub.add_parser("evaluate", help="top-1/top-5 and parameters of a checkpoint",
+                       description="Evaluate a retrain checkpoint (or an original DARTS state dict with --genotype) "
+                                   "on the test split; prints top-1/top-5 and writes metrics.json.")
+    config.add_arguments(p, config.EvaluateConfig)
+    p.set_defaults(func=cmd_evaluate)
 
     p_gen = sub.add_parser("genotype", help="show, draw and convert genotypes", formatter_class=fmt)
     gsub = p_gen.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -1,0 +1,93 @@
+"""The alpha update of DARTS: first order, or second order through an unrolled virtual weight step.
+
+Gradients here come from ``torch.autograd.grad``, which DistributedDataParallel never all-reduces, so every
+gradient that feeds an update is averaged over ranks explicitly, one flat all-reduce per gradient set: the
+virtual step's weight gradient, the validation gradients (alphas and w'), and the finite-difference term.
+The weights are never changed in place: the unrolled and perturbed weights are passed with functional_call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+Average = Callable[[list], list]  # averages a list of tensors over ranks in place
+
+
+def _identity(tensors):
+    return tensors
+
+
+class Architect:
+    def __init__(self, model: nn.Module, criterion: Callable, arch_optimizer: torch.optim.Optimizer,
+                 weight_optimizer: torch.optim.Optimizer, momentum: float, weight_decay: float,
+                 unrolled: bool = False, average: Average = _identity, autocast=None, r: float = 0.01):
+        self.model = model  # the plain module, never the DDP wrapper
+        self.criterion = criterion
+        self.arch_optimizer = arch_optimizer
+        self.weight_optimizer = weight_optimizer
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.unrolled = unrolled
+        self.average = average
+        self.autocast = autocast or contextlib.nullcontext  # a factory of autocast contexts
+        self.r = r
+        self.arch_params = model.arch_parameters()
+        self.weight_names, self.weights = zip(*model.named_weights())
+
+    def _loss(self, x, y, weights=None):
+        with self.autocast():
+            logits = self.model(x) if weights is None else functional_call(
+                self.model, dict(zip(self.weight_names, weights)), (x,), strict=False)
+        return self.criterion(logits.float(), y)
+
+    def step(self, x_train, y_train, x_val, y_val, lr: float) -> torch.Tensor:
+        """One Adam step of the alphas; returns the validation loss (a tensor, not synced to the host)."""
+        grads, loss = self.alpha_gradients(x_train, y_train, x_val, y_val, lr)
+        for p, g in zip(self.arch_params, grads):
+            p.grad = g
+        self.arch_optimizer.step()
+        self.arch_optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def alpha_gradients(self, x_train, y_train, x_val, y_val, lr: float):
+        if not self.unrolled:
+            loss = self._loss(x_val, y_val)
+            grads = list(torch.autograd.grad(loss, self.arch_params))
+            return self.average(grads), loss
+        return self._unrolled_gradients(x_train, y_train, x_val, y_val, lr)
+
+    def _unrolled_gradients(self, x_train, y_train, x_val, y_val, lr):
+        # virtual step w' = w - lr * (momentum * buf + dL_train/dw + wd * w), as the SGD step would take it
+        loss_train = self._loss(x_train, y_train)
+        g_train = self.average(list(torch.autograd.grad(loss_train, self.weights)))
+        del loss_train
+        with torch.no_grad():
+            unrolled = []
+            for w, g in zip(self.weights, g_train):
+                d = g + self.weight_decay * w
+                buf = self.weight_optimizer.state.get(w, {}).get("momentum_buffer")
+                if buf is not None:
+                    d = d + self.momentum * buf
+                unrolled.append((w - lr * d).requires_grad_())
+        del g_train
+
+        loss_val = self._loss(x_val, y_val, unrolled)
+        n_arch = len(self.arch_params)
+        grads = self.average(list(torch.autograd.grad(loss_val, list(self.arch_params) + unrolled)))
+        d_alpha, d_unrolled = grads[:n_arch], grads[n_arch:]
+        del unrolled
+
+        # finite-difference Hessian-vector product: (dL_train/dalpha(w + R v) - (w - R v)) / 2R, v = dL_val/dw'
+        eps = self.r / torch.cat([g.reshape(-1) for g in d_unrolled]).norm()
+        with torch.no_grad():
+            w_plus = [w + eps * v for w, v in zip(self.weights, d_unrolled)]
+            w_minus = [w - eps * v for w, v in zip(self.weights, d_unrolled)]
+        g_plus = torch.autograd.grad(self._loss(x_train, y_train, w_plus), self.arch_params)
+        g_minus = torch.autograd.grad(self._loss(x_train, y_train, w_minus), self.arch_params)
+        hessian = self.average([(p - m) / (2 * eps) for p, m in zip(g_plus, g_minus)])
+        return [a - lr * h for a, h in zip(d_alpha, hessian)], loss_val.detach()

@@ -1,0 +1,120 @@
+"""Process-group set-up and collective helpers: torchrun (single and multi-node), Ray Train, or one process.
+
+The one module besides the CLI that reads the environment. Gloo on CPU, NCCL on GPU; LOCAL_RANK picks the GPU.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistEnv:
+    """Join (or create) the default process group; idempotent, and a no-op for a single process.
+
+    Under torchrun the store is reached at MASTER_ADDR:MASTER_PORT and keys are prefixed per restart attempt
+    (TORCHELASTIC_RESTART_COUNT), so ranks of a restarted attempt never meet stale keys of a failed one.
+    """
+    local_rank = _env_int("LOCAL_RANK", 0)
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError("device cuda asked for, but CUDA is not available")
+    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+
+    if dist.is_available() and dist.is_initialized():  # e.g. Ray Train made the group already
+        return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, dev)
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    if world_size == 1:
+        return DistEnv(0, 1, local_rank, dev)
+
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    timeout = datetime.timedelta(seconds=timeout_s)
+    # torchrun's agent hosts the store itself; otherwise rank 0 does
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    store = dist.TCPStore(host, port, world_size, is_master=(rank == 0 and not agent_store), timeout=timeout)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = dist.PrefixStore(f"dist_darts/attempt_{attempt}", store)
+    dist.init_process_group("nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world_size,
+                            timeout=timeout)
+    return DistEnv(rank, world_size, local_rank, dev)
+
+
+def close_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_reduce_mean_(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Average tensors over ranks in place with ONE flat all-reduce (not one collective per tensor)."""
+    n = world_size()
+    if n == 1 or not tensors:
+        return tensors
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat.div_(n)
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
+    return tensors
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if world_size() > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def broadcast_(tensors: list[torch.Tensor], src: int = 0) -> None:
+    if world_size() > 1:
+        for t in tensors:
+            dist.broadcast(t, src)
+
+
+def all_gather_object(obj) -> list:
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def seed_everything(seed: int) -> None:
+    """The same seed on every rank: identical model init; data randomness is seeded per rank by the data layer."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

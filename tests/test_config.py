@@ -1,0 +1,75 @@
+import argparse
+
+import pytest
+
+from dist_darts import config
+from dist_darts.config import ConfigError, RetrainConfig, SearchConfig
+
+
+def _parse(cls, argv):
+    p = argparse.ArgumentParser()
+    config.add_arguments(p, cls)
+    return config.from_args(cls, p.parse_args(argv))
+
+
+def test_search_defaults_are_the_papers():
+    c = SearchConfig(data_dir="/d")
+    assert (c.layers, c.init_channels, c.batch_size, c.epochs, c.train_portion) == (8, 16, 64, 50, 0.5)
+    assert (c.learning_rate, c.learning_rate_min, c.momentum, c.weight_decay, c.grad_clip) == (0.025, 0.001, 0.9, 3e-4, 5)
+    assert (c.arch_learning_rate, c.arch_beta1, c.arch_beta2, c.arch_weight_decay) == (3e-4, 0.5, 0.999, 1e-3)
+    assert not c.unrolled and c.partial_channels == 1
+
+
+def test_retrain_defaults_and_imagenet_preset():
+    c = RetrainConfig(data_dir="/d")
+    assert (c.layers, c.init_channels, c.batch_size, c.epochs, c.cutout, c.drop_path_prob) == (20, 36, 96, 600, 16, 0.2)
+    assert c.auxiliary and c.auxiliary_weight == 0.4 and c.grad_clip == 5
+    i = config.build(RetrainConfig, {}, {"dataset": "imagenet", "data_dir": "/d"})
+    assert (i.layers, i.init_channels, i.batch_size, i.learning_rate, i.weight_decay) == (14, 48, 128, 0.1, 3e-5)
+    assert (i.lr_schedule, i.lr_decay, i.label_smoothing, i.epochs) == ("step", 0.97, 0.1, 250)
+
+
+def test_yaml_then_flags(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("dataset: digits\nepochs: 7\nlayers: 5\ninit-channels: 8\nunrolled: true\n")
+    c = _parse(SearchConfig, ["--config", str(y), "--epochs", "3", "--arch_learning_rate", "0.01"])
+    assert (c.dataset, c.epochs, c.layers, c.init_channels, c.unrolled, c.arch_learning_rate) == \
+        ("digits", 3, 5, 8, True, 0.01)
+    c = _parse(SearchConfig, ["--config", str(y), "--no-unrolled", "--train_portion", "0.6"])
+    assert not c.unrolled and c.train_portion == 0.6
+
+
+def test_original_flag_spellings():
+    c = _parse(RetrainConfig, ["--dataset", "digits", "--cutout", "--auxiliary", "--drop_path_prob", "0.3"])
+    assert c.cutout == 16 and c.auxiliary and c.drop_path_prob == 0.3
+    assert _parse(RetrainConfig, ["--dataset", "digits", "--cutout", "0", "--no-auxiliary"]).cutout == 0
+
+
+def test_save_round_trip(tmp_path):
+    c = config.build(SearchConfig, {}, {"dataset": "digits", "epochs": 2})
+    config.save(c, str(tmp_path / "config.yaml"))
+    assert config.build(SearchConfig, config.load_yaml(str(tmp_path / "config.yaml"))) == c
+
+
+@pytest.mark.parametrize("yaml_text,message", [
+    ("dataset: digits\nepoch: 3\n", "unknown key 'epoch'"),
+    ("dataset: digits\nepochs: three\n", "epochs .*needs a int, got 'three'"),
+    ("dataset: digits\nunrolled: maybe\n", "unrolled .*needs true or false"),
+    ("dataset: digits\nbatch-size: 0\n", "batch-size: must be >= 1"),
+    ("dataset: digits\ntrain-portion: 1.5\n", "train-portion: must be between 0 and 1"),
+    ("dataset: mnist\n", "dataset .*'mnist' is not one of"),
+    ("dataset: cifar10\n", "data-dir: the cifar10 data set needs --data-dir"),
+    ("- a\n- b\n", "expected a mapping"),
+    ("dataset: [digits\n", "bad YAML"),
+])
+def test_bad_config(tmp_path, yaml_text, message):
+    y = tmp_path / "c.yaml"
+    y.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=message) as info:
+        _parse(SearchConfig, ["--config", str(y)])
+    assert "\n" not in str(info.value)
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        _parse(SearchConfig, ["--config", "/nonexistent.yaml"])
