@@ -184,7 +184,7 @@ class EvaluateConfig:
 # The paper's ImageNet (mobile setting) recipe, applied under the YAML file and the flags.
 RETRAIN_PRESETS = {
     "imagenet": dict(layers=14, init_channels=48, batch_size=128, learning_rate=0.1, weight_decay=3e-5,
-                     lr_schedule="step", lr_decay=0.97, label_smoothing=0.1, epochs=250, cutout=0),
+                     lr_schedule="step", lr_decay=0.97, label_smoothing=0.1, epochs=250, cutout=0, drop_path_prob=0.0),
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 import sys
 import time
@@ -193,6 +194,23 @@ def write_checkpoint(job: Job, path: Path, state: dict, meter: Meter | None) -> 
 
 def restore_rng(state: dict, job: Job) -> None:
     ckpt_io.set_rng_state(state["rng"][job.env.rank])
+
+
+def replica_digest(tensors) -> str:
+    """SHA-256 of the exact bytes of these tensors: equal digests mean bit-identical replicas."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_replicas(tensors) -> str:
+    """Fail loudly if the ranks' copies (weights and alphas) are no longer bit-identical; returns the digest."""
+    from .distributed import all_gather_object
+    digests = all_gather_object(replica_digest(tensors))
+    if len(set(digests)) > 1:
+        raise RuntimeError(f"ranks diverged: their weights/alphas differ (digests {sorted(set(digests))})")
+    return digests[0]
 
 
 def summary_table(rows: list[tuple[str, str]]) -> str:

@@ -20,7 +20,7 @@ from .architect import Architect
 from .config import ConfigError, SearchConfig
 from .data import build_loaders
 from .distributed import all_reduce_mean_, close_distributed
-from .engine import (Job, Meter, checkpoint_path, evaluate, log, prepare_model, progress, restore_rng,
+from .engine import (Job, Meter, check_replicas, checkpoint_path, evaluate, log, prepare_model, progress, restore_rng,
                      resume_state, start_job, summary_table, write_checkpoint)
 from .supernet import Network
 
@@ -161,6 +161,7 @@ def _search(job: Job) -> SearchResult:
         scheduler.step()  # after the epoch: the original's order shifts every epoch's rate under modern PyTorch
 
         train_stats = meter.global_averages()
+        check_replicas(model.parameters())  # NNI users under DDP got a different cell per rank; never here
         val_stats = evaluate(model, loaders.val, job, max_steps=steps)
         if env.is_main:
             genotype = _save_epoch_outputs(model, job.run_dir, epoch)
@@ -179,6 +180,7 @@ def _search(job: Job) -> SearchResult:
         save(epoch + 1, 0, None)
 
     genotype = model.genotype()
+    digest = check_replicas(model.parameters())
     seconds = time.time() - job.started
     result = SearchResult(genotype, val_stats.get("top1", math.nan), train_stats.get("top1", math.nan), cfg.epochs,
                           str(job.run_dir), seconds)
@@ -189,7 +191,8 @@ def _search(job: Job) -> SearchResult:
         drawings = _draw(job.run_dir, genotype, model)
         (job.run_dir / "result.json").write_text(json.dumps({
             "genotype": gt.to_dict(genotype), "val_top1": result.val_top1, "train_top1": result.train_top1,
-            "epochs": cfg.epochs, "world_size": env.world_size, "seconds": seconds}, indent=2) + "\n")
+            "epochs": cfg.epochs, "world_size": env.world_size, "seconds": seconds,
+            "replica_digest": digest}, indent=2) + "\n")
         log.info("search finished\n%s", summary_table([
             ("run folder", str(job.run_dir)),
             ("data", f"{cfg.dataset}, {steps} steps/epoch x {env.world_size} rank(s) x batch {cfg.batch_size}"),

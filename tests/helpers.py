@@ -1,0 +1,79 @@
+"""Shared helpers for the tests that run whole jobs in subprocesses."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+# tiny but real: the embedded digits data, a 3-cell network
+TINY_SEARCH = ["--dataset", "digits", "--layers", "3", "--init-channels", "4", "--batch-size", "16",
+               "--workers", "0", "--seed", "0", "--log-interval", "1"]
+TINY_RETRAIN = ["--dataset", "digits", "--layers", "3", "--init-channels", "4", "--batch-size", "16",
+                "--workers", "0", "--seed", "0", "--no-auxiliary", "--log-interval", "1"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env_for_subprocess() -> dict:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def cli(*args, check=True, timeout=600) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "dist_darts", *args], capture_output=True, text=True,
+                          env=env_for_subprocess(), timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def torchrun(nproc: int, *args, extra=(), timeout=600) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1",
+           f"--master-port={free_port()}", *extra, "-m", "dist_darts", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env_for_subprocess(), timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def kill_when(proc: subprocess.Popen, ready, timeout=300, sig=signal.SIGKILL) -> None:
+    """SIGKILL proc as soon as ready() is true."""
+    deadline = time.time() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended (exit {proc.returncode}) before it could be killed")
+        if time.time() > deadline:
+            proc.kill()
+            raise AssertionError("timed out waiting to kill")
+        time.sleep(0.05)
+    os.kill(proc.pid, sig)
+    proc.wait()
+
+
+def checkpoint_step(path: Path):
+    """(epoch, step) of a checkpoint, or None while there is none."""
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state["epoch"], state["step"]
+
+
+def model_state(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["model"]
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

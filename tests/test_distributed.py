@@ -1,0 +1,89 @@
+"""Real torch.distributed process groups (gloo, 2 ranks on CPU): gradient averaging in the architect."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn as nn
+
+from dist_darts.architect import Architect
+from dist_darts.distributed import all_reduce_mean_, close_distributed, init_distributed
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Smooth(nn.Module):
+    """No batch statistics, so a batch split over ranks must give exactly the full-batch gradients."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(6, 4)
+        self.alphas = nn.Parameter(torch.randn(3))
+
+    def forward(self, x):
+        w = torch.softmax(self.alphas, 0)
+        return self.lin(w[0] * torch.tanh(x) + w[1] * torch.sin(x) + w[2] * x)
+
+    def arch_parameters(self):
+        return [self.alphas]
+
+    def named_weights(self):
+        return list(self.lin.named_parameters(prefix="lin"))
+
+
+def _alpha_grads(rank, world_size, unrolled, average):
+    torch.manual_seed(1)
+    xt, yt = torch.randn(8, 6, dtype=torch.double), torch.randint(0, 4, (8,))
+    xv, yv = torch.randn(8, 6, dtype=torch.double), torch.randint(0, 4, (8,))
+    shard = slice(rank * 8 // world_size, (rank + 1) * 8 // world_size)
+    net = Smooth().double()
+    w_opt = torch.optim.SGD([p for _, p in net.named_weights()], 0.1, momentum=0.9, weight_decay=3e-4)
+    for _, p in net.named_weights():
+        w_opt.state[p]["momentum_buffer"] = torch.full_like(p, 0.01)
+    arch = Architect(net, nn.CrossEntropyLoss(), torch.optim.Adam(net.arch_parameters()), w_opt, 0.9, 3e-4,
+                     unrolled=unrolled, average=average)
+    (g,), _ = arch.alpha_gradients(xt[shard], yt[shard], xv[shard], yv[shard], 0.1)
+    return g
+
+
+def _worker(rank, world_size, port, unrolled, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_RANK=str(rank))
+    env = init_distributed("cpu")
+    assert env.world_size == world_size and init_distributed("cpu").rank == rank  # idempotent
+    g = _alpha_grads(rank, world_size, unrolled, all_reduce_mean_)
+    torch.save(g, os.path.join(out, f"rank{rank}.pt"))
+    close_distributed()
+
+
+@pytest.mark.parametrize("unrolled", [False, True], ids=["first-order", "second-order"])
+def test_two_ranks_half_batch_equal_one_rank_full_batch(tmp_path, unrolled):
+    mp.spawn(_worker, args=(2, free_port(), unrolled, str(tmp_path)), nprocs=2, join=True)
+    g0, g1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    assert torch.equal(g0, g1)  # identical on both ranks
+    full = _alpha_grads(0, 1, unrolled, lambda t: t)
+    assert torch.allclose(g0, full, atol=1e-10, rtol=1e-8), (g0, full)
+
+
+def test_all_reduce_mean_averages_in_place(tmp_path):
+    mp.spawn(_reduce_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    a, b = (torch.load(tmp_path / f"r{r}.pt") for r in range(2))
+    assert torch.equal(a[0], torch.full((2, 3), 0.5)) and torch.equal(a[1], torch.full((4,), 0.5))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def _reduce_worker(rank, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    init_distributed("cpu")
+    ts = [torch.full((2, 3), float(rank)), torch.full((4,), float(rank))]
+    all_reduce_mean_(ts)
+    torch.save(ts, os.path.join(out, f"r{rank}.pt"))
+    close_distributed()
