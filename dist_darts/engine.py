@@ -124,13 +124,13 @@ class Meter:
         self.sums = state.to(device) if state is not None else torch.zeros(4, device=device, dtype=torch.float64)
 
     @torch.no_grad()
-    def update(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        valid = labels >= 0  # evaluation loaders pad with label -100
-        n = valid.sum()
+    def update(self, loss_sum: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """loss_sum: the loss summed over the batch's real samples (evaluation loaders pad with label -100)."""
+        valid = labels >= 0
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hit = (top5 == labels[:, None]) & valid[:, None]
-        self.sums += torch.stack([loss.detach().double() * n, hit[:, 0].sum().double(),
-                                  hit.any(dim=1).sum().double(), n.double()])
+        self.sums += torch.stack([loss_sum.detach().double(), hit[:, 0].sum().double(),
+                                  hit.any(dim=1).sum().double(), valid.sum().double()])
 
     def global_averages(self) -> dict:
         sums = all_reduce_sum(self.sums.clone())
@@ -145,7 +145,7 @@ def evaluate(model: nn.Module, loader, job: Job, max_steps: int = 0) -> dict:
     was_training = model.training
     model.eval()
     meter = Meter(job.env.device)
-    criterion = nn.CrossEntropyLoss(ignore_index=-100)
+    criterion = nn.CrossEntropyLoss(ignore_index=-100, reduction="sum")  # a batch may be all padding
     loader.set_epoch(0)
     for step, (x, y) in enumerate(loader):
         if max_steps and step >= max_steps:

@@ -148,7 +148,7 @@ def _search(job: Job) -> SearchResult:
             loss.backward()
             nn.utils.clip_grad_norm_(weights, cfg.grad_clip)
             w_opt.step()
-            meter.update(loss, logits, y_train)
+            meter.update(loss.detach() * y_train.numel(), logits, y_train)
             bar.update(1)
             global_step = epoch * steps + step + 1
             if global_step % cfg.log_interval == 0:

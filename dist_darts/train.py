@@ -131,7 +131,7 @@ def _train(job: Job, genotype: gt.Genotype) -> TrainResult:
             job.scaler.update()
             if ema is not None:
                 ema.update_parameters(model)
-            meter.update(loss, logits, y)
+            meter.update(loss.detach() * y.numel(), logits, y)
             bar.update(1)
             global_step = epoch * steps + step + 1
             if global_step % cfg.log_interval == 0:

@@ -1,0 +1,121 @@
+"""Data loading for search, retraining and evaluation: `build_loaders(cfg, dist_env, purpose) -> Loaders`.
+
+Every loader has `len(loader)` (batches per epoch, equal on every rank), `set_epoch(epoch, start_step=0)` and
+yields `(images, labels)` on `dist_env.device`: images float32 NCHW normalised with the data set's mean/std,
+labels int64. Batches are a pure function of (cfg.seed, rank, world_size, epoch, step), so a run resumed with
+`set_epoch(e, start_step=k)` sees exactly the batches k, k+1, ... it would have seen.
+
+Training loaders drop the last partial global batch. Evaluation loaders (`val` of retrain/evaluate) cover every
+sample exactly once over all ranks and pad the last global batch with samples labelled -100 (IGNORE_LABEL):
+count correct predictions and losses only where `labels >= 0`, e.g. `F.cross_entropy(..., reduction="sum")`
+(ignore_index=-100 is its default) divided by the all-reduced count of `labels >= 0`; a batch may be all padding.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from functools import partial
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import datasets
+from .datasets import DataError
+from .plan import IGNORE_LABEL, ShardPlan
+
+__all__ = ["build_loaders", "Loaders", "DataError", "IGNORE_LABEL", "BACKENDS", "PURPOSES", "dali_available",
+           "resolve_backend"]
+
+BACKENDS = ("auto", "torch", "dali-cpu", "dali-gpu", "synthetic")
+PURPOSES = ("search", "retrain", "evaluate")
+# seed streams: the search split and each loader's shuffle draw from their own generators
+SPLIT, SEARCH_TRAIN, SEARCH_VAL, RETRAIN_TRAIN, EVALUATE = range(5)
+
+
+class Loaders(NamedTuple):
+    """What build_loaders returns; each loader as the module docstring says."""
+    train: Any  # None for evaluate
+    val: Any  # search: the held-out half of the training set; retrain/evaluate: the test (val) split
+    test: Any  # always None for now: kept so the engine can grow a separate test loader
+    steps_per_epoch: int  # len(train), or len(val) for evaluate
+    num_classes: int
+    image_size: int
+
+
+def dali_available() -> bool:
+    """Whether NVIDIA DALI is installed (without importing it)."""
+    try:
+        return importlib.util.find_spec("nvidia.dali") is not None
+    except ModuleNotFoundError:  # no `nvidia` namespace package at all
+        return False
+
+
+def resolve_backend(name: str, device) -> str:
+    """The backend `name` stands for on `device` ("auto": dali-gpu on CUDA with DALI installed, else torch)."""
+    if name not in BACKENDS:
+        raise DataError(f"unknown data backend {name!r}; choose from {', '.join(BACKENDS)}")
+    if name == "auto":
+        return "dali-gpu" if device.type == "cuda" and dali_available() else "torch"
+    if name.startswith("dali") and not dali_available():
+        raise DataError(f"data backend {name} needs NVIDIA DALI, which is not installed: "
+                        "pip install 'dist-darts[dali]'")
+    if name == "dali-gpu" and device.type != "cuda":
+        raise DataError(f"data backend dali-gpu needs a CUDA device, and this rank runs on {device}; "
+                        "use dali-cpu or torch")
+    return name
+
+
+def _gpu_index(dist_env) -> int:
+    """The GPU DALI runs on: the one the batches go to (cuda:LOCAL_RANK under torchrun)."""
+    index = dist_env.device.index
+    return dist_env.local_rank if index is None else index
+
+
+def build_loaders(cfg, dist_env, purpose: str) -> Loaders:
+    """Loaders for `purpose` ("search", "retrain" or "evaluate") of this rank, as the module docstring says."""
+    if purpose not in PURPOSES:
+        raise DataError(f"unknown loader purpose {purpose!r}; choose from {', '.join(PURPOSES)}")
+    backend = resolve_backend(cfg.data_backend, dist_env.device)
+    batch_size, seed = cfg.batch_size, cfg.seed
+    portion, cutout = getattr(cfg, "train_portion", 0.5), getattr(cfg, "cutout", 0)
+    workers = getattr(cfg, "workers", 0)
+    for ok, what in ((batch_size >= 1, f"batch_size {batch_size}"), (seed >= 0, f"seed {seed}"),
+                     (cutout >= 0, f"cutout {cutout}"), (workers >= 0, f"workers {workers}"),
+                     (0 < portion < 1, f"train_portion {portion}")):
+        if not ok:
+            raise DataError(f"bad data setting: {what}")
+
+    synthetic = backend == "synthetic" or cfg.dataset == "synthetic"
+    if synthetic:
+        data = datasets.synthetic(cfg.dataset)
+    else:
+        data = datasets.load(cfg.dataset, cfg.data_dir, getattr(cfg, "download", False))
+
+    if synthetic or backend == "torch":
+        from .torch import make_loaders
+        make = partial(make_loaders, dataset=data, device=dist_env.device, workers=workers)
+    else:
+        from .dali import make_loaders
+        make = partial(make_loaders, dataset=data, device=dist_env.device, workers=workers,
+                       gpu=backend == "dali-gpu", device_id=_gpu_index(dist_env))
+
+    def plan(indices, split, stream, train, what, cutout=0):
+        return ShardPlan(indices, split.labels, batch_size=batch_size, rank=dist_env.rank,
+                         world_size=dist_env.world_size, seed=seed, stream=stream, train=train, cutout=cutout,
+                         what=f"{data.name} {what}")
+
+    train = val = None
+    if purpose == "search":
+        # both halves of the TRAINING set, both with training augmentation (no cutout), as DARTS' search
+        order = np.random.default_rng([seed, SPLIT]).permutation(len(data.train.labels))
+        cut = int(np.floor(portion * len(order)))
+        train, val = make(data.train, [plan(order[:cut], data.train, SEARCH_TRAIN, True, "search training half"),
+                                       plan(order[cut:], data.train, SEARCH_VAL, True, "search validation half")])
+    if purpose == "retrain":
+        everything = np.arange(len(data.train.labels))
+        (train,) = make(data.train, [plan(everything, data.train, RETRAIN_TRAIN, True, "training set", cutout)])
+    if purpose != "search":
+        everything = np.arange(len(data.test.labels))
+        (val,) = make(data.test, [plan(everything, data.test, EVALUATE, False, "test set")])
+    steps = len(train if train is not None else val)
+    return Loaders(train, val, None, steps, data.num_classes, data.image_size)

@@ -1,0 +1,229 @@
+"""Data sets read in their original on-disk formats.
+
+CIFAR-10/100 (python pickle batches), SVHN (.mat files), ImageNet and any `train/` + `val/` folder of class
+subfolders, scikit-learn's 8x8 digits (the embedded default, no download) and `synthetic` (sizes only).
+Small data sets are returned in memory as uint8 (N, H, W, 3) arrays; image folders as sorted path lists.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from typing import NamedTuple, Union
+
+import numpy as np
+
+from ..config import DATASETS
+
+
+class DataError(ValueError):
+    """Bad data or data settings: a missing folder, a damaged file, an unusable backend. One line."""
+
+
+class Arrays(NamedTuple):
+    """A split held in memory: uint8 images (N, H, W, 3) and int64 labels (N,)."""
+    images: np.ndarray
+    labels: np.ndarray
+
+
+class Files(NamedTuple):
+    """A split of image files: paths and their int64 labels, in sorted (class, file name) order."""
+    paths: list
+    labels: np.ndarray
+
+
+class Synthetic(NamedTuple):
+    """A split of random tensors for benchmarks: only its size (as all-zero labels) is real."""
+    labels: np.ndarray
+
+
+Split = Union[Arrays, Files, Synthetic]
+
+
+class Dataset(NamedTuple):
+    name: str
+    train: Split
+    test: Split  # the test split (CIFAR, SVHN, digits) or the `val/` folder (ImageNet, folder)
+    num_classes: int
+    image_size: int
+    mean: tuple  # per-channel mean and std of the training images, in [0, 1]
+    std: tuple
+
+
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+STATS = {
+    "cifar10": ((0.49139968, 0.48215827, 0.44653124), (0.24703233, 0.24348505, 0.26158768)),
+    "cifar100": ((0.50707516, 0.48654887, 0.44091784), (0.26733429, 0.25643846, 0.27615047)),
+    "svhn": ((0.4376821, 0.4437697, 0.47280442), (0.19803012, 0.20101562, 0.19703614)),
+    "digits": ((0.30475527,) * 3, (0.32333505,) * 3),  # computed on our 32x32 training split below
+    "imagenet": IMAGENET_STATS,
+    "folder": IMAGENET_STATS,
+    "synthetic": ((0.5,) * 3, (0.25,) * 3),
+}
+# (train, test) sizes of the real data sets, which synthetic data imitates
+SIZES = {
+    "cifar10": (50000, 10000), "cifar100": (50000, 10000), "svhn": (73257, 26032),
+    "imagenet": (1281167, 50000), "digits": (1497, 300), "synthetic": (50000, 10000),
+}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+DIGITS_TEST_SIZE = 300
+DOWNLOAD_HINT = "pass --download where there is a network"
+
+
+def load(name: str, root: str | None, download: bool = False) -> Dataset:
+    """Read data set `name` from folder `root` (None for digits), downloading first if asked and missing."""
+    if name == "digits":
+        return _digits()
+    if name not in READERS:
+        raise DataError(f"unknown dataset {name!r}; choose from {', '.join(READERS)}, digits, synthetic")
+    if not root:
+        raise DataError(f"{name}: no data directory given (--data-dir)")
+    return READERS[name](name, os.path.expanduser(root), download)
+
+
+def synthetic(name: str) -> Dataset:
+    """Random data with the shape and split sizes of data set `name` (no files are read)."""
+    if name not in SIZES:
+        raise DataError(f"synthetic data needs a dataset of known size, one of {', '.join(SIZES)}; got {name!r}")
+    train, test = (Synthetic(np.zeros(n, np.int64)) for n in SIZES[name])
+    info = DATASETS[name]
+    return Dataset(name, train, test, info.num_classes, info.image_size, *STATS[name])
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (at most 200 characters), for DataError messages."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _require(name, root, relpaths, expected, download, fetch):
+    """Raise a one-line DataError naming `root` and the `expected` files unless all `relpaths` exist."""
+    def missing():
+        return [p for p in relpaths if not os.path.exists(os.path.join(root, p))]
+
+    if missing() and download:
+        try:
+            fetch()
+        except Exception as exc:  # urllib, tarfile and checksum errors all mean the same: no usable download
+            raise DataError(f"{name}: downloading to {root} failed ({one_line(exc)}); "
+                            f"put {expected} there by hand") from None
+    if missing():
+        raise DataError(f"{name}: {root} has no {expected}; {DOWNLOAD_HINT}")
+
+
+def _check_labels(name, path, labels, num_classes):
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DataError(f"{name}: {path} has labels outside 0..{num_classes - 1}")
+
+
+def _read_cifar(name, root, download):
+    cifar10 = name == "cifar10"
+    folder, label_key = ("cifar-10-batches-py", "labels") if cifar10 else ("cifar-100-python", "fine_labels")
+    train_files = [f"data_batch_{i}" for i in range(1, 6)] if cifar10 else ["train"]
+    test_files = ["test_batch"] if cifar10 else ["test"]
+    expected = (f"{folder}/data_batch_1..5 and test_batch" if cifar10 else f"{folder}/train and test")
+
+    def fetch():
+        from torchvision import datasets as tv
+        (tv.CIFAR10 if cifar10 else tv.CIFAR100)(root, download=True)
+
+    _require(name, root, [f"{folder}/{f}" for f in train_files + test_files], expected, download, fetch)
+    num_classes = DATASETS[name].num_classes
+
+    def read(files):
+        images, labels = [], []
+        for f in files:
+            path = os.path.join(root, folder, f)
+            try:
+                with open(path, "rb") as fh:
+                    entry = pickle.load(fh, encoding="latin1")
+                x = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+                y = np.asarray(entry[label_key], dtype=np.int64).reshape(-1)
+            except Exception as exc:  # a damaged pickle can raise almost anything
+                raise DataError(f"{name}: {path} is not a readable CIFAR batch ({one_line(exc)})") from None
+            if len(x) != len(y):
+                raise DataError(f"{name}: {path} has {len(x)} images but {len(y)} labels")
+            _check_labels(name, path, y, num_classes)
+            images.append(x)
+            labels.append(y)
+        # stored as CHW rows; kept as HWC like every other in-memory split
+        return Arrays(np.ascontiguousarray(np.concatenate(images).transpose(0, 2, 3, 1)), np.concatenate(labels))
+
+    return Dataset(name, read(train_files), read(test_files), num_classes, 32, *STATS[name])
+
+
+def _read_svhn(name, root, download):
+    files = ["train_32x32.mat", "test_32x32.mat"]
+
+    def fetch():
+        from torchvision import datasets as tv
+        for split in ("train", "test"):
+            tv.SVHN(root, split=split, download=True)
+
+    _require(name, root, files, "train_32x32.mat and test_32x32.mat", download, fetch)
+
+    def read(f):
+        from scipy.io import loadmat
+        path = os.path.join(root, f)
+        try:
+            mat = loadmat(path)
+            x = np.ascontiguousarray(np.asarray(mat["X"], dtype=np.uint8).transpose(3, 0, 1, 2))  # HWCN -> NHWC
+            y = np.asarray(mat["y"], dtype=np.int64).reshape(-1) % 10  # SVHN writes digit 0 as label 10
+        except Exception as exc:  # scipy raises many types for damaged files
+            raise DataError(f"{name}: {path} is not a readable SVHN .mat file ({one_line(exc)})") from None
+        if x.shape[1:] != (32, 32, 3) or len(x) != len(y):
+            raise DataError(f"{name}: {path} holds X of shape {tuple(mat['X'].shape)} and {len(y)} labels, "
+                            "not 32x32x3xN images with N labels")
+        return Arrays(x, y)
+
+    return Dataset(name, read(files[0]), read(files[1]), 10, 32, *STATS[name])
+
+
+def _read_image_folder(name, root, download):
+    train_dir, val_dir = os.path.join(root, "train"), os.path.join(root, "val")
+    if not (os.path.isdir(train_dir) and os.path.isdir(val_dir)):
+        hint = "; ImageNet cannot be downloaded automatically" if download else ""
+        raise DataError(f"{name}: {root} has no train/ and val/ folders of class subfolders "
+                        f"(train/<class>/<image>.JPEG){hint}")
+    classes = sorted(e.name for e in os.scandir(train_dir) if e.is_dir())
+    if not classes:
+        raise DataError(f"{name}: {train_dir} has no class subfolders")
+    class_index = {c: i for i, c in enumerate(classes)}
+
+    def listing(folder):
+        paths, labels = [], []
+        for c in sorted(e.name for e in os.scandir(folder) if e.is_dir()):
+            if c not in class_index:
+                raise DataError(f"{name}: {folder}/{c} is not a class folder of {train_dir}")
+            files = sorted(f for f in os.listdir(os.path.join(folder, c)) if f.lower().endswith(IMAGE_EXTENSIONS))
+            paths += [os.path.join(folder, c, f) for f in files]
+            labels += [class_index[c]] * len(files)
+        if not paths:
+            raise DataError(f"{name}: {folder} has no images ({' '.join(IMAGE_EXTENSIONS)}) in class subfolders")
+        return Files(paths, np.asarray(labels, np.int64))
+
+    size = DATASETS["imagenet"].image_size
+    return Dataset(name, listing(train_dir), listing(val_dir), len(classes), size, *STATS[name])
+
+
+def _digits():
+    """scikit-learn's 1,797 real 8x8 digits, upscaled to 32x32 RGB, split 1,497/300 by a fixed seed."""
+    import torch
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.from_numpy(digits.images).float()[:, None] * (255 / 16)  # 17 grey levels -> 0..255
+    x = F.interpolate(x, size=32, mode="bilinear", align_corners=False).round().clamp(0, 255).to(torch.uint8)
+    images = x.permute(0, 2, 3, 1).expand(-1, -1, -1, 3).contiguous().numpy()
+    labels = digits.target.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(labels))  # fixed: the test set never depends on cfg.seed
+    test, train = order[:DIGITS_TEST_SIZE], order[DIGITS_TEST_SIZE:]
+    return Dataset("digits", Arrays(images[train], labels[train]), Arrays(images[test], labels[test]),
+                   10, 32, *STATS["digits"])
+
+
+READERS = {
+    "cifar10": _read_cifar, "cifar100": _read_cifar, "svhn": _read_svhn, "imagenet": _read_image_folder,
+    "folder": _read_image_folder,
+}
