@@ -73,3 +73,14 @@ def test_bad_config(tmp_path, yaml_text, message):
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="does not exist"):
         _parse(SearchConfig, ["--config", "/nonexistent.yaml"])
+
+
+@pytest.mark.parametrize("name,cls", [("cifar10_search.yaml", SearchConfig), ("demo_cpu_search.yaml", SearchConfig),
+                                      ("cifar10_retrain.yaml", RetrainConfig), ("imagenet_retrain.yaml", RetrainConfig),
+                                      ("demo_cpu_retrain.yaml", RetrainConfig)])
+def test_example_configs_are_valid(name, cls):
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "launch" / "configs" / name
+    c = config.build(cls, config.load_yaml(str(path)), source=str(path))
+    if name.startswith("cifar10_search"):
+        assert c == config.build(SearchConfig, {}, {"data_dir": "data/cifar10", "output": "runs/cifar10_search"})

@@ -89,3 +89,10 @@ def test_foreign_checkpoint(tmp_path):
     torch.save({"model": {}}, tmp_path / "checkpoints" / "last.pt")
     proc = cli("search", *TINY_SEARCH, "--epochs", "1", "--output", str(tmp_path), "--resume", check=False)
     assert proc.returncode == 2 and "not written by dist-darts" in proc.stderr
+
+
+def test_resume_with_another_genotype_is_refused(tmp_path):
+    args = ["retrain", *TINY_RETRAIN, "--epochs", "1", "--steps-per-epoch", "1", "--output", str(tmp_path)]
+    cli(*args, "--genotype", "DARTS_V1")
+    proc = cli(*args, "--genotype", "DARTS_V2", "--resume", check=False)
+    assert proc.returncode == 2 and "has genotype='DARTS_V1' but this run has 'DARTS_V2'" in proc.stderr
