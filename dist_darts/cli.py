@@ -37,6 +37,11 @@ def cmd_retrain(args):
     train.run(config.from_args(config.RetrainConfig, args))
 
 
+def cmd_sweep(args):
+    from . import tune
+    tune.run(config.from_args(config.SweepConfig, args))
+
+
 def cmd_evaluate(args):
     from . import train
     train.evaluate_checkpoint(config.from_args(config.EvaluateConfig, args))
@@ -157,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "on the test split; prints top-1/top-5 and writes metrics.json.")
     config.add_arguments(p, config.EvaluateConfig)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("sweep", help="seeded searches, selection retrains and the winner's retrain with Ray Tune",
+                       description="The DARTS authors' protocol in one command: N seeded searches in parallel, a short "
+                                   "retrain of each distinct genotype, then the full retrain of the best one (R "
+                                   "repeats). Runs on a private local Ray runtime or an existing cluster (--address). "
+                                   "The sweep folder ends with report.json (winner, trials, final) and report.md.")
+    config.add_arguments(p, config.SweepConfig)
+    p.set_defaults(func=cmd_sweep)
 
     p_gen = sub.add_parser("genotype", help="show, draw and convert genotypes", formatter_class=fmt)
     gsub = p_gen.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -181,6 +181,72 @@ class EvaluateConfig:
             self.output = os.path.dirname(parent) if os.path.basename(parent) == "checkpoints" else parent
 
 
+# Flags of `sweep` that are handed on to every search and retrain it runs.
+SWEEP_SHARED = ("dataset", "data_dir", "data_backend", "download", "workers", "device", "precision", "batch_size",
+                "layers", "init_channels", "steps_per_epoch", "checkpoint_steps", "log_interval", "deterministic")
+
+
+@dataclass
+class SweepConfig:
+    """The DARTS authors' protocol as one job: seeded searches, short selection retrains, the winner's retrain."""
+
+    seeds: str = opt("4", "N seeds (0..N-1) or a comma-separated list of seeds")
+    workers_per_trial: int = opt(1, "DDP workers (ranks) per search and selection trial")
+    final_workers: int = opt(0, "DDP workers of each final retrain (0 = workers-per-trial)")
+    gpus_per_worker: float = opt(0.0, "GPUs per worker (0 = train on CPU)")
+    cpus_per_worker: float = opt(1.0, "CPUs per worker (fractions are fine on a small CPU box)")
+    max_concurrent_trials: int = opt(0, "trials at a time (0 = as many as the resources allow)")
+    max_failures: int = opt(2, "retries of a failed trial; each retry resumes from its last checkpoint")
+    search_epochs: int = opt(50, "epochs of each search")
+    select_epochs: int = opt(20, "epochs of each selection retrain (the DARTS authors used 20)")
+    final_epochs: int = opt(600, "epochs of the winner's final retrain")
+    repeats: int = opt(1, "final retrains of the winner, each with its own seed (mean and std are reported)")
+    output: str = opt("runs/sweep", "sweep folder: search/, select/, final/, ray/ and report.json, report.md")
+    resume: bool = opt(False, "continue a sweep whose driver died: finished trials are not run again")
+    address: str | None = opt(None, "an existing Ray cluster (e.g. ray://host:10001 or auto); default: start a "
+                                    "private local one with the CPUs and GPUs there are")
+    search: str | None = opt(None, "YAML file of search settings (any `search` key)")
+    retrain: str | None = opt(None, "YAML file of retrain settings (any `retrain` key) for selection and final")
+    # handed on to every stage when given; unset ones keep the stage's YAML value or the job's default
+    dataset: str | None = opt(None, "data set", choices=tuple(DATASETS))
+    data_dir: str | None = opt(None, "data set folder")
+    data_backend: str | None = opt(None, "data pipeline", choices=DATA_BACKENDS)
+    download: bool | None = opt(None, "download the data set when missing (needs a network)")
+    workers: int | None = opt(None, "data loading workers per rank")
+    device: str | None = opt(None, "auto = GPU when the trial got one", choices=("auto", "cpu", "cuda"))
+    precision: str | None = opt(None, "precision", choices=PRECISIONS)
+    batch_size: int | None = opt(None, "batch size per rank")
+    layers: int | None = opt(None, "cells (search and retrain alike; e.g. for tiny demos)")
+    init_channels: int | None = opt(None, "initial channels (search and retrain alike)")
+    steps_per_epoch: int | None = opt(None, "cap on steps per epoch (demos and tests)")
+    checkpoint_steps: int | None = opt(None, "checkpoint every N steps inside an epoch too")
+    log_interval: int | None = opt(None, "steps between log lines")
+    deterministic: bool | None = opt(None, "deterministic algorithms")
+
+    def __post_init__(self):
+        self.seed_list()
+        check_ranges(self, minimum=1, names=("workers_per_trial", "search_epochs", "select_epochs", "final_epochs",
+                                             "repeats"))
+        check_ranges(self, minimum=0, names=("final_workers", "gpus_per_worker", "max_concurrent_trials",
+                                             "max_failures"))
+        if self.cpus_per_worker <= 0:
+            raise ConfigError(f"cpus-per-worker: must be > 0, got {self.cpus_per_worker}")
+
+    def seed_list(self) -> list[int]:
+        try:
+            parts = [int(p) for p in str(self.seeds).split(",") if p.strip()]
+        except ValueError:
+            raise ConfigError(f"seeds: a number or a comma-separated list of integers, got {self.seeds!r}") from None
+        seeds = list(range(parts[0])) if len(parts) == 1 and "," not in str(self.seeds) else parts
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ConfigError(f"seeds: need at least one seed and no repeats, got {self.seeds!r}")
+        return seeds
+
+    def shared(self) -> dict:
+        """The settings handed on to every stage (those left unset keep each job's own default)."""
+        return {k: getattr(self, k) for k in SWEEP_SHARED if getattr(self, k) is not None}
+
+
 # The paper's ImageNet (mobile setting) recipe, applied under the YAML file and the flags.
 RETRAIN_PRESETS = {
     "imagenet": dict(layers=14, init_channels=48, batch_size=128, learning_rate=0.1, weight_decay=3e-5,

@@ -31,6 +31,9 @@ def _env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
 
+_OWN_GROUP = False  # whether init_distributed created the group (Ray Train creates and destroys its own)
+
+
 def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistEnv:
     """Join (or create) the default process group; idempotent, and a no-op for a single process.
 
@@ -61,12 +64,16 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistEnv:
     store = dist.PrefixStore(f"dist_darts/attempt_{attempt}", store)
     dist.init_process_group("nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world_size,
                             timeout=timeout)
+    global _OWN_GROUP
+    _OWN_GROUP = True
     return DistEnv(rank, world_size, local_rank, dev)
 
 
 def close_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
+    global _OWN_GROUP
+    if _OWN_GROUP and dist.is_initialized():
         dist.destroy_process_group()
+    _OWN_GROUP = False
 
 
 def world_size() -> int:

@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -20,6 +21,9 @@ from . import config as config_io
 from .distributed import DistEnv, all_reduce_sum, barrier, init_distributed, seed_everything
 
 log = logging.getLogger("dist_darts")
+
+# called on every rank after an epoch's checkpoint is written: (metrics, checkpoint path); Ray reports through it
+EpochHook = Callable[[dict, Path], None]
 
 
 @dataclass

@@ -6,6 +6,69 @@ so the alphas alone scale each op).
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _depthwise_grad_input(grad, weight, input_hw, stride, padding, dilation):
+    """d(depthwise conv)/d(input) as a forward depthwise conv of the flipped kernel (oneDNN's CPU backward for
+    dilated kernels is 10-40x slower than its forward). With stride s, the output gradient is first spread onto
+    a zero grid with step s."""
+    n, c, ho, wo = grad.shape
+    k = weight.shape[-1]
+    lead = (k - 1) * dilation - padding  # zeros before the first output position, after the flip
+    if stride == 1 and lead == padding:  # 'same' padding: pad with the conv itself
+        return F.conv2d(grad, weight.flip(-1, -2), None, 1, padding, dilation, c)
+    h, w = input_hw
+    rows, cols = h + (k - 1) * dilation, w + (k - 1) * dilation  # the padded grid that yields an h x w output
+    spread = grad.new_zeros(n, c, rows, cols)
+    spread[:, :, lead:lead + (ho - 1) * stride + 1:stride, lead:lead + (wo - 1) * stride + 1:stride] = grad
+    return F.conv2d(spread, weight.flip(-1, -2), None, 1, 0, dilation, c)
+
+
+def _depthwise_grad_weight(grad, x, k, stride, padding, dilation):
+    """d(depthwise conv)/d(weight): every (sample, channel) plane of x correlated with its output-gradient plane,
+    one grouped conv with the roles of stride and dilation swapped, then summed over the batch."""
+    n, c, ho, wo = grad.shape
+    taps = F.conv2d(x.reshape(1, n * c, *x.shape[2:]), grad.reshape(n * c, 1, ho, wo), None, dilation, padding,
+                    stride, n * c)
+    return taps[0, :, :k, :k].reshape(n, c, k, k).sum(0).unsqueeze(1)
+
+
+class _DepthwiseConv2d(torch.autograd.Function):
+    """A depthwise conv whose CPU backward is two forward convs; the forward is F.conv2d itself."""
+
+    @staticmethod
+    def forward(ctx, x, weight, stride, padding, dilation):
+        ctx.save_for_backward(x, weight)
+        ctx.conf = stride, padding, dilation
+        return F.conv2d(x, weight, None, stride, padding, dilation, x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation = ctx.conf
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _depthwise_grad_input(grad, weight, x.shape[2:], stride, padding, dilation)
+        if ctx.needs_input_grad[1]:
+            grad_w = _depthwise_grad_weight(grad, x, weight.shape[-1], stride, padding, dilation)
+        return grad_x, grad_w, None, None, None
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """nn.Conv2d(C, C, k, groups=C, bias=False) (same parameters and state-dict entries) whose CPU backward avoids
+    oneDNN's slow path for dilated and 5x5 depthwise kernels. Elsewhere (GPU, autocast, 3x3 undilated) it is
+    F.conv2d."""
+
+    def __init__(self, C, kernel_size, stride, padding, dilation=1):
+        super().__init__(C, C, kernel_size, stride=stride, padding=padding, dilation=dilation, groups=C, bias=False)
+
+    def forward(self, x):
+        k, d = self.kernel_size[0], self.dilation[0]
+        if (x.device.type != "cpu" or (k <= 3 and d == 1) or self.padding[0] > (k - 1) * d
+                or torch.is_autocast_enabled("cpu") or x.dtype != self.weight.dtype):
+            return super().forward(x)
+        return _DepthwiseConv2d.apply(x, self.weight, self.stride[0], self.padding[0], d)
 
 
 class ReLUConvBN(nn.Module):
@@ -28,8 +91,7 @@ class DilConv(nn.Module):
         super().__init__()
         self.op = nn.Sequential(
             nn.ReLU(inplace=False),
-            nn.Conv2d(C_in, C_in, kernel_size, stride=stride, padding=padding, dilation=dilation,
-                      groups=C_in, bias=False),
+            DepthwiseConv2d(C_in, kernel_size, stride, padding, dilation),
             nn.Conv2d(C_in, C_out, kernel_size=1, padding=0, bias=False),
             nn.BatchNorm2d(C_out, affine=affine),
         )
@@ -45,11 +107,11 @@ class SepConv(nn.Module):
         super().__init__()
         self.op = nn.Sequential(
             nn.ReLU(inplace=False),
-            nn.Conv2d(C_in, C_in, kernel_size, stride=stride, padding=padding, groups=C_in, bias=False),
+            DepthwiseConv2d(C_in, kernel_size, stride, padding),
             nn.Conv2d(C_in, C_in, kernel_size=1, padding=0, bias=False),
             nn.BatchNorm2d(C_in, affine=affine),
             nn.ReLU(inplace=False),
-            nn.Conv2d(C_in, C_in, kernel_size, stride=1, padding=padding, groups=C_in, bias=False),
+            DepthwiseConv2d(C_in, kernel_size, 1, padding),
             nn.Conv2d(C_in, C_out, kernel_size=1, padding=0, bias=False),
             nn.BatchNorm2d(C_out, affine=affine),
         )

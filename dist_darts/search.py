@@ -20,7 +20,7 @@ from .architect import Architect
 from .config import ConfigError, SearchConfig
 from .data import build_loaders
 from .distributed import all_reduce_mean_, close_distributed
-from .engine import (Job, Meter, check_replicas, checkpoint_path, evaluate, log, prepare_model, progress, restore_rng,
+from .engine import (EpochHook, Job, Meter, check_replicas, checkpoint_path, evaluate, log, prepare_model, progress, restore_rng,
                      resume_state, start_job, summary_table, write_checkpoint)
 from .supernet import Network
 
@@ -50,14 +50,12 @@ def alpha_statistics(model: Network) -> dict:
     return stats
 
 
-def _save_epoch_outputs(model: Network, run_dir: Path, epoch: int) -> gt.Genotype:
-    genotype = model.genotype()
+def _save_epoch_outputs(model: Network, genotype: gt.Genotype, run_dir: Path, epoch: int) -> None:
     (run_dir / "genotypes").mkdir(exist_ok=True)
     (run_dir / "alphas").mkdir(exist_ok=True)
     gt.save(genotype, run_dir / "genotypes" / f"epoch_{epoch:03d}.json")
     alphas = {name: p.detach().cpu() for name, p in zip(model.arch_parameter_names(), model.arch_parameters())}
     torch.save(alphas, run_dir / "alphas" / f"epoch_{epoch:03d}.pt")
-    return genotype
 
 
 def _draw(run_dir: Path, genotype: gt.Genotype, model: Network) -> list[str]:
@@ -80,18 +78,19 @@ def _draw(run_dir: Path, genotype: gt.Genotype, model: Network) -> list[str]:
     return paths
 
 
-def run(cfg: SearchConfig) -> SearchResult:
+def run(cfg: SearchConfig, on_epoch: EpochHook | None = None) -> SearchResult:
+    """Search; `on_epoch(metrics, checkpoint)` is called on every rank after each epoch's checkpoint is written."""
     if cfg.precision == "fp16":
         raise ConfigError("precision: fp16 is for retraining; search with bf16 (GPU) or fp32")
     job = start_job(cfg)
     try:
-        return _search(job)
+        return _search(job, on_epoch)
     finally:
         job.close()
         close_distributed()
 
 
-def _search(job: Job) -> SearchResult:
+def _search(job: Job, on_epoch: EpochHook | None) -> SearchResult:
     cfg, env = job.cfg, job.env
     loaders = build_loaders(cfg, env, "search")
     model = Network(cfg.init_channels, loaders.num_classes, cfg.layers, partial_channels=cfg.partial_channels)
@@ -163,8 +162,9 @@ def _search(job: Job) -> SearchResult:
         train_stats = meter.global_averages()
         check_replicas(model.parameters())  # NNI users under DDP got a different cell per rank; never here
         val_stats = evaluate(model, loaders.val, job, max_steps=steps)
+        genotype = model.genotype()  # identical on every rank: the alphas are
         if env.is_main:
-            genotype = _save_epoch_outputs(model, job.run_dir, epoch)
+            _save_epoch_outputs(model, genotype, job.run_dir, epoch)
             row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_stats["loss"], "train_top1": train_stats["top1"],
                    "val_loss": val_stats["loss"], "val_top1": val_stats["top1"], "genotype": gt.to_dict(genotype)}
             history.append(row)
@@ -178,6 +178,10 @@ def _search(job: Job) -> SearchResult:
                      epoch + 1, cfg.epochs, lr, train_stats["loss"], train_stats["top1"], val_stats["loss"],
                      val_stats["top1"], gt.format_genotype(genotype))
         save(epoch + 1, 0, None)
+        if on_epoch is not None:
+            on_epoch({"epoch": epoch + 1, "train_top1": train_stats["top1"], "val_top1": val_stats["top1"],
+                      "val_loss": val_stats["loss"], "genotype": json.dumps(gt.to_dict(genotype))},
+                     checkpoint_path(job.run_dir))
 
     genotype = model.genotype()
     digest = check_replicas(model.parameters())

@@ -22,7 +22,7 @@ from . import genotype as gt
 from .config import ConfigError, EvaluateConfig, RetrainConfig
 from .data import build_loaders
 from .distributed import close_distributed
-from .engine import (Job, Meter, checkpoint_path, evaluate, log, prepare_model, progress, restore_rng,
+from .engine import (EpochHook, Job, Meter, checkpoint_path, evaluate, log, prepare_model, progress, restore_rng,
                      resume_state, start_job, summary_table, write_checkpoint)
 from .model import NetworkCIFAR, NetworkImageNet, count_parameters
 
@@ -55,17 +55,18 @@ def lr_factor(cfg: RetrainConfig, epoch: int) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
 
 
-def run(cfg: RetrainConfig) -> TrainResult:
+def run(cfg: RetrainConfig, on_epoch: EpochHook | None = None) -> TrainResult:
+    """Retrain; `on_epoch(metrics, checkpoint)` is called on every rank after each epoch's checkpoint is written."""
     genotype = gt.load(cfg.genotype)  # a bad genotype fails before any process group forms
     job = start_job(cfg)
     try:
-        return _train(job, genotype)
+        return _train(job, genotype, on_epoch)
     finally:
         job.close()
         close_distributed()
 
 
-def _train(job: Job, genotype: gt.Genotype) -> TrainResult:
+def _train(job: Job, genotype: gt.Genotype, on_epoch: EpochHook | None) -> TrainResult:
     cfg, env = job.cfg, job.env
     loaders = build_loaders(cfg, env, "retrain")
     net = build_network(genotype, loaders.num_classes, loaders.image_size, cfg.layers, cfg.init_channels, cfg.auxiliary)
@@ -156,6 +157,10 @@ def _train(job: Job, genotype: gt.Genotype) -> TrainResult:
         save(checkpoint_path(job.run_dir), epoch + 1, 0, None)
         if is_best:
             save(job.run_dir / "checkpoints" / "best.pt", epoch + 1, 0, None)
+        if on_epoch is not None:
+            on_epoch({"epoch": epoch + 1, "train_top1": train_stats["top1"], "top1": val_stats["top1"],
+                      "top5": val_stats["top5"], "best_top1": best_top1, "params": params},
+                     checkpoint_path(job.run_dir))
 
     seconds = time.time() - job.started
     result = TrainResult(val_stats["top1"], val_stats["top5"], best_top1, params, cfg.epochs, str(job.run_dir), seconds)

@@ -28,6 +28,16 @@ def _graphviz():
     return graphviz
 
 
+def _pyplot():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise DrawingError("plots need matplotlib: pip install 'dist-darts[viz]'") from None
+    return plt
+
+
 def _node_name(index: int) -> str:
     return {0: "c_{k-2}", 1: "c_{k-1}"}.get(index, str(index - 2))
 
@@ -83,12 +93,7 @@ def edge_labels(steps: int = 4) -> list[str]:
 def plot_alphas(alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor, path: str | os.PathLike,
                 title: str = "") -> Path:
     """Heat maps of the softmaxed alphas (edge x op) of both cell types, annotated with the weights."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise DrawingError("plotting alphas needs matplotlib: pip install 'dist-darts[viz]'") from None
+    plt = _pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(14, 0.45 * alphas_normal.shape[0] + 2.5))
@@ -109,3 +114,20 @@ def plot_alphas(alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor, path: 
     plt.close(fig)
     return path
 
+
+
+def plot_selection(seeds: list[int], top1: list[float], winner: int, path: str | os.PathLike) -> Path:
+    """Bar chart of each seed's selection-retrain accuracy, the winner highlighted."""
+    plt = _pyplot()
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(seeds) + 2), 3.5))
+    ax.bar([str(s) for s in seeds], top1, color=["tab:orange" if s == winner else "tab:blue" for s in seeds])
+    ax.set_xlabel("search seed")
+    ax.set_ylabel("selection top-1 (%)")
+    low = min(top1)
+    ax.set_ylim(max(0.0, low - 5.0), min(100.0, max(top1) + 2.0))
+    ax.set_title("selection retrain per seed (winner in orange)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,279 @@
+"""`dist-darts sweep`: the DARTS authors' protocol with Ray Tune; the only module that imports Ray.
+
+Stage 1 runs one search per seed, stage 2 a short selection retrain of each distinct genotype found, stage 3 the
+full retrain of the winner (the best selection accuracy), R times with different seeds. Every trial is a DDP job
+of k workers: a Tune function trial builds a Ray Train TorchTrainer (Ray Train V2) whose workers call the same
+`run(cfg)` as torchrun does. Workers report every epoch, rank 0 attaching its checkpoint; a failed trial is
+retried and resumes from that checkpoint. Trial names are stable, so `--resume` restores each stage's Tuner and
+skips finished trials.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+from . import config as config_io
+from . import genotype as gt
+from .config import ConfigError, RetrainConfig, SearchConfig, SweepConfig
+from .engine import summary_table
+
+try:
+    import ray
+    import ray.train
+    import ray.tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+except ImportError:  # the rest of dist-darts works without Ray
+    ray = None
+
+CHECKPOINT_NAME = "last.pt"
+
+
+def _require_ray():
+    if ray is None:
+        raise ConfigError("sweep needs Ray: pip install 'dist-darts[tune]'")
+
+
+# --- the per-worker function and the per-trial driver ---------------------------------------------------
+
+def _worker(config: dict) -> None:
+    """Runs on every Ray Train worker: the same run(cfg) as under torchrun, reporting each epoch to Ray."""
+    from . import search, train
+    kind = config["kind"]
+    cls, job = (SearchConfig, search.run) if kind == "search" else (RetrainConfig, train.run)
+    cfg = config_io.build(cls, {}, config["cfg"])
+    rank = ray.train.get_context().get_world_rank()
+    run_ckpt = Path(cfg.output) / "checkpoints" / CHECKPOINT_NAME
+    restored = ray.train.get_checkpoint()
+    if restored is not None and rank == 0 and not run_ckpt.is_file():
+        # the run folder is not on shared storage (a new node): continue from Ray's copy of the checkpoint
+        with restored.as_directory() as d:
+            run_ckpt.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(Path(d) / CHECKPOINT_NAME, run_ckpt)
+
+    def report(metrics: dict, checkpoint: Path) -> None:
+        if rank == 0:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint.parent)))
+        else:
+            ray.train.report(metrics)
+
+    job(cfg, on_epoch=report)
+
+
+def _trial(config: dict) -> None:
+    """One Tune trial: a TorchTrainer of `workers` ranks, retried from its checkpoint on failure."""
+    config = config["trial"]  # the stage's grid value
+    resources = {"CPU": config["cpus_per_worker"]}
+    if config["gpus_per_worker"]:
+        resources["GPU"] = config["gpus_per_worker"]
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(num_workers=config["workers"], use_gpu=bool(config["gpus_per_worker"]),
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=config["run_name"], storage_path=config["storage"],
+            failure_config=ray.train.FailureConfig(max_failures=config["max_failures"]),
+            callbacks=[TuneReportCallback()]),
+    )
+    trainer.fit()
+
+
+# --- stages -----------------------------------------------------------------------------------------------
+
+def _stage(name: str, trials: list[dict], sweep: SweepConfig, root: Path, log) -> dict:
+    """Run one stage's trials (or restore its finished Tuner); returns each trial's last metrics by trial name."""
+    storage = str((root / "ray").resolve())
+    path = os.path.join(storage, name)
+    trainable = ray.tune.with_resources(_trial, {"CPU": 0.01})  # the trial only waits on its TorchTrainer
+    if sweep.resume and ray.tune.Tuner.can_restore(path):
+        log(f"stage {name}: restoring {path}")
+        tuner = ray.tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    else:
+        tuner = ray.tune.Tuner(
+            trainable,
+            param_space={"trial": ray.tune.grid_search(trials)},
+            tune_config=ray.tune.TuneConfig(
+                max_concurrent_trials=sweep.max_concurrent_trials or None,
+                trial_name_creator=lambda t: t.config["trial"]["name"],
+                trial_dirname_creator=lambda t: t.config["trial"]["name"]),
+            run_config=ray.tune.RunConfig(name=name, storage_path=storage, verbose=0,
+                                          failure_config=ray.tune.FailureConfig(max_failures=sweep.max_failures)),
+        )
+    grid = tuner.fit()
+    results, failed = {}, []
+    for result in grid:
+        trial_name = result.config["trial"]["name"]
+        if result.error is not None:
+            failed.append(f"{trial_name}: {str(result.error).splitlines()[0][:200]}")
+        else:
+            results[trial_name] = result.metrics
+    if failed:
+        raise RuntimeError(f"stage {name}: {len(failed)} trial(s) failed after retries: " + "; ".join(failed))
+    return results
+
+
+def _trial_spec(sweep: SweepConfig, stage: str, kind: str, name: str, cfg, workers: int, storage: str) -> dict:
+    # the Ray Train run name must be unique per stage: Ray Train resumes a run of the same name and storage
+    return {"kind": kind, "name": name, "run_name": f"{stage}_{name}", "cfg": config_io.to_dict(cfg),
+            "workers": workers,
+            "cpus_per_worker": sweep.cpus_per_worker, "gpus_per_worker": sweep.gpus_per_worker,
+            "max_failures": sweep.max_failures, "storage": storage}
+
+
+def run(sweep: SweepConfig) -> dict:
+    """The whole sweep; returns the report (also written to report.json and report.md)."""
+    _require_ray()
+    root = Path(sweep.output).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    config_io.save(sweep, str(root / "config.yaml"))
+    started = time.time()
+    search_base = config_io.load_yaml(sweep.search) if sweep.search else {}
+    retrain_base = config_io.load_yaml(sweep.retrain) if sweep.retrain else {}
+    shared = sweep.shared()
+    seeds = sweep.seed_list()
+    log_path = root / "sweep.log"
+
+    def log(message: str) -> None:
+        line = f"{time.strftime('%H:%M:%S')} {message}"
+        print(line, flush=True)
+        with open(log_path, "a") as f:
+            f.write(line + "\n")
+
+    def search_cfg(seed):
+        values = {**search_base, **shared, "epochs": sweep.search_epochs, "seed": seed,
+                  "output": str(root / "search" / f"seed_{seed}"), "resume": True}
+        return config_io.build(SearchConfig, values, source="sweep search settings")
+
+    def retrain_cfg(genotype_file, seed, epochs, out):
+        values = {**retrain_base, **shared, "genotype": str(genotype_file), "epochs": epochs, "seed": seed,
+                  "output": str(out), "resume": True}
+        return config_io.build(RetrainConfig, values, source="sweep retrain settings")
+
+    # every setting is checked before any trial starts (the retrain ones with a stand-in genotype)
+    search_cfgs = {seed: search_cfg(seed) for seed in seeds}
+    retrain_cfg("DARTS_V2", seeds[0], sweep.select_epochs, root / "select")
+
+    _init_ray(sweep)
+    storage = str((root / "ray").resolve())
+    try:
+        log(f"stage 1/3: {len(seeds)} searches ({sweep.search_epochs} epochs, {sweep.workers_per_trial} worker(s) each)")
+        found = _stage("search", [_trial_spec(sweep, "search", "search", f"seed_{s}", c, sweep.workers_per_trial, storage)
+                                  for s, c in search_cfgs.items()], sweep, root, log)
+        trials = []
+        for seed in seeds:
+            metrics = found[f"seed_{seed}"]
+            genotype = gt.from_dict(json.loads(metrics["genotype"]))
+            trials.append({"seed": seed, "search_val_top1": metrics["val_top1"], "genotype": gt.to_dict(genotype),
+                           "genotype_file": str(root / "search" / f"seed_{seed}" / "genotype.json")})
+
+        distinct = {}
+        for t in trials:
+            distinct.setdefault(json.dumps(t["genotype"], sort_keys=True), t)
+        log(f"stage 2/3: selection retrains of {len(distinct)} distinct genotype(s) ({sweep.select_epochs} epochs)")
+        select_specs = []
+        for t in distinct.values():
+            genotype_file = root / "select" / f"seed_{t['seed']}.json"
+            genotype_file.parent.mkdir(parents=True, exist_ok=True)
+            gt.save(gt.from_dict(t["genotype"]), genotype_file)
+            cfg = retrain_cfg(genotype_file, seeds[0], sweep.select_epochs, root / "select" / f"seed_{t['seed']}")
+            select_specs.append(_trial_spec(sweep, "select", "retrain", f"seed_{t['seed']}", cfg, sweep.workers_per_trial,
+                                            storage))
+        selected = _stage("select", select_specs, sweep, root, log)
+        for t in trials:
+            source = distinct[json.dumps(t["genotype"], sort_keys=True)]
+            m = selected[f"seed_{source['seed']}"]
+            t.update(select_top1=m["best_top1"], params=m["params"], same_genotype_as=source["seed"])
+        winner = max(trials, key=lambda t: (t["select_top1"], -t["seed"]))
+
+        repeats = [winner["seed"] * 1000 + i for i in range(sweep.repeats)]
+        log(f"stage 3/3: final retrain of seed {winner['seed']}'s genotype, {sweep.repeats} run(s) of "
+            f"{sweep.final_epochs} epochs")
+        final_file = root / "final" / "genotype.json"
+        final_file.parent.mkdir(parents=True, exist_ok=True)
+        gt.save(gt.from_dict(winner["genotype"]), final_file)
+        final_specs = [_trial_spec(sweep, "final", "retrain", f"repeat_{i}",
+                                   retrain_cfg(final_file, s, sweep.final_epochs, root / "final" / f"repeat_{i}"),
+                                   sweep.final_workers or sweep.workers_per_trial, storage)
+                       for i, s in enumerate(repeats)]
+        finals = _stage("final", final_specs, sweep, root, log)
+    finally:
+        ray.shutdown()
+
+    top1s = [finals[f"repeat_{i}"]["top1"] for i in range(sweep.repeats)]
+    report = {
+        "winner": {"seed": winner["seed"], "genotype": winner["genotype"], "select_top1": winner["select_top1"]},
+        "trials": [{k: v for k, v in t.items() if k != "genotype_file"} for t in trials],
+        "final": {"mean": statistics.fmean(top1s), "std": statistics.stdev(top1s) if len(top1s) > 1 else 0.0,
+                  "runs": [{"seed": s, "top1": finals[f"repeat_{i}"]["top1"], "top5": finals[f"repeat_{i}"]["top5"],
+                            "params": finals[f"repeat_{i}"]["params"]} for i, s in enumerate(repeats)]},
+        "seconds": time.time() - started,
+    }
+    _write_report(root, report, log)
+    return report
+
+
+def _init_ray(sweep: SweepConfig) -> None:
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # quiet and private by default
+    if sweep.address:
+        ray.init(address=sweep.address, log_to_driver=False)
+    else:
+        # a private runtime on loopback, with the CPUs and GPUs this machine has
+        # address="local": a new runtime even where `ray start` left one to attach to
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 _node_ip_address="127.0.0.1")
+
+
+def _write_report(root: Path, report: dict, log) -> None:
+    tmp = root / "report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(root / "report.json")
+    winner = report["winner"]
+    lines = ["# dist-darts sweep report", "",
+             "| seed | search val top-1 | selection top-1 | params | genotype |",
+             "|---:|---:|---:|---:|---|"]
+    for t in report["trials"]:
+        mark = " **winner**" if t["seed"] == winner["seed"] else ""
+        same = "" if t["same_genotype_as"] == t["seed"] else f" (same as seed {t['same_genotype_as']})"
+        lines.append(f"| {t['seed']}{mark} | {t['search_val_top1']:.2f} | {t['select_top1']:.2f} | {t['params']:,} | "
+                     f"`{gt.format_genotype(gt.from_dict(t['genotype']))}`{same} |")
+    final = report["final"]
+    lines += ["", f"Winner: seed {winner['seed']} (selection top-1 {winner['select_top1']:.2f} %).",
+              f"Final top-1 over {len(final['runs'])} run(s): {final['mean']:.2f} +/- {final['std']:.2f} %.", ""]
+    drawings = _draw(root, winner, report["trials"])
+    lines += [f"![{Path(p).stem}]({Path(p).name})" for p in drawings]
+    (root / "report.md").write_text("\n".join(lines) + "\n")
+    log("sweep finished\n" + summary_table(
+        [(f"seed {t['seed']}", f"search {t['search_val_top1']:.2f} % | select {t['select_top1']:.2f} % | "
+                               f"{t['params']:,} params") for t in report["trials"]]
+        + [("winner", f"seed {winner['seed']}"),
+           ("final top-1", f"{final['mean']:.2f} +/- {final['std']:.2f} % ({len(final['runs'])} run(s))"),
+           ("report", str(root / "report.md"))]))
+
+
+def _draw(root: Path, winner: dict, trials: list) -> list[str]:
+    """The winner's cells and a plot of selection accuracy per seed; skipped with a note where impossible."""
+    try:
+        from .visualize import DrawingError, draw_genotype, plot_selection
+    except ImportError:
+        return []
+    paths = []
+    try:
+        paths += [str(p) for p in draw_genotype(gt.from_dict(winner["genotype"]), root / "winner", "png")]
+    except DrawingError as e:
+        print(f"no cell drawings: {e}")
+    try:
+        paths.append(str(plot_selection([t["seed"] for t in trials], [t["select_top1"] for t in trials],
+                                        winner["seed"], root / "selection.png")))
+    except DrawingError as e:
+        print(f"no selection plot: {e}")
+    return paths
+
