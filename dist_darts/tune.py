@@ -88,25 +88,31 @@ def _trial(config: dict) -> None:
 # --- stages -----------------------------------------------------------------------------------------------
 
 def _stage(name: str, trials: list[dict], sweep: SweepConfig, root: Path, log) -> dict:
-    """Run one stage's trials (or restore its finished Tuner); returns each trial's last metrics by trial name."""
+    """Run one stage's trials; returns each trial's last metrics by trial name.
+
+    A stage that finished before the driver died is restored (Tuner.restore) and not run again. An unfinished
+    one starts a new Tuner whose trials resume from their checkpoints: their run folders and Ray Train run names
+    are stable. (Restoring a Tuner killed while it was still creating its trials loses their configs.)
+    """
     storage = str((root / "ray").resolve())
     path = os.path.join(storage, name)
+    done = root / "ray" / f"{name}.done"
     trainable = ray.tune.with_resources(_trial, {"CPU": 0.01})  # the trial only waits on its TorchTrainer
-    if sweep.resume and ray.tune.Tuner.can_restore(path):
-        log(f"stage {name}: restoring {path}")
-        tuner = ray.tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    if sweep.resume and done.is_file() and ray.tune.Tuner.can_restore(path):
+        log(f"stage {name}: finished earlier, restoring {path}")
+        grid = ray.tune.Tuner.restore(path, trainable=trainable).get_results()
     else:
+        shutil.rmtree(path, ignore_errors=True)
         tuner = ray.tune.Tuner(
             trainable,
             param_space={"trial": ray.tune.grid_search(trials)},
             tune_config=ray.tune.TuneConfig(
                 max_concurrent_trials=sweep.max_concurrent_trials or None,
-                trial_name_creator=lambda t: t.config["trial"]["name"],
-                trial_dirname_creator=lambda t: t.config["trial"]["name"]),
+                trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
             run_config=ray.tune.RunConfig(name=name, storage_path=storage, verbose=0,
                                           failure_config=ray.tune.FailureConfig(max_failures=sweep.max_failures)),
         )
-    grid = tuner.fit()
+        grid = tuner.fit()
     results, failed = {}, []
     for result in grid:
         trial_name = result.config["trial"]["name"]
@@ -116,7 +122,13 @@ def _stage(name: str, trials: list[dict], sweep: SweepConfig, root: Path, log) -
             results[trial_name] = result.metrics
     if failed:
         raise RuntimeError(f"stage {name}: {len(failed)} trial(s) failed after retries: " + "; ".join(failed))
+    done.write_text(json.dumps(sorted(results)) + "\n")
     return results
+
+
+def _trial_name(trial) -> str:
+    """Stable names (no timestamps): a resumed stage's trials land in the same folders."""
+    return trial.config["trial"]["name"]
 
 
 def _trial_spec(sweep: SweepConfig, stage: str, kind: str, name: str, cfg, workers: int, storage: str) -> dict:

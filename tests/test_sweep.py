@@ -1,0 +1,100 @@
+"""`dist-darts sweep` on a real local Ray runtime: all three stages, a killed worker, a killed driver."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dist_darts.config import ConfigError, SweepConfig
+from helpers import checkpoint_step, env_for_subprocess
+
+pytest.importorskip("ray")
+
+TINY_SWEEP = ["sweep", "--seeds", "2", "--dataset", "digits", "--layers", "3", "--init-channels", "4",
+              "--batch-size", "16", "--steps-per-epoch", "3", "--checkpoint-steps", "1", "--search-epochs", "2",
+              "--select-epochs", "1", "--final-epochs", "1", "--repeats", "2", "--cpus-per-worker", "0.5",
+              "--max-failures", "2"]
+
+
+def _ray_train_workers() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"RayTrainWorker" in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def _wait(predicate, proc, what, timeout=400):
+    deadline = time.time() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"sweep ended (exit {proc.returncode}) while waiting for {what}:\n"
+                                 f"{proc.stdout.read()[-3000:] if proc.stdout else ''}")
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_sweep_survives_a_killed_worker_and_a_killed_driver(tmp_path):
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "dist_darts", *TINY_SWEEP, "--output", str(out)]
+    # its own session: killing the group takes the driver's private Ray runtime down with it, like a crash
+    driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=env_for_subprocess(), start_new_session=True)
+    try:
+        checkpoints = [out / "search" / f"seed_{s}" / "checkpoints" / "last.pt" for s in (0, 1)]
+        _wait(lambda: any((checkpoint_step(c) or (0, 0)) >= (0, 1) for c in checkpoints), driver, "a checkpoint")
+        workers = _ray_train_workers()
+        assert workers, "no Ray Train worker process found"
+        os.kill(workers[0], signal.SIGKILL)  # a worker lost mid-trial: Ray retries, the retry resumes
+
+        log = out / "sweep.log"
+        _wait(lambda: log.is_file() and "stage 2/3" in log.read_text(), driver, "stage 1 to finish")
+        finished = {s: (out / "search" / f"seed_{s}" / "result.json").stat().st_mtime for s in (0, 1)}
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver dies between stages
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+
+    search_logs = [(out / "search" / f"seed_{s}" / "log.txt").read_text() for s in (0, 1)]
+    assert any("resumed from" in text for text in search_logs), "the retried trial did not resume"
+
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env_for_subprocess(),
+                             timeout=900, start_new_session=True)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "stage search: finished earlier, restoring" in resumed.stdout
+    for s in (0, 1):  # finished search trials were not run again
+        assert (out / "search" / f"seed_{s}" / "result.json").stat().st_mtime == finished[s]
+
+    report = json.loads((out / "report.json").read_text())
+    assert {"winner", "trials", "final"} <= report.keys()
+    assert [t["seed"] for t in report["trials"]] == [0, 1]
+    best = max(report["trials"], key=lambda t: (t["select_top1"], -t["seed"]))
+    assert report["winner"]["seed"] == best["seed"]
+    assert report["winner"]["genotype"] == best["genotype"]
+    assert len(report["final"]["runs"]) == 2 and report["final"]["std"] >= 0.0
+    assert 0.0 <= report["final"]["mean"] <= 100.0
+    md = (out / "report.md").read_text()
+    assert "| seed |" in md and "**winner**" in md
+    assert (out / "winner_normal.png").exists() and (out / "selection.png").exists()
+
+
+@pytest.mark.parametrize("seeds,expected", [("3", [0, 1, 2]), ("5,7", [5, 7]), ("11,", [11])])
+def test_seed_lists(seeds, expected):
+    assert SweepConfig(seeds=seeds).seed_list() == expected
+
+
+@pytest.mark.parametrize("seeds", ["0", "1,1", "a,b"])
+def test_bad_seeds(seeds):
+    with pytest.raises(ConfigError, match="seeds"):
+        SweepConfig(seeds=seeds)
