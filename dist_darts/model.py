@@ -103,7 +103,14 @@ def _build_cells(net, genotype, layers, C, C_prev_prev, C_prev, reduction_prev):
 
 
 class _Network(nn.Module):
-    """Shared forward: stems, cells with drop path, auxiliary head after cell 2*layers//3, classifier."""
+    """Shared parts: cells with drop path, auxiliary head after cell 2*layers//3, classifier."""
+
+    def __init__(self, layers, auxiliary, genotype):
+        super().__init__()
+        self._layers = layers
+        self._auxiliary = auxiliary
+        self.drop_path_prob = 0.0
+        self.genotype = validate(load(genotype))
 
     def _run_cells(self, s0, s1):
         logits_aux = None
@@ -117,12 +124,8 @@ class _Network(nn.Module):
 
 class NetworkCIFAR(_Network):
     def __init__(self, C, num_classes, layers, auxiliary, genotype):
-        super().__init__()
-        genotype = validate(load(genotype))
-        self._layers = layers
-        self._auxiliary = auxiliary
-        self.drop_path_prob = 0.0
-        self.genotype = genotype
+        super().__init__(layers, auxiliary, genotype)
+        genotype = self.genotype
         C_stem = 3 * C
         self.stem = nn.Sequential(nn.Conv2d(3, C_stem, 3, padding=1, bias=False), nn.BatchNorm2d(C_stem))
         C_prev, C_aux = _build_cells(self, genotype, layers, C, C_stem, C_stem, reduction_prev=False)
@@ -138,12 +141,8 @@ class NetworkCIFAR(_Network):
 
 class NetworkImageNet(_Network):
     def __init__(self, C, num_classes, layers, auxiliary, genotype):
-        super().__init__()
-        genotype = validate(load(genotype))
-        self._layers = layers
-        self._auxiliary = auxiliary
-        self.drop_path_prob = 0.0
-        self.genotype = genotype
+        super().__init__(layers, auxiliary, genotype)
+        genotype = self.genotype
         self.stem0 = nn.Sequential(
             nn.Conv2d(3, C // 2, kernel_size=3, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(C // 2),
