@@ -56,7 +56,9 @@ class Architect:
 
     def alpha_gradients(self, x_train, y_train, x_val, y_val, lr: float):
         if not self.unrolled:
-            loss = self._loss(x_val, y_val)
+            # detached weights: autograd then skips every weight gradient, custom Functions' included (their
+            # ctx.needs_input_grad would otherwise ask for the depthwise convs' weight gradients)
+            loss = self._loss(x_val, y_val, [w.detach() for w in self.weights])
             grads = list(torch.autograd.grad(loss, self.arch_params))
             return self.average(grads), loss
         return self._unrolled_gradients(x_train, y_train, x_val, y_val, lr)

@@ -26,12 +26,20 @@ def _depthwise_grad_input(grad, weight, input_hw, stride, padding, dilation):
 
 
 def _depthwise_grad_weight(grad, x, k, stride, padding, dilation):
-    """d(depthwise conv)/d(weight): every (sample, channel) plane of x correlated with its output-gradient plane,
-    one grouped conv with the roles of stride and dilation swapped, then summed over the batch."""
+    """d(depthwise conv)/d(weight): every (sample, channel) plane of x correlated with its output-gradient plane
+    (a grouped conv with the roles of stride and dilation swapped), summed over the batch. oneDNN runs this
+    grouped conv 4x slower above about 2^19 input elements per call on the CPUs we measured, hence the chunks."""
     n, c, ho, wo = grad.shape
-    taps = F.conv2d(x.reshape(1, n * c, *x.shape[2:]), grad.reshape(n * c, 1, ho, wo), None, dilation, padding,
-                    stride, n * c)
-    return taps[0, :, :k, :k].reshape(n, c, k, k).sum(0).unsqueeze(1)
+    grad, x = grad.contiguous(), x.contiguous()  # planes must be contiguous (channels_last is not)
+    chunk = max(1, (1 << 19) // x[0].numel())
+    total = None
+    for g, xs in zip(grad.split(chunk), x.split(chunk)):
+        m = g.shape[0]
+        taps = F.conv2d(xs.reshape(1, m * c, *x.shape[2:]), g.reshape(m * c, 1, ho, wo), None, dilation, padding,
+                        stride, m * c)
+        part = taps[0, :, :k, :k].reshape(m, c, k, k).sum(0)
+        total = part if total is None else total + part
+    return total.unsqueeze(1)
 
 
 class _DepthwiseConv2d(torch.autograd.Function):
@@ -176,6 +184,52 @@ OPS = {
     "dil_conv_5x5": lambda C, stride, affine: DilConv(C, C, 5, stride, 4, 2, affine),
     "conv_7x1_1x7": _conv_7x1_1x7,
 }
+
+
+def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``scale * bn(x)`` as ONE batch norm whose weight is the scale (scale times gamma and beta when affine).
+
+    The same values and gradients as the product, in one pass instead of two; and the BN output need not be
+    kept for the scale's gradient (the BN backward yields sum(grad * x_hat) anyway). Mirrors
+    nn.BatchNorm2d.forward: the running statistics and num_batches_tracked update exactly as there.
+    """
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    track = not bn.training or bn.track_running_stats
+    weight = scale.expand(x.shape[1]).contiguous()
+    bias = None
+    if bn.affine:
+        weight, bias = weight * bn.weight, scale * bn.bias
+    return F.batch_norm(x, bn.running_mean if track else None, bn.running_var if track else None, weight, bias,
+                        use_batch_stats, momentum, bn.eps)
+
+
+def _plain_bn(module) -> bool:
+    return type(module) is nn.BatchNorm2d  # SyncBatchNorm and friends keep their own forward
+
+
+def scaled_forward(op: nn.Module, x: torch.Tensor, x_relu: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``scale * op(x)`` for a search op, with ``x_relu = relu(x)`` computed once and shared by every op that
+    starts with a ReLU, and the scale folded into the op's final BN (scaled_batch_norm). Ops of another shape
+    (or with a BN that is not a plain BatchNorm2d) are computed as ``scale * op(x)``. Module forward hooks on
+    the inner modules still run; hooks on ``op`` itself do not."""
+    seq = op.op if isinstance(op, (ReLUConvBN, DilConv, SepConv)) else op
+    if isinstance(seq, nn.Sequential) and len(seq) >= 2 and _plain_bn(seq[-1]):
+        modules = list(seq)
+        h = x
+        if isinstance(modules[0], nn.ReLU) and not modules[0].inplace:
+            h, modules = x_relu, modules[1:]
+        for m in modules[:-1]:
+            h = m(h)
+        return scaled_batch_norm(modules[-1], h, scale)
+    if isinstance(op, FactorizedReduce) and _plain_bn(op.bn):
+        return scaled_batch_norm(op.bn, torch.cat([op.conv_1(x_relu), op.conv_2(x_relu[:, :, 1:, 1:])], dim=1),
+                                 scale)
+    return scale * op(x)
 
 
 def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:

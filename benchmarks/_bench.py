@@ -1,0 +1,193 @@
+"""Shared plumbing of the step benchmarks: worker subprocesses driven step by step, machine and version facts,
+statistics, and the records (a JSON line in results.jsonl, a section in RESULTS.md).
+
+Each configuration runs in its own worker process, so its peak memory is its own: on the CPU the peak resident
+set (ru_maxrss) minus the resident set just before the first step; on a GPU torch.cuda.max_memory_allocated.
+The parent tells the workers to take one step at a time, so configurations alternate step by step and share
+whatever else the machine is doing at that moment.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+# ---- worker side ------------------------------------------------------------------------------------------------
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def serve(step, device: torch.device, images_per_step: int) -> None:
+    """The worker loop: 'step' runs one timed step, 'end' reports peak memory and exits; one JSON line each."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device) if cuda else rss_bytes()
+    _reply({"ready": True, "images_per_step": images_per_step})
+    for line in sys.stdin:
+        if line.strip() == "step":
+            if cuda:
+                torch.cuda.synchronize(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            step()
+            if cuda:
+                torch.cuda.synchronize(device)
+            _reply({"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0})
+        else:
+            if cuda:
+                peak = torch.cuda.max_memory_allocated(device)
+                _reply({"peak_bytes": peak, "peak_delta_bytes": peak - base, "memory": "cuda max_memory_allocated"})
+            else:
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+                _reply({"peak_bytes": peak, "peak_delta_bytes": peak - base, "memory": "peak RSS"})
+            return
+
+
+def _reply(obj) -> None:
+    sys.stdout.write("@@ " + json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+# ---- parent side ------------------------------------------------------------------------------------------------
+
+class Worker:
+    """One configuration in its own process: `python <script> --worker '<json>'`."""
+
+    def __init__(self, script: str, config: dict, env: dict | None = None, wait: bool = True):
+        self.config = config
+        self.walls, self.cpus = [], []
+        self.proc = subprocess.Popen([sys.executable, script, "--worker", json.dumps(config)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=env, cwd=str(ROOT))
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> dict:
+        self.info = self._read()
+        return self.info
+
+    def _read(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith("@@ "):
+                return json.loads(line[3:])
+            sys.stderr.write(line)  # anything else the worker prints
+        raise RuntimeError(f"worker {self.config.get('name')} died (exit {self.proc.wait()})")
+
+    def send(self, command: str) -> None:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def step(self, timed: bool) -> dict:
+        self.send("step")
+        return self.collect(timed)
+
+    def collect(self, timed: bool) -> dict:
+        r = self._read()
+        if timed:
+            self.walls.append(r["wall"])
+            self.cpus.append(r["cpu"])
+        return r
+
+    def finish(self) -> dict:
+        self.send("end")
+        self.memory = self._read()
+        self.proc.stdin.close()
+        self.proc.wait(timeout=120)
+        return self.memory
+
+
+def worker_env(threads: int | None) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def alternate(workers: list[Worker], warmup: int, steps: int, log=print) -> None:
+    """warmup + steps rounds; each round steps every worker once, the order reversed every other round."""
+    for r in range(warmup + steps):
+        order = workers if r % 2 == 0 else workers[::-1]
+        for w in order:
+            res = w.step(timed=r >= warmup)
+            log(f"  round {r + 1}/{warmup + steps} {w.config['name']}: {res['wall']:.2f} s wall, "
+                f"{res['cpu']:.2f} s CPU" + ("" if r >= warmup else " (warm-up)"))
+
+
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+# ---- facts and records ------------------------------------------------------------------------------------------
+
+def machine(device: str) -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    info = {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "memory_gib": round(
+        os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30), "python": platform.python_version()}
+    if device == "cuda" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpus"] = torch.cuda.device_count()
+    return info
+
+
+def versions() -> dict:
+    out = {}
+    for dist in ("torch", "torchvision", "numpy"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    if torch.version.cuda:
+        out["cuda"] = torch.version.cuda
+    return out
+
+
+def command_line() -> str:
+    return "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
+
+
+def describe_machine(m: dict, v: dict) -> str:
+    gpu = f", {m.get('gpus', 1)} x {m['gpu']}" if "gpu" in m else ", no GPU"
+    return (f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB{gpu}. "
+            f"Versions: Python {m['python']}, " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".")
+
+
+def record(benchmark: str, device: str, payload: dict, title: str, markdown: str) -> None:
+    """Append the JSON line and the RESULTS.md section."""
+    date = datetime.datetime.now().isoformat(timespec="seconds")
+    rec = {"benchmark": benchmark, "date": date, "command": command_line(), "device": device,
+           "machine": machine(device), "versions": versions(), **payload}
+    with open(HERE / "results.jsonl", "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    with open(HERE / "RESULTS.md", "a") as f:
+        f.write(f"\n## {title} ({date[:10]})\n\n`{rec['command']}`\n\n"
+                f"{describe_machine(rec['machine'], rec['versions'])}\n\n{markdown.strip()}\n")
+
+
+def table(header: list[str], rows: list[list[str]], right_from: int = 1) -> str:
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---" if i < right_from else "---:" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f}"

@@ -1,0 +1,183 @@
+"""Weak scaling of the DARTS search step with DistributedDataParallel: 1 rank vs N ranks, same batch per rank.
+
+Each rank runs dist_darts.search's step exactly as the job does: the supernet's weights under DDP (the alphas
+outside DDP's buckets), the Architect's gradients averaged over ranks with one flat all-reduce each
+(dist_darts.distributed.all_reduce_mean_), the weight step through the DDP wrapper. The process group comes
+from dist_darts.distributed.init_distributed (gloo on the CPU, NCCL on GPUs). The 1-rank group and the N-rank
+group are both started up front and step alternately, so both meet the same machine load.
+
+    efficiency = (N-rank images/s) / (N x 1-rank images/s) = 1-rank step time / N-rank step time
+
+On the CPU every rank runs `--threads` torch threads (default 1), the 1-rank baseline too; on GPUs each rank
+has its own GPU (LOCAL_RANK) and N defaults to the number of GPUs.
+
+    python benchmarks/ddp_scaling.py [--nproc 2] [--order 1] [--batch-size 64] [--threads 1]
+    python benchmarks/ddp_scaling.py --device cuda              # 1 -> all GPUs of the machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _bench  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+LR, MOMENTUM, WEIGHT_DECAY, GRAD_CLIP = 0.025, 0.9, 3e-4, 5.0
+ARCH_LR, ARCH_BETAS, ARCH_WEIGHT_DECAY = 3e-4, (0.5, 0.999), 1e-3
+
+
+def worker(cfg):
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from dist_darts.architect import Architect
+    from dist_darts.distributed import all_reduce_mean_, close_distributed, init_distributed
+    from dist_darts.supernet import Network
+
+    torch.set_num_threads(cfg["threads"])
+    env = init_distributed(cfg["device"])
+    device = env.device
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(cfg["seed"])  # identical initial replicas, as the search's seeding gives
+    model = Network(cfg["C"], 10, cfg["layers"]).to(
+        device, memory_format=torch.channels_last if cuda else torch.preserve_format).train()
+    train_model = model
+    if env.world_size > 1:  # dist_darts.engine.prepare_model: the alphas stay out of DDP's buckets
+        for a in model.arch_parameters():
+            a.requires_grad_(False)
+        train_model = DDP(model, device_ids=[env.local_rank] if cuda else None)
+        for a in model.arch_parameters():
+            a.requires_grad_(True)
+    autocast = (functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16) if cuda
+                else contextlib.nullcontext)
+    criterion = nn.CrossEntropyLoss()
+    w_opt = torch.optim.SGD(model.weights(), LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    a_opt = torch.optim.Adam(model.arch_parameters(), ARCH_LR, betas=ARCH_BETAS, weight_decay=ARCH_WEIGHT_DECAY)
+    architect = Architect(model, criterion, a_opt, w_opt, MOMENTUM, WEIGHT_DECAY, unrolled=cfg["order"] == 2,
+                          average=all_reduce_mean_, autocast=autocast)
+    weights = model.weights()
+    g = torch.Generator().manual_seed(1000 + env.rank)  # every rank its own shard of data
+    b = cfg["batch"]
+    xt, xv = (torch.randn(b, 3, 32, 32, generator=g).to(device) for _ in range(2))
+    yt, yv = (torch.randint(0, 10, (b,), generator=g).to(device) for _ in range(2))
+
+    def step():
+        architect.step(xt, yt, xv, yv, LR)
+        w_opt.zero_grad(set_to_none=True)
+        with autocast():
+            logits = train_model(xt).float()
+        loss = criterion(logits, yt)
+        loss.backward()
+        nn.utils.clip_grad_norm_(weights, GRAD_CLIP)
+        w_opt.step()
+    _bench.serve(step, device, b * env.world_size)
+    close_distributed()
+
+
+class Group:
+    """The ranks of one process group, each a _bench.Worker; a step is all ranks stepping together."""
+
+    def __init__(self, cfg, nproc, threads):
+        port = _free_port()
+        self.name = f"{nproc} rank(s)"
+        self.nproc = nproc
+        self.ranks = []
+        for rank in range(nproc):
+            env = _bench.worker_env(threads)
+            env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1",
+                       MASTER_PORT=str(port))
+            self.ranks.append(_bench.Worker(__file__, dict(cfg, name=f"{self.name} rank {rank}"), env, wait=False))
+        for w in self.ranks:  # all ranks must be up before any can finish joining the group
+            w.wait_ready()
+        self.walls = []
+
+    def step(self, timed):
+        for w in self.ranks:
+            w.send("step")
+        replies = [w.collect(timed) for w in self.ranks]
+        wall = max(r["wall"] for r in replies)  # the group's step ends when its slowest rank's does
+        if timed:
+            self.walls.append(wall)
+        return wall
+
+    def finish(self):
+        return [w.finish() for w in self.ranks]
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--nproc", type=int, help="ranks of the scaled run (default: GPUs on cuda, 2 on cpu)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="(default cpu)")
+    p.add_argument("--order", type=int, default=1, choices=[1, 2], help="DARTS order (default 1)")
+    p.add_argument("--batch-size", type=int, default=64, help="per rank (default 64)")
+    p.add_argument("--init-channels", type=int, default=16, help="C (default 16)")
+    p.add_argument("--layers", type=int, default=8, help="cells (default 8)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per rank (default 1)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
+    p.add_argument("--no-record", action="store_true", help="print only")
+    args = p.parse_args()
+    if args.worker:
+        return worker(json.loads(args.worker))
+    if args.nproc is None:
+        args.nproc = torch.cuda.device_count() if args.device == "cuda" else 2
+    if args.device == "cpu" and args.nproc * args.threads > len(os.sched_getaffinity(0)):
+        print(f"warning: {args.nproc} ranks x {args.threads} threads > {len(os.sched_getaffinity(0))} cores")
+
+    cfg = {"order": args.order, "batch": args.batch_size, "C": args.init_channels, "layers": args.layers,
+           "device": args.device, "threads": args.threads, "seed": 0}
+    groups = [Group(cfg, 1, args.threads), Group(cfg, args.nproc, args.threads)]
+    for r in range(args.warmup + args.steps):
+        for grp in (groups if r % 2 == 0 else groups[::-1]):
+            wall = grp.step(timed=r >= args.warmup)
+            print(f"  round {r + 1}/{args.warmup + args.steps} {grp.name}: {wall:.2f} s"
+                  + ("" if r >= args.warmup else " (warm-up)"), flush=True)
+    memory = [grp.finish() for grp in groups]
+
+    one, many = groups
+    t1, tn = _bench.med(one.walls), _bench.med(many.walls)
+    rate1, raten = args.batch_size / t1, args.nproc * args.batch_size / tn
+    efficiency = raten / (args.nproc * rate1)
+    rows = [[grp.name, f"{grp.nproc * args.batch_size}", f"{_bench.med(grp.walls):.2f}",
+             f"{min(grp.walls):.2f} - {max(grp.walls):.2f}", f"{grp.nproc * args.batch_size / _bench.med(grp.walls):.1f}",
+             _bench.gib(max(m["peak_delta_bytes"] for m in mem))]
+            for grp, mem in zip(groups, memory)]
+    mem_label = "peak GPU mem per rank GiB" if args.device == "cuda" else "peak RSS delta per rank GiB"
+    text = _bench.table(["ranks", "global batch", "step s (median)", "min - max", "images/s", mem_label], rows)
+    text += f"\n\nWeak-scaling efficiency 1 -> {args.nproc} ranks: {100 * efficiency:.1f} %"
+    print(text)
+    if args.no_record:
+        return
+    backend = "NCCL" if args.device == "cuda" else "gloo"
+    cfg_line = (f"Search step, order {args.order}, C={args.init_channels}, {args.layers} cells, batch "
+                f"{args.batch_size} per rank, 32x32; DDP over {backend} on {args.device}"
+                + (", bf16 autocast, channels_last" if args.device == "cuda" else "")
+                + f"; {args.threads} torch thread(s) per rank, the 1-rank run included. Median of {args.steps} timed "
+                f"steps after {args.warmup} warm-up step(s); the two groups alternate step by step; a group's step "
+                "time is its slowest rank's. efficiency = (N-rank images/s) / (N x 1-rank images/s).")
+    _bench.record("ddp_scaling", args.device, {"config": vars(args), "efficiency": efficiency, "results": [
+        {"ranks": grp.nproc, "wall_s": grp.walls, "median_s": _bench.med(grp.walls),
+         "images_per_s": grp.nproc * args.batch_size / _bench.med(grp.walls), "memory": mem}
+        for grp, mem in zip(groups, memory)]}, f"DDP weak scaling 1 -> {args.nproc} ranks", cfg_line + "\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+"""Time one DARTS search step (alpha step + weight step) of dist-darts, optionally side by side with the original.
+
+One step is what dist_darts.search does per batch: `Architect.step` on a validation batch (first order, or
+second order through the unrolled virtual step), then the weight step on a training batch (forward, backward,
+gradient-norm clip 5, SGD with momentum). The paper's search configuration by default: C=16, 8 cells,
+batch 64 of 32x32 images, 10 classes; synthetic batches, identical for every configuration.
+
+`--original PATH` also runs the original DARTS code's step (quark0/darts `cnn/` folder: its `Network` from
+model_search.py, its `Architect.step`, then the same weight step as its train_search.py) on the same batches,
+in its own process, alternating step by step with ours, and prints the ratios. The original is CUDA-only code:
+for the CPU, extract it outside this repository and drop its `.cuda()` calls (benchmarks/RESULTS.md lists the
+four); on a GPU, use it unmodified.
+
+Each configuration runs in its own worker process (peak memory per configuration: CPU peak RSS minus RSS before
+the first step; GPU max_memory_allocated). Reports the median of `--steps` timed steps after `--warmup` steps.
+images/s = batch / step time (one step consumes one training and one validation batch). Appends a JSON line to
+benchmarks/results.jsonl and a section to benchmarks/RESULTS.md (unless --no-record).
+
+    python benchmarks/search_step.py [--order 1 2] [--batch-size 64] [--original /tmp/orig_bench/cnn]
+    python benchmarks/search_step.py --partial-channels 4            # PC-DARTS, batch 256
+    python benchmarks/search_step.py --device cuda --original /tmp/orig_gpu/cnn   # bf16 + channels_last
+    python benchmarks/search_step.py --batch-size 32 --ablate depthwise mixed_op channels_last detach all
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _bench  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+# search hyper-parameters of the paper (and of dist_darts.config.SearchConfig)
+LR, MOMENTUM, WEIGHT_DECAY, GRAD_CLIP = 0.025, 0.9, 3e-4, 5.0
+ARCH_LR, ARCH_BETAS, ARCH_WEIGHT_DECAY = 3e-4, (0.5, 0.999), 1e-3
+
+ABLATIONS = {
+    "depthwise": "stock nn.Conv2d depthwise convs (oneDNN backward)",
+    "mixed_op": "MixedOp as sum(w * op(x)): no shared ReLU, no weight folded into BN, no in-place sums",
+    "channels_last": "NCHW on the CPU",
+    "detach": "first-order alpha step through the module's own weights (autograd asks for their gradients)",
+    "all": "all four: the plain path of the previous commit",
+}
+
+
+def synthetic_batches(cfg, device):
+    g = torch.Generator().manual_seed(cfg["seed"])
+    shape = (cfg["batch"], 3, cfg["image_size"], cfg["image_size"])
+    xt, xv = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    yt, yv = torch.randint(0, cfg["classes"], (cfg["batch"],), generator=g), torch.randint(
+        0, cfg["classes"], (cfg["batch"],), generator=g)
+    return [t.to(device) for t in (xt, yt, xv, yv)]
+
+
+def apply_ablations(names):
+    """Switch optimisations of dist_darts off, for measuring what each one gives (benchmark-only patches)."""
+    from dist_darts import ops, supernet
+    names = set(names)
+    if names & {"depthwise", "all"}:
+        ops.DepthwiseConv2d.forward = nn.Conv2d.forward
+    if names & {"mixed_op", "all"}:
+        def plain_accumulate(self, x, weights, out=None):
+            total = sum(w * op(x) for i, (w, op) in enumerate(zip(weights, self._ops)) if i != supernet.NONE_INDEX)
+            return total if out is None else out + total
+        supernet.MixedOp.accumulate = plain_accumulate
+        supernet._DenseGrad.apply = staticmethod(lambda x: x)
+    if names & {"channels_last", "all"}:
+        supernet.Network.cpu_channels_last = False
+    if names & {"detach", "all"}:
+        from dist_darts import architect
+        first_order = architect.Architect.alpha_gradients
+
+        def alpha_gradients(self, x_train, y_train, x_val, y_val, lr):
+            if self.unrolled:
+                return first_order(self, x_train, y_train, x_val, y_val, lr)
+            loss = self._loss(x_val, y_val)
+            return self.average(list(torch.autograd.grad(loss, self.arch_params))), loss
+        architect.Architect.alpha_gradients = alpha_gradients
+
+
+def build_ours(cfg, device):
+    from dist_darts.architect import Architect
+    from dist_darts.supernet import Network
+    apply_ablations(cfg["ablate"])
+    torch.manual_seed(cfg["seed"])
+    cuda = device.type == "cuda"
+    model = Network(cfg["C"], cfg["classes"], cfg["layers"], partial_channels=cfg["partial_channels"])
+    model = model.to(device, memory_format=torch.channels_last if cuda and cfg["channels_last"]
+                     else torch.preserve_format)
+    autocast = (functools.partial(torch.autocast, device.type, dtype=torch.bfloat16) if cfg["precision"] == "bf16"
+                else contextlib.nullcontext)
+    train_model = torch.compile(model) if cfg["compile"] else model
+    criterion = nn.CrossEntropyLoss()
+    w_opt = torch.optim.SGD(model.weights(), LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    a_opt = torch.optim.Adam(model.arch_parameters(), ARCH_LR, betas=ARCH_BETAS, weight_decay=ARCH_WEIGHT_DECAY)
+    architect = Architect(model, criterion, a_opt, w_opt, MOMENTUM, WEIGHT_DECAY, unrolled=cfg["order"] == 2,
+                          autocast=autocast)
+    weights = model.weights()
+    xt, yt, xv, yv = synthetic_batches(cfg, device)
+    model.train()
+
+    def step():  # dist_darts.search's loop body, less the metrics
+        architect.step(xt, yt, xv, yv, LR)
+        w_opt.zero_grad(set_to_none=True)
+        with autocast():
+            logits = train_model(xt).float()
+        loss = criterion(logits, yt)
+        loss.backward()
+        nn.utils.clip_grad_norm_(weights, GRAD_CLIP)
+        w_opt.step()
+    return step
+
+
+def build_original(cfg, device):
+    """The original's objects, driven as its train_search.py drives them."""
+    from types import SimpleNamespace
+    sys.path.insert(0, cfg["original"])
+    import architect as original_architect  # the original's modules, from cfg["original"]
+    import model_search
+    torch.manual_seed(cfg["seed"])
+    criterion = nn.CrossEntropyLoss().to(device)
+    model = model_search.Network(cfg["C"], cfg["classes"], cfg["layers"], criterion).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    args = SimpleNamespace(momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, arch_learning_rate=ARCH_LR,
+                           arch_weight_decay=ARCH_WEIGHT_DECAY)
+    architect = original_architect.Architect(model, args)
+    xt, yt, xv, yv = synthetic_batches(cfg, device)
+    model.train()
+
+    def step():
+        architect.step(xt, yt, xv, yv, LR, optimizer, unrolled=cfg["order"] == 2)
+        optimizer.zero_grad()
+        logits = model(xt)
+        loss = criterion(logits, yt)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        optimizer.step()
+    return step
+
+
+def worker(cfg):
+    import warnings
+    warnings.filterwarnings("ignore")  # the original's deprecated overloads warn on every call
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    device = torch.device(cfg["device"])
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    step = build_original(cfg, device) if cfg["impl"] == "original" else build_ours(cfg, device)
+    _bench.serve(step, device, cfg["batch"])
+
+
+def configs(args, order):
+    base = {"order": order, "batch": args.batch_size, "C": args.init_channels, "layers": args.layers,
+            "classes": 10, "image_size": 32, "device": args.device, "threads": args.threads, "seed": 0,
+            "partial_channels": args.partial_channels, "compile": False, "ablate": [],
+            "precision": args.precision, "channels_last": args.channels_last}
+    out = [dict(base, impl="ours", name="dist-darts")]
+    if args.compile:
+        out.append(dict(base, impl="ours", name="dist-darts + torch.compile", compile=True))
+    for name in args.ablate:
+        out.append(dict(base, impl="ours", name=f"dist-darts without {name}", ablate=[name]))
+    if args.original and args.partial_channels == 1:
+        out.append(dict(base, impl="original", name="original", original=str(Path(args.original).resolve()),
+                        precision="fp32", channels_last=False))
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--order", type=int, nargs="+", default=[1, 2], choices=[1, 2], help="DARTS order(s) (1 2)")
+    p.add_argument("--batch-size", type=int, help="per step (default 64; 64 x K with --partial-channels K)")
+    p.add_argument("--init-channels", type=int, default=16, help="C (default 16)")
+    p.add_argument("--layers", type=int, default=8, help="cells (default 8)")
+    p.add_argument("--partial-channels", type=int, default=1, help="PC-DARTS K (default 1: plain DARTS)")
+    p.add_argument("--original", help="path of the original DARTS cnn/ folder: run its step side by side")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="(default cpu)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], help="ours (default: bf16 on cuda, fp32 on cpu)")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                   help="on cuda: keep NCHW (default channels_last)")
+    p.add_argument("--threads", type=int, help="torch threads per worker (default: torch's, = cores)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
+    p.add_argument("--compile", action="store_true", help="also time ours with torch.compile on the weight step")
+    p.add_argument("--ablate", nargs="*", default=[], choices=sorted(ABLATIONS),
+                   help="also time ours with an optimisation switched off: " + "; ".join(
+                       f"{k}: {v}" for k, v in ABLATIONS.items()))
+    p.add_argument("--no-record", action="store_true", help="print only")
+    args = p.parse_args()
+    if args.worker:
+        return worker(json.loads(args.worker))
+    if args.batch_size is None:
+        args.batch_size = 64 * args.partial_channels
+    if args.precision is None:
+        args.precision = "bf16" if args.device == "cuda" else "fp32"
+
+    rows, results = [], []
+    for order in args.order:
+        print(f"order {order}, batch {args.batch_size}:", flush=True)
+        workers = [_bench.Worker(__file__, c, _bench.worker_env(args.threads)) for c in configs(args, order)]
+        _bench.alternate(workers, args.warmup, args.steps)
+        for w in workers:
+            w.finish()
+        ref = next((w for w in workers if w.config["impl"] == "original"), None)
+        ours = workers[0]
+        for w in workers:
+            wall = _bench.med(w.walls)
+            res = {"name": w.config["name"], "impl": w.config["impl"], "order": order, "batch": args.batch_size,
+                   "partial_channels": args.partial_channels, "precision": w.config["precision"],
+                   "ablate": w.config["ablate"], "compile": w.config["compile"],
+                   "wall_s": w.walls, "cpu_s": w.cpus, "median_s": wall, "images_per_s": args.batch_size / wall,
+                   "median_cpu_s": _bench.med(w.cpus), **{k: w.memory[k] for k in ("peak_bytes", "peak_delta_bytes")}}
+            results.append(res)
+            vs_ref = "" if ref is None else f"{_bench.med(ref.walls) / wall:.2f}x"
+            vs_ours = f"{_bench.med(ours.walls) / wall:.2f}x"
+            mem_vs_ref = "" if ref is None else f"{w.memory['peak_delta_bytes'] / ref.memory['peak_delta_bytes']:.2f}"
+            rows.append([f"{order}", w.config["name"], f"{wall:.2f}", f"{min(w.walls):.2f} - {max(w.walls):.2f}",
+                         f"{args.batch_size / wall:.1f}", f"{_bench.med(w.cpus):.2f}",
+                         _bench.gib(w.memory["peak_delta_bytes"]), vs_ref, mem_vs_ref, vs_ours])
+    mem_label = "peak GPU mem GiB" if args.device == "cuda" else "peak RSS delta GiB"
+    text = _bench.table(["order", "code", "step s (median)", "min - max", "images/s", "CPU s/step", mem_label,
+                         "speed vs original", "memory vs original", "speed vs dist-darts"], rows, right_from=2)
+    print(text)
+    if args.no_record:
+        return
+    threads = args.threads or torch.get_num_threads()
+    cfg_line = (f"Config: C={args.init_channels}, {args.layers} cells, batch {args.batch_size}, 32x32, 10 classes"
+                + (f", PC-DARTS K={args.partial_channels}" if args.partial_channels > 1 else "")
+                + f"; device {args.device}, ours in {args.precision}"
+                + (", channels_last" if args.device == "cuda" and args.channels_last else "")
+                + f"; {threads} torch thread(s) per process. Median of {args.steps} timed steps after "
+                  f"{args.warmup} warm-up step(s), configurations alternating step by step. images/s = batch / "
+                  "step time; CPU s/step = process CPU time (robust to other load on the machine); memory: "
+                  + ("torch.cuda.max_memory_allocated" if args.device == "cuda"
+                     else "peak RSS of the configuration's own process minus its RSS before the first step") + ".")
+    _bench.record("search_step", args.device, {"config": vars(args), "results": results},
+                  "Search step" + (f", PC-DARTS K={args.partial_channels}" if args.partial_channels > 1 else ""),
+                  cfg_line + "\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()
