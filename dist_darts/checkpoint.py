@@ -32,21 +32,58 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-def load(path: str | os.PathLike, kind: str | None = None) -> dict:
-    """Load a dist-darts checkpoint (weights only) or fail with one line saying why."""
-    path = Path(path)
+def _read(path: Path):
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, foreign pickle, tampered data: never let the deep trace out
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"checkpoint {path} is corrupted or not a PyTorch checkpoint ({reason})") from None
+
+
+def load(path: str | os.PathLike, kind: str | None = None) -> dict:
+    """Load a dist-darts checkpoint (weights only) or fail with one line saying why."""
+    path = Path(path)
+    ckpt = _read(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} was not written by dist-darts (no '{FORMAT}' marker)")
     if kind and ckpt.get("kind") != kind:
         raise CheckpointError(f"checkpoint {path} is a {ckpt.get('kind')} checkpoint, not a {kind} one")
     return ckpt
+
+
+def load_weights(path: str | os.PathLike, layers: int) -> tuple[dict, dict | None]:
+    """An evaluation network's weights from a file, as (state dict, architecture or None).
+
+    Our retrain checkpoints give their EMA weights when the run kept an EMA (those were validated) and their
+    architecture (genotype, layers, init_channels, auxiliary, config). Foreign files give None: a plain state dict
+    (the original DARTS code's CIFAR weights), {'state_dict': ...} (its ImageNet checkpoints), keys maybe prefixed
+    'module.' (saved from a DataParallel model), or NNI's DARTS-space keys (renamed for `layers` cells).
+    """
+    from .genotype import from_dict
+    from .model import from_nni_state_dict
+
+    path = Path(path)
+    obj = _read(path)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        ckpt = load(path, "retrain")
+        weights = ckpt["model"]
+        if ckpt.get("ema"):
+            weights = {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+        c = ckpt["config"]
+        arch = {"genotype": from_dict(ckpt["genotype"]), "layers": c["layers"], "init_channels": c["init_channels"],
+                "auxiliary": c["auxiliary"], "config": c}
+        return weights, arch
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"checkpoint {path} holds no state dict of tensors (neither ours nor the original "
+                              "DARTS code's format)")
+    weights = {k.removeprefix("module."): v for k, v in obj.items()}
+    if any(k.startswith("stages.") for k in weights):
+        weights = from_nni_state_dict(weights, layers)
+    return weights, None
 
 
 def rng_state() -> dict:

@@ -114,18 +114,16 @@ def cmd_model_summary(args):
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .model import NetworkCIFAR, NetworkImageNet, count_parameters
+    from .model import build_network, count_parameters, paper_size
     info = DATASETS[args.dataset]
-    imagenet = args.dataset == "imagenet"
-    C = args.init_channels or (48 if imagenet else 36)
-    layers = args.layers or (14 if imagenet else 20)
-    cls = NetworkImageNet if imagenet else NetworkCIFAR
-    net = cls(C, info.num_classes, layers, args.auxiliary, gt.load(args.genotype)).eval()
+    C = args.init_channels or paper_size(info.image_size)[0]
+    layers = args.layers or paper_size(info.image_size)[1]
+    net = build_network(gt.load(args.genotype), info.num_classes, info.image_size, layers, C, args.auxiliary).eval()
     x = torch.zeros(1, 3, info.image_size, info.image_size)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         net(x)
     rows = [
-        ("network", f"{cls.__name__} (C={C}, layers={layers}, classes={info.num_classes})"),
+        ("network", f"{type(net).__name__} (C={C}, layers={layers}, classes={info.num_classes})"),
         ("genotype", args.genotype),
         ("parameters", f"{count_parameters(net):,} ({count_parameters(net) / 1e6:.2f} M, without auxiliary head)"),
         ("parameters, all", f"{count_parameters(net, exclude_auxiliary=False):,}"),
@@ -135,6 +133,24 @@ def cmd_model_summary(args):
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
+
+
+# --- hub --------------------------------------------------------------------------------------------------
+
+def cmd_hub_list(args):
+    from .hub import catalogue
+    rows = catalogue()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    cols = [("name", "name"), ("dataset", "dataset"), ("input", "input"), ("network", "network"),
+            ("params", "parameters"), ("reported_error", "reported test error"), ("source", "source")]
+    cells = [[f"{r[k]:,}" if k == "params" else str(r[k]) for k, _ in cols] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (_, h) in enumerate(cols)]
+    for line in [[h for _, h in cols], *cells]:
+        print("  ".join(v.rjust(w) if i == 4 else v.ljust(w) for i, (v, w) in enumerate(zip(line, widths))).rstrip())
+    print("\nparameters: counted on the network built here (without the auxiliary head); reported errors: as "
+          "published by each source for its own trained network. Released weights: dist-darts hub list --json.")
 
 
 # --- parser -----------------------------------------------------------------------------------------------
@@ -215,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, default=None, help="number of cells (default: 20, ImageNet 14)")
     p.add_argument("--auxiliary", action="store_true", help="build the auxiliary head too")
     p.set_defaults(func=cmd_model_summary)
+    p_hub = sub.add_parser("hub", help="published genotypes at the papers' sizes", formatter_class=fmt)
+    hsub = p_hub.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = hsub.add_parser("list", help="every published genotype: source, reported error, parameters, input size",
+                        formatter_class=fmt)
+    p.add_argument("--json", action="store_true", help="print the rows as JSON (with the released weights' links)")
+    p.set_defaults(func=cmd_hub_list)
     return parser
 
 

@@ -78,7 +78,7 @@ class CommonConfig:
 
 def check_ranges(cfg, minimum, names) -> None:
     for name in names:
-        if getattr(cfg, name) < minimum:
+        if getattr(cfg, name) is not None and getattr(cfg, name) < minimum:
             raise ConfigError(f"{name.replace('_', '-')}: must be >= {minimum}, got {getattr(cfg, name)}")
 
 
@@ -162,8 +162,9 @@ class EvaluateConfig:
     workers: int = opt(4, "data loading workers per rank")
     output: str | None = opt(None, "folder for metrics.json (default: the checkpoint's run folder)")
     genotype: str | None = opt(None, "for a plain state dict: its genotype (name or JSON)")
-    layers: int = opt(20, "for a plain state dict: its number of cells")
-    init_channels: int = opt(36, "for a plain state dict: its initial channels C")
+    layers: int | None = opt(None, "for a plain state dict: its number of cells (default: the paper's, 20; ImageNet 14)")
+    init_channels: int | None = opt(None, "for a plain state dict: its initial channels C (default: the paper's, 36; "
+                                          "ImageNet 48)")
     device: str = opt("auto", "auto = cuda:LOCAL_RANK when CUDA is available, else cpu", choices=("auto", "cpu", "cuda"))
     precision: str = opt("auto", "auto = bf16 autocast on GPU, fp32 on CPU", choices=PRECISIONS)
     channels_last: bool = opt(True, "channels_last memory format on GPU")

@@ -166,6 +166,21 @@ class NetworkImageNet(_Network):
         return self._run_cells(s0, self.stem1(s0))
 
 
+# (C, cells) of the papers' evaluation networks: CIFAR-size inputs, and 224x224 ImageNet (mobile setting)
+PAPER_SIZE = {"cifar": (36, 20), "imagenet": (48, 14)}
+
+
+def build_network(genotype, num_classes: int, image_size: int, layers: int, C: int, auxiliary: bool):
+    """NetworkImageNet for 224-pixel inputs, NetworkCIFAR for small ones."""
+    cls = NetworkImageNet if image_size >= 224 else NetworkCIFAR
+    return cls(C, num_classes, layers, auxiliary, genotype)
+
+
+def paper_size(image_size: int) -> tuple[int, int]:
+    """(C, cells) the DARTS paper evaluates at for this input size."""
+    return PAPER_SIZE["imagenet" if image_size >= 224 else "cifar"]
+
+
 def count_parameters(model: nn.Module, exclude_auxiliary: bool = True) -> int:
     """Parameters as the DARTS papers count them: without the auxiliary head."""
     return sum(p.numel() for name, p in model.named_parameters()

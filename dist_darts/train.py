@@ -19,12 +19,12 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import checkpoint as ckpt_io
 from . import genotype as gt
-from .config import ConfigError, EvaluateConfig, RetrainConfig
+from .config import DATASETS, ConfigError, EvaluateConfig, RetrainConfig
 from .data import build_loaders
 from .distributed import close_distributed
 from .engine import (EpochHook, Job, Meter, checkpoint_path, evaluate, log, prepare_model, progress, restore_rng,
                      resume_state, start_job, summary_table, write_checkpoint)
-from .model import NetworkCIFAR, NetworkImageNet, count_parameters
+from .model import build_network, count_parameters, paper_size
 
 RESUME_KEYS = ("dataset", "genotype", "layers", "init_channels", "auxiliary", "batch_size", "epochs", "seed")
 
@@ -38,11 +38,6 @@ class TrainResult:
     epochs: int
     run_dir: str
     seconds: float
-
-
-def build_network(genotype, num_classes: int, image_size: int, layers: int, C: int, auxiliary: bool):
-    cls = NetworkImageNet if image_size >= 224 else NetworkCIFAR
-    return cls(C, num_classes, layers, auxiliary, genotype)
 
 
 def lr_factor(cfg: RetrainConfig, epoch: int) -> float:
@@ -214,32 +209,20 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict:
 
 
 def _read_weights(cfg: EvaluateConfig):
-    """(architecture, state dict, cfg) from our checkpoint, or from a plain state dict described by --genotype.
-
-    Our checkpoints are evaluated with their EMA weights when the run kept an EMA (those were validated).
-    """
-    try:
-        ckpt = ckpt_io.load(cfg.checkpoint, "retrain")
-    except ckpt_io.CheckpointError:
-        if not cfg.genotype:
-            raise
-        try:
-            weights = torch.load(cfg.checkpoint, map_location="cpu", weights_only=True)
-        except Exception:
-            raise ckpt_io.CheckpointError(f"checkpoint {cfg.checkpoint} is corrupted or not a PyTorch state dict") from None
-        if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
-            raise ckpt_io.CheckpointError(f"checkpoint {cfg.checkpoint} is no state dict of tensors")
+    """(architecture, state dict, cfg) from our checkpoint, or from a foreign state dict described by --genotype."""
+    image_size = DATASETS[cfg.dataset].image_size if cfg.dataset else 32
+    C, layers = cfg.init_channels or paper_size(image_size)[0], cfg.layers or paper_size(image_size)[1]
+    weights, arch = ckpt_io.load_weights(cfg.checkpoint, layers)
+    if arch is not None:
+        c = arch["config"]
         if cfg.dataset is None:
-            raise ConfigError("dataset: a plain state dict does not say its data set; pass --dataset")
-        arch = {"genotype": gt.load(cfg.genotype), "layers": cfg.layers, "init_channels": cfg.init_channels,
-                "auxiliary": any(k.startswith("auxiliary_head.") for k in weights)}
+            cfg = dataclasses.replace(cfg, dataset=c["dataset"], data_dir=cfg.data_dir or c["data_dir"])
         return arch, weights, cfg
-    c = ckpt["config"]
+    if not cfg.genotype:
+        raise ckpt_io.CheckpointError(f"checkpoint {cfg.checkpoint} was not written by dist-darts: for a state dict "
+                                      "of the original DARTS code or NNI pass --genotype (and --dataset)")
     if cfg.dataset is None:
-        cfg = dataclasses.replace(cfg, dataset=c["dataset"], data_dir=cfg.data_dir or c["data_dir"])
-    weights = ckpt["model"]
-    if ckpt.get("ema"):
-        weights = {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
-    arch = {"genotype": gt.from_dict(ckpt["genotype"]), "layers": c["layers"], "init_channels": c["init_channels"],
-            "auxiliary": c["auxiliary"]}
+        raise ConfigError("dataset: a plain state dict does not say its data set; pass --dataset")
+    arch = {"genotype": gt.load(cfg.genotype), "layers": layers, "init_channels": C,
+            "auxiliary": any(k.startswith("auxiliary_head.") for k in weights)}
     return arch, weights, cfg

@@ -1,0 +1,110 @@
+"""The model hub: published genotypes at the papers' sizes, and weights in our format and the original's."""
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from dist_darts import genotype as gt
+from dist_darts.checkpoint import CheckpointError
+from dist_darts.hub import PUBLISHED, catalogue, load_searched_model
+from helpers import TINY_RETRAIN, cli
+
+
+def test_catalogue_counts_parameters_at_the_papers_sizes():
+    rows = {(r["name"], r["dataset"]): r for r in catalogue()}
+    # the counts the original code's networks have (checked in test_reference_parity) and the papers report
+    assert rows["DARTS_V2", "cifar10"]["params"] == 3_349_342
+    assert rows["DARTS_V2", "imagenet"]["params"] == 4_718_752
+    assert rows["DARTS_V2", "imagenet"]["input"] == "224x224"
+    assert 3.55e6 < rows["PC_DARTS", "cifar10"]["params"] < 3.65e6  # PC-DARTS reports 3.6M
+    assert {p.name for p in PUBLISHED} == set(gt.GENOTYPES) - {"DARTS"}  # DARTS is DARTS_V2's alias
+
+
+def test_hub_list_cli():
+    out = cli("hub", "list").stdout
+    assert all(p.name in out for p in PUBLISHED) and "3,349,342" in out and "2.76 +/- 0.09 %" in out
+    rows = json.loads(cli("hub", "list", "--json").stdout)
+    assert any(r["weights"].endswith("(cifar10_model.pt)") for r in rows)
+
+
+def _original_weights(fixtures_dir):
+    ref = torch.load(fixtures_dir / "original_cifar.pt", weights_only=True)
+    assert ref["config"]["genotype"] == "DARTS_V2"
+    return ref
+
+
+def _check_logits(model, ref):
+    model.drop_path_prob = 0.0
+    with torch.no_grad():
+        logits, _ = model(ref["input"])
+    torch.testing.assert_close(logits, ref["logits"], rtol=0, atol=1e-5)
+
+
+def test_weights_saved_by_the_original_code_load(fixtures_dir, tmp_path):
+    ref = _original_weights(fixtures_dir)
+    torch.save(ref["state_dict"], tmp_path / "cifar10_model.pt")  # test.py's format: a plain state dict
+    model = load_searched_model("DARTS_V2", "cifar10", tmp_path / "cifar10_model.pt", init_channels=8, layers=5)
+    assert not model.training and model.loaded_from.endswith("cifar10_model.pt")
+    _check_logits(model, ref)
+    # train_imagenet.py's format: {'state_dict': ...} of a DataParallel model, next to optimizer state
+    wrapped = {"epoch": 250, "best_acc_top1": 73.3, "optimizer": {"state": {}, "param_groups": []},
+               "state_dict": {f"module.{k}": v for k, v in ref["state_dict"].items()}}
+    torch.save(wrapped, tmp_path / "model_best.pth.tar")
+    _check_logits(load_searched_model("DARTS_V2", "cifar10", str(tmp_path / "model_best.pth.tar"), init_channels=8,
+                                      layers=5), ref)
+
+
+def test_paper_size_weights_round_trip(tmp_path):
+    with pytest.warns(UserWarning, match="untrained"):
+        untrained = load_searched_model("DARTS_V2", "cifar10")
+    torch.save(untrained.state_dict(), tmp_path / "w.pt")
+    loaded = load_searched_model("DARTS_V2", "cifar10", tmp_path / "w.pt")
+    assert all(torch.equal(a, b) for a, b in zip(untrained.state_dict().values(), loaded.state_dict().values()))
+    assert not hasattr(loaded, "auxiliary_head")
+
+
+def test_our_retrain_checkpoint_loads(tmp_path):
+    cli("retrain", *TINY_RETRAIN, "--genotype", "DARTS_V2", "--epochs", "1", "--steps-per-epoch", "1",
+        "--output", str(tmp_path))
+    ckpt = tmp_path / "checkpoints" / "last.pt"
+    model = load_searched_model("DARTS_V2", "digits", ckpt)
+    assert len(model.cells) == 3
+    with pytest.raises(CheckpointError, match="another genotype than DARTS_V1"):
+        load_searched_model("DARTS_V1", "digits", ckpt)
+
+
+class _Payload:  # what a tampered file could smuggle in: weights_only refuses to build it
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+@pytest.mark.parametrize("case", ["missing", "truncated", "tampered", "not weights", "other genotype"])
+def test_bad_weights_give_one_clear_line(fixtures_dir, tmp_path, case):
+    path = tmp_path / "w.pt"
+    if case == "truncated":
+        torch.save(_original_weights(fixtures_dir)["state_dict"], path)
+        path.write_bytes(path.read_bytes()[:4000])
+    elif case == "tampered":
+        path.write_bytes(pickle.dumps({"cells.0.x": _Payload()}, protocol=2))
+    elif case == "not weights":
+        torch.save({"lr": 0.1}, path)
+    elif case == "other genotype":
+        torch.save(_original_weights(fixtures_dir)["state_dict"], path)
+    expected = {"missing": "does not exist", "truncated": "corrupted", "tampered": "corrupted",
+                "not weights": "no state dict of tensors", "other genotype": "do not fit DARTS_V1 for cifar10"}[case]
+    with pytest.raises(CheckpointError, match=expected) as info:
+        load_searched_model("DARTS_V1", "cifar10", path, init_channels=8, layers=5)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_url_without_network_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(CheckpointError, match="could not be downloaded"):
+        load_searched_model("DARTS_V2", "cifar10", "http://127.0.0.1:9/cifar10_model.pt")
+
+
+def test_unknown_dataset():
+    with pytest.raises(ValueError, match="dataset 'mnist'"):
+        load_searched_model("DARTS_V2", "mnist")
