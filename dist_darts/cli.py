@@ -175,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="top-1/top-5 and parameters of a checkpoint",
                        description="Evaluate a retrain checkpoint (or an original DARTS state dict with --genotype) "
-                                   "on the test split; prints top-1/top-5 and writes metrics.json.")
+                                   "on the test split; prints top-1/top-5 and writes metrics.json into "
+                                   "evaluate/NAME/ of the checkpoint's run folder.")
     config.add_arguments(p, config.EvaluateConfig)
     p.set_defaults(func=cmd_evaluate)
 

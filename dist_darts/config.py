@@ -110,6 +110,9 @@ class SearchConfig(CommonConfig):
             raise ConfigError(f"train-portion: must be between 0 and 1, got {self.train_portion}")
         if self.partial_channels < 1:
             raise ConfigError(f"partial-channels: must be >= 1, got {self.partial_channels}")
+        if self.layers < 3:  # cells layers//3 and 2*layers//3 reduce: fewer than 3 leave no normal cell to search
+            raise ConfigError(f"layers: a search needs >= 3 cells (a normal one besides the two reductions), "
+                              f"got {self.layers}")
 
 
 @dataclass
@@ -160,11 +163,12 @@ class EvaluateConfig:
     download: bool = opt(False, "download the data set with torchvision when missing (needs a network)")
     batch_size: int = opt(128, "batch size per rank")
     workers: int = opt(4, "data loading workers per rank")
-    output: str | None = opt(None, "folder for metrics.json (default: the checkpoint's run folder)")
+    output: str | None = opt(None, "folder for metrics.json, config.yaml and log.txt (default: evaluate/NAME in the "
+                                   "checkpoint's run folder, NAME the checkpoint's file name without suffix)")
     genotype: str | None = opt(None, "for a plain state dict: its genotype (name or JSON)")
-    layers: int | None = opt(None, "for a plain state dict: its number of cells (default: the paper's, 20; ImageNet 14)")
-    init_channels: int | None = opt(None, "for a plain state dict: its initial channels C (default: the paper's, 36; "
-                                          "ImageNet 48)")
+    layers: int | None = opt(None, "for a plain state dict: its cells (default: the paper's, 20; ImageNet 14)")
+    init_channels: int | None = opt(None, "for a plain state dict: its initial channels C (default: the paper's, "
+                                          "36; ImageNet 48)")
     device: str = opt("auto", "auto = cuda:LOCAL_RANK when CUDA is available, else cpu", choices=("auto", "cpu", "cuda"))
     precision: str = opt("auto", "auto = bf16 autocast on GPU, fp32 on CPU", choices=PRECISIONS)
     channels_last: bool = opt(True, "channels_last memory format on GPU")
@@ -179,7 +183,9 @@ class EvaluateConfig:
         check_ranges(self, minimum=1, names=("batch_size", "layers", "init_channels"))
         if self.output is None:
             parent = os.path.dirname(os.path.abspath(self.checkpoint))
-            self.output = os.path.dirname(parent) if os.path.basename(parent) == "checkpoints" else parent
+            run_dir = os.path.dirname(parent) if os.path.basename(parent) == "checkpoints" else parent
+            # a folder of its own: the retrain's metrics.json and config.yaml stay as they are
+            self.output = os.path.join(run_dir, "evaluate", os.path.splitext(os.path.basename(self.checkpoint))[0])
 
 
 # Flags of `sweep` that are handed on to every search and retrain it runs.

@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import checkpoint as ckpt_io
 from . import config as config_io
-from .distributed import DistEnv, all_reduce_sum, barrier, init_distributed, seed_everything
+from .distributed import DistEnv, all_gather_object, all_reduce_sum, barrier, init_distributed, seed_everything
 
 log = logging.getLogger("dist_darts")
 
@@ -177,6 +177,11 @@ def resume_state(job: Job, kind: str, keys: tuple[str, ...]) -> dict | None:
     path = checkpoint_path(job.run_dir)
     if not job.cfg.resume:
         return None
+    seen = all_gather_object(path.is_file())
+    if any(seen) and not all(seen):  # half the ranks resuming and half starting over would diverge
+        blind = [r for r, s in enumerate(seen) if not s]
+        raise ckpt_io.CheckpointError(f"checkpoint {path} is missing on rank(s) {blind}: put --output on storage "
+                                      "every node mounts at the same path")
     if not path.is_file():
         log.warning("--resume: no checkpoint in %s yet; starting from scratch", path.parent)
         return None
@@ -187,7 +192,6 @@ def resume_state(job: Job, kind: str, keys: tuple[str, ...]) -> dict | None:
 
 def write_checkpoint(job: Job, path: Path, state: dict, meter: Meter | None) -> None:
     """Gather every rank's RNG state and let rank 0 write atomically; all ranks call this."""
-    from .distributed import all_gather_object
     rngs = all_gather_object(ckpt_io.rng_state())
     if job.env.is_main:
         state = dict(state, format=ckpt_io.FORMAT, world_size=job.env.world_size, rng=rngs,
@@ -210,7 +214,6 @@ def replica_digest(tensors) -> str:
 
 def check_replicas(tensors) -> str:
     """Fail loudly if the ranks' copies (weights and alphas) are no longer bit-identical; returns the digest."""
-    from .distributed import all_gather_object
     digests = all_gather_object(replica_digest(tensors))
     if len(set(digests)) > 1:
         raise RuntimeError(f"ranks diverged: their weights/alphas differ (digests {sorted(set(digests))})")

@@ -110,6 +110,7 @@ def _search(job: Job, on_epoch: EpochHook | None) -> SearchResult:
         raise ConfigError(f"batch-size: {cfg.batch_size} per rank leaves no full batch in the search split")
 
     start_epoch, start_step, meter_state = 0, 0, None
+    metrics = {"train_top1": math.nan, "val_top1": math.nan}  # of the last finished epoch
     state = resume_state(job, "search", RESUME_KEYS)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -117,6 +118,7 @@ def _search(job: Job, on_epoch: EpochHook | None) -> SearchResult:
         a_opt.load_state_dict(state["a_optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, start_step, meter_state = state["epoch"], state["step"], state["meter"]
+        metrics = state.get("metrics") or metrics
         restore_rng(state, job)
         log.info("resumed from %s at epoch %d step %d", checkpoint_path(job.run_dir), start_epoch, start_step)
 
@@ -124,9 +126,8 @@ def _search(job: Job, on_epoch: EpochHook | None) -> SearchResult:
         write_checkpoint(job, checkpoint_path(job.run_dir), {
             "kind": "search", "epoch": epoch, "step": step, "model": model.state_dict(),
             "w_optimizer": w_opt.state_dict(), "a_optimizer": a_opt.state_dict(),
-            "scheduler": scheduler.state_dict()}, meter)
+            "scheduler": scheduler.state_dict(), "metrics": metrics}, meter)
 
-    genotype, train_stats, val_stats = model.genotype(), {}, {}
     # rows past the checkpoint belong to work that is about to be redone
     history = [r for r in _read_history(job.run_dir) if r["epoch"] <= start_epoch] if state is not None else []
     for epoch in range(start_epoch, cfg.epochs):
@@ -177,17 +178,18 @@ def _search(job: Job, on_epoch: EpochHook | None) -> SearchResult:
             log.info("epoch %d/%d lr %.5f | train loss %.4f top1 %.2f%% | val loss %.4f top1 %.2f%% | %s",
                      epoch + 1, cfg.epochs, lr, train_stats["loss"], train_stats["top1"], val_stats["loss"],
                      val_stats["top1"], gt.format_genotype(genotype))
+        metrics = {"epoch": epoch + 1, "train_top1": train_stats["top1"], "val_top1": val_stats["top1"],
+                   "val_loss": val_stats["loss"], "genotype": json.dumps(gt.to_dict(genotype))}
         save(epoch + 1, 0, None)
         if on_epoch is not None:
-            on_epoch({"epoch": epoch + 1, "train_top1": train_stats["top1"], "val_top1": val_stats["top1"],
-                      "val_loss": val_stats["loss"], "genotype": json.dumps(gt.to_dict(genotype))},
-                     checkpoint_path(job.run_dir))
+            on_epoch(metrics, checkpoint_path(job.run_dir))
+    if start_epoch == cfg.epochs and on_epoch is not None and "epoch" in metrics:
+        on_epoch(metrics, checkpoint_path(job.run_dir))  # resumed when already done: report the result again
 
     genotype = model.genotype()
     digest = check_replicas(model.parameters())
     seconds = time.time() - job.started
-    result = SearchResult(genotype, val_stats.get("top1", math.nan), train_stats.get("top1", math.nan), cfg.epochs,
-                          str(job.run_dir), seconds)
+    result = SearchResult(genotype, metrics["val_top1"], metrics["train_top1"], cfg.epochs, str(job.run_dir), seconds)
     if env.is_main:
         gt.save(genotype, job.run_dir / "genotype.json")
         torch.save({n: p.detach().cpu() for n, p in zip(model.arch_parameter_names(), model.arch_parameters())},

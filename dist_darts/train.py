@@ -82,6 +82,7 @@ def _train(job: Job, genotype: gt.Genotype, on_epoch: EpochHook | None) -> Train
         raise ConfigError(f"batch-size: {cfg.batch_size} per rank leaves no full batch in the training set")
 
     start_epoch, start_step, meter_state, best_top1 = 0, 0, None, 0.0
+    metrics = {"top1": math.nan, "top5": math.nan}  # of the last finished epoch
     state = resume_state(job, "retrain", RESUME_KEYS)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -91,6 +92,7 @@ def _train(job: Job, genotype: gt.Genotype, on_epoch: EpochHook | None) -> Train
         if ema is not None:
             ema.load_state_dict(state["ema"])
         start_epoch, start_step, meter_state, best_top1 = state["epoch"], state["step"], state["meter"], state["best"]
+        metrics = state.get("metrics") or metrics
         restore_rng(state, job)
         log.info("resumed from %s at epoch %d step %d", checkpoint_path(job.run_dir), start_epoch, start_step)
 
@@ -98,11 +100,10 @@ def _train(job: Job, genotype: gt.Genotype, on_epoch: EpochHook | None) -> Train
         write_checkpoint(job, path, {
             "kind": "retrain", "epoch": epoch, "step": step, "best": best_top1, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": job.scaler.state_dict(), "ema": None if ema is None else ema.state_dict(),
+            "scaler": job.scaler.state_dict(), "ema": None if ema is None else ema.state_dict(), "metrics": metrics,
             "genotype": gt.to_dict(genotype), "num_classes": loaders.num_classes,
             "image_size": loaders.image_size}, meter)
 
-    val_stats = {"top1": math.nan, "top5": math.nan}
     for epoch in range(start_epoch, cfg.epochs):
         model.drop_path_prob = cfg.drop_path_prob * epoch / cfg.epochs
         epoch_lr = optimizer.param_groups[0]["lr"]
@@ -149,16 +150,18 @@ def _train(job: Job, genotype: gt.Genotype, on_epoch: EpochHook | None) -> Train
         log.info("epoch %d/%d lr %.5f | train loss %.4f top1 %.2f%% | val loss %.4f top1 %.2f%% top5 %.2f%%",
                  epoch + 1, cfg.epochs, epoch_lr, train_stats["loss"], train_stats["top1"], val_stats["loss"],
                  val_stats["top1"], val_stats["top5"])
+        metrics = {"epoch": epoch + 1, "train_top1": train_stats["top1"], "top1": val_stats["top1"],
+                   "top5": val_stats["top5"], "best_top1": best_top1, "params": params}
         save(checkpoint_path(job.run_dir), epoch + 1, 0, None)
         if is_best:
             save(job.run_dir / "checkpoints" / "best.pt", epoch + 1, 0, None)
         if on_epoch is not None:
-            on_epoch({"epoch": epoch + 1, "train_top1": train_stats["top1"], "top1": val_stats["top1"],
-                      "top5": val_stats["top5"], "best_top1": best_top1, "params": params},
-                     checkpoint_path(job.run_dir))
+            on_epoch(metrics, checkpoint_path(job.run_dir))
+    if start_epoch == cfg.epochs and on_epoch is not None and "epoch" in metrics:
+        on_epoch(metrics, checkpoint_path(job.run_dir))  # resumed when already done: report the result again
 
     seconds = time.time() - job.started
-    result = TrainResult(val_stats["top1"], val_stats["top5"], best_top1, params, cfg.epochs, str(job.run_dir), seconds)
+    result = TrainResult(metrics["top1"], metrics["top5"], best_top1, params, cfg.epochs, str(job.run_dir), seconds)
     if env.is_main:
         _write_metrics(job.run_dir, {"top1": result.top1, "top5": result.top5, "best_top1": best_top1,
                                      "params": params, "epochs": cfg.epochs, "genotype": gt.to_dict(genotype),

@@ -10,7 +10,6 @@ skips finished trials.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -80,6 +79,7 @@ def _trial(config: dict) -> None:
         run_config=ray.train.RunConfig(
             name=config["run_name"], storage_path=config["storage"],
             failure_config=ray.train.FailureConfig(max_failures=config["max_failures"]),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),  # a retry needs only the latest
             callbacks=[TuneReportCallback()]),
     )
     trainer.fit()

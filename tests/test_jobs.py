@@ -39,8 +39,19 @@ def test_retrain_and_evaluate_the_found_genotype(search_dir, tmp_path):
     assert (out / "checkpoints" / "best.pt").exists()
     proc = cli("evaluate", "--checkpoint", str(out / "checkpoints" / "last.pt"), "--workers", "0")
     assert "top-1" in proc.stdout
-    evaluated = json.loads((out / "metrics.json").read_text())
+    evaluated = json.loads((out / "evaluate" / "last" / "metrics.json").read_text())
     assert evaluated["top1"] == pytest.approx(metrics["top1"]) and evaluated["params"] == metrics["params"]
+    assert json.loads((out / "metrics.json").read_text()) == metrics  # the retrain's own results stay
+
+
+def test_resuming_a_finished_retrain_keeps_its_results(tmp_path):
+    args = ["retrain", *TINY_RETRAIN, "--epochs", "1", "--steps-per-epoch", "2", "--output", str(tmp_path)]
+    cli(*args)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    cli(*args, "--resume")
+    again = json.loads((tmp_path / "metrics.json").read_text())
+    keys = ("top1", "top5", "best_top1")
+    assert {k: again[k] for k in keys} == {k: metrics[k] for k in keys}
 
 
 def test_evaluate_an_original_darts_state_dict(fixtures_dir, tmp_path):
@@ -48,13 +59,14 @@ def test_evaluate_an_original_darts_state_dict(fixtures_dir, tmp_path):
     torch.save(ref["state_dict"], tmp_path / "weights.pt")
     proc = cli("evaluate", "--checkpoint", str(tmp_path / "weights.pt"), "--genotype", "DARTS_V2", "--layers", "5",
                "--init-channels", "8", "--dataset", "digits", "--workers", "0")
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "evaluate" / "weights" / "metrics.json").read_text())
     assert metrics["images"] == 300 and "top-1" in proc.stdout
 
 
 @pytest.mark.parametrize("args,message", [
     (["search", "--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], "cifar10"),
     (["search", "--dataset", "digits", "--epochs", "0"], "epochs: must be >= 1"),
+    (["search", "--dataset", "digits", "--layers", "2"], "layers: a search needs >= 3 cells"),
     (["search", "--dataset", "digits", "--bogus-flag"], "unrecognized arguments"),
     (["retrain", "--dataset", "digits", "--genotype", "NOPE"], "neither a known name"),
     (["evaluate", "--checkpoint", "/nonexistent.pt"], "does not exist"),

@@ -31,3 +31,19 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, job):
     resumed = cli(*args, "--output", str(out), "--resume")
     assert f"resumed from {ckpt} at epoch {epoch} step {step}" in resumed.stdout
     assert_same_state(model_state(tmp_path / "straight"), model_state(out))
+
+
+@pytest.mark.parametrize("kind", ["search", "retrain"])
+def test_resuming_a_finished_run_reports_its_result_again(tmp_path, kind):
+    """A Ray trial restarted after its last epoch (its stage unfinished) must still hand its metrics to Tune."""
+    from dist_darts import config, search, train
+    cls, run = (config.SearchConfig, search.run) if kind == "search" else (config.RetrainConfig, train.run)
+    settings = {"dataset": "digits", "layers": 3, "init_channels": 4, "batch_size": 16, "workers": 0,
+                "epochs": 1, "steps_per_epoch": 2, "output": str(tmp_path)}
+    if kind == "retrain":
+        settings["auxiliary"] = False
+    first, again = [], []
+    result = run(config.build(cls, {}, settings), on_epoch=lambda m, c: first.append(m))
+    resumed = run(config.build(cls, {}, dict(settings, resume=True)), on_epoch=lambda m, c: again.append(m))
+    assert len(first) == 1 and again == first
+    assert resumed.genotype == result.genotype if kind == "search" else resumed.top1 == result.top1
