@@ -9,6 +9,7 @@ whatever else the machine is doing at that moment.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import importlib.metadata
 import json
@@ -22,12 +23,56 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 
+# search hyper-parameters of the paper (and of dist_darts.config.SearchConfig)
+LR, MOMENTUM, WEIGHT_DECAY, GRAD_CLIP = 0.025, 0.9, 3e-4, 5.0
+ARCH_LR, ARCH_BETAS, ARCH_WEIGHT_DECAY = 3e-4, (0.5, 0.999), 1e-3
+
+
 # ---- worker side ------------------------------------------------------------------------------------------------
+
+def setup_worker(cfg: dict) -> torch.device:
+    """Threads and cuDNN/TF32 settings as the jobs use them; the worker's device."""
+    import warnings
+    warnings.filterwarnings("ignore")  # the original's deprecated overloads warn on every call
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg["threads"])
+    device = torch.device(cfg["device"])
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def darts_search_step(model, train_model, order: int, autocast, batches, average=None):
+    """dist_darts.search's loop body, less the metrics: the Architect's alpha step, then the weight step
+    (forward, backward, gradient-norm clip, SGD with momentum) on a fixed batch."""
+    from dist_darts.architect import Architect
+    criterion = nn.CrossEntropyLoss()
+    w_opt = torch.optim.SGD(model.weights(), LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    a_opt = torch.optim.Adam(model.arch_parameters(), ARCH_LR, betas=ARCH_BETAS, weight_decay=ARCH_WEIGHT_DECAY)
+    architect = Architect(model, criterion, a_opt, w_opt, MOMENTUM, WEIGHT_DECAY, unrolled=order == 2,
+                          autocast=autocast, **({"average": average} if average else {}))
+    weights = model.weights()
+    xt, yt, xv, yv = batches
+
+    def step():
+        architect.step(xt, yt, xv, yv, LR)
+        w_opt.zero_grad(set_to_none=True)
+        with autocast():
+            logits = train_model(xt).float()
+        loss = criterion(logits, yt)
+        loss.backward()
+        nn.utils.clip_grad_norm_(weights, GRAD_CLIP)
+        w_opt.step()
+    return step
+
 
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
@@ -129,6 +174,34 @@ def alternate(workers: list[Worker], warmup: int, steps: int, log=print) -> None
             res = w.step(timed=r >= warmup)
             log(f"  round {r + 1}/{warmup + steps} {w.config['name']}: {res['wall']:.2f} s wall, "
                 f"{res['cpu']:.2f} s CPU" + ("" if r >= warmup else " (warm-up)"))
+
+
+def add_common_arguments(p, threads_default=None, threads_help="torch threads per worker (default: torch's, = "
+                                                                  "cores)") -> None:
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="(default cpu)")
+    p.add_argument("--threads", type=int, default=threads_default, help=threads_help)
+    p.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
+    p.add_argument("--no-record", action="store_true", help="print only")
+
+
+def measured(w: Worker, batch: int, ref: Worker | None) -> tuple[dict, list[str]]:
+    """A worker's timings as a JSON record and as table cells (step, range, images/s, CPU s, memory, ratios)."""
+    wall = med(w.walls)
+    record = {"name": w.config["name"], "batch": batch, "wall_s": w.walls, "cpu_s": w.cpus, "median_s": wall,
+              "images_per_s": batch / wall, "median_cpu_s": med(w.cpus),
+              **{k: w.memory[k] for k in ("peak_bytes", "peak_delta_bytes")}}
+    cells = [f"{wall:.2f}", f"{min(w.walls):.2f} - {max(w.walls):.2f}", f"{batch / wall:.1f}", f"{med(w.cpus):.2f}",
+             gib(w.memory["peak_delta_bytes"]),
+             "" if ref is None else f"{med(ref.walls) / wall:.2f}x",
+             "" if ref is None else f"{w.memory['peak_delta_bytes'] / ref.memory['peak_delta_bytes']:.2f}"]
+    return record, cells
+
+
+def measured_header(device: str) -> list[str]:
+    return ["step s (median)", "min - max", "images/s", "CPU s/step",
+            "peak GPU mem GiB" if device == "cuda" else "peak RSS delta GiB", "speed vs original", "memory vs original"]
 
 
 def med(xs):

@@ -29,16 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench  # noqa: E402
 import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-
-LR, MOMENTUM, WEIGHT_DECAY, GRAD_CLIP = 0.025, 0.9, 3e-4, 5.0
-ARCH_LR, ARCH_BETAS, ARCH_WEIGHT_DECAY = 3e-4, (0.5, 0.999), 1e-3
 
 
 def worker(cfg):
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from dist_darts.architect import Architect
     from dist_darts.distributed import all_reduce_mean_, close_distributed, init_distributed
     from dist_darts.supernet import Network
 
@@ -60,26 +55,13 @@ def worker(cfg):
             a.requires_grad_(True)
     autocast = (functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16) if cuda
                 else contextlib.nullcontext)
-    criterion = nn.CrossEntropyLoss()
-    w_opt = torch.optim.SGD(model.weights(), LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-    a_opt = torch.optim.Adam(model.arch_parameters(), ARCH_LR, betas=ARCH_BETAS, weight_decay=ARCH_WEIGHT_DECAY)
-    architect = Architect(model, criterion, a_opt, w_opt, MOMENTUM, WEIGHT_DECAY, unrolled=cfg["order"] == 2,
-                          average=all_reduce_mean_, autocast=autocast)
-    weights = model.weights()
     g = torch.Generator().manual_seed(1000 + env.rank)  # every rank its own shard of data
     b = cfg["batch"]
     xt, xv = (torch.randn(b, 3, 32, 32, generator=g).to(device) for _ in range(2))
     yt, yv = (torch.randint(0, 10, (b,), generator=g).to(device) for _ in range(2))
 
-    def step():
-        architect.step(xt, yt, xv, yv, LR)
-        w_opt.zero_grad(set_to_none=True)
-        with autocast():
-            logits = train_model(xt).float()
-        loss = criterion(logits, yt)
-        loss.backward()
-        nn.utils.clip_grad_norm_(weights, GRAD_CLIP)
-        w_opt.step()
+    step = _bench.darts_search_step(model, train_model, cfg["order"], autocast, (xt, yt, xv, yv),
+                                    average=all_reduce_mean_)
     _bench.serve(step, device, b * env.world_size)
     close_distributed()
 
@@ -123,17 +105,12 @@ def _free_port():
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--worker", help=argparse.SUPPRESS)
+    _bench.add_common_arguments(p, threads_default=1, threads_help="torch threads per rank (default 1)")
     p.add_argument("--nproc", type=int, help="ranks of the scaled run (default: GPUs on cuda, 2 on cpu)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="(default cpu)")
     p.add_argument("--order", type=int, default=1, choices=[1, 2], help="DARTS order (default 1)")
     p.add_argument("--batch-size", type=int, default=64, help="per rank (default 64)")
     p.add_argument("--init-channels", type=int, default=16, help="C (default 16)")
     p.add_argument("--layers", type=int, default=8, help="cells (default 8)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per rank (default 1)")
-    p.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
-    p.add_argument("--no-record", action="store_true", help="print only")
     args = p.parse_args()
     if args.worker:
         return worker(json.loads(args.worker))

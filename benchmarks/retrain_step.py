@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench  # noqa: E402
+from _bench import GRAD_CLIP, LR, MOMENTUM, WEIGHT_DECAY  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
@@ -33,7 +34,7 @@ NETWORKS = {  # the paper's retraining settings (dist_darts.config's cifar10 and
     "cifar": dict(C=36, layers=20, classes=10, image_size=32, batch=96, drop_path=0.2, label_smoothing=0.0),
     "imagenet": dict(C=48, layers=14, classes=1000, image_size=224, batch=128, drop_path=0.0, label_smoothing=0.1),
 }
-LR, MOMENTUM, WEIGHT_DECAY, GRAD_CLIP, AUX_WEIGHT = 0.025, 0.9, 3e-4, 5.0, 0.4
+AUX_WEIGHT = 0.4
 
 
 def build(cfg, device):
@@ -76,33 +77,20 @@ def build(cfg, device):
 
 
 def worker(cfg):
-    import warnings
-    warnings.filterwarnings("ignore")
-    if cfg["threads"]:
-        torch.set_num_threads(cfg["threads"])
-    device = torch.device(cfg["device"])
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    device = _bench.setup_worker(cfg)
     _bench.serve(build(cfg, device), device, cfg["batch"])
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--worker", help=argparse.SUPPRESS)
+    _bench.add_common_arguments(p)
     p.add_argument("--network", nargs="+", default=["cifar", "imagenet"], choices=sorted(NETWORKS))
     p.add_argument("--batch-size", type=int, help="override the paper's batch (96 cifar, 128 imagenet)")
     p.add_argument("--original", help="path of the original DARTS cnn/ folder: run its networks side by side")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="(default cpu)")
     p.add_argument("--precision", choices=["fp32", "bf16"], help="ours (default: bf16 on cuda, fp32 on cpu)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                    help="ours in channels_last (default: on cuda yes, on cpu no, as dist-darts retrain does)")
     p.add_argument("--compile", action="store_true", help="also time ours with torch.compile")
-    p.add_argument("--threads", type=int, help="torch threads per worker (default: torch's, = cores)")
-    p.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
-    p.add_argument("--no-record", action="store_true", help="print only")
     args = p.parse_args()
     if args.worker:
         return worker(json.loads(args.worker))
@@ -131,19 +119,11 @@ def main():
             w.finish()
         ref = next((w for w in workers if w.config["impl"] == "original"), None)
         for w in workers:
-            wall = _bench.med(w.walls)
-            results.append({"network": network, "name": w.config["name"], "batch": batch, "wall_s": w.walls,
-                            "cpu_s": w.cpus, "median_s": wall, "images_per_s": batch / wall,
-                            "precision": w.config["precision"], "channels_last": w.config["channels_last"],
-                            **{k: w.memory[k] for k in ("peak_bytes", "peak_delta_bytes")}})
-            rows.append([network, w.config["name"], f"{batch}", f"{wall:.2f}",
-                         f"{min(w.walls):.2f} - {max(w.walls):.2f}", f"{batch / wall:.1f}",
-                         f"{_bench.med(w.cpus):.2f}", _bench.gib(w.memory["peak_delta_bytes"]),
-                         "" if ref is None else f"{_bench.med(ref.walls) / wall:.2f}x",
-                         "" if ref is None else f"{w.memory['peak_delta_bytes'] / ref.memory['peak_delta_bytes']:.2f}"])
-    mem_label = "peak GPU mem GiB" if args.device == "cuda" else "peak RSS delta GiB"
-    text = _bench.table(["network", "code", "batch", "step s (median)", "min - max", "images/s", "CPU s/step",
-                         mem_label, "speed vs original", "memory vs original"], rows, right_from=2)
+            res, cells = _bench.measured(w, batch, ref)
+            results.append(dict(res, network=network, precision=w.config["precision"],
+                                channels_last=w.config["channels_last"], compile=w.config["compile"]))
+            rows.append([network, w.config["name"], f"{batch}", *cells])
+    text = _bench.table(["network", "code", "batch", *_bench.measured_header(args.device)], rows, right_from=2)
     print(text)
     if args.no_record:
         return

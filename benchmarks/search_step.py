@@ -34,12 +34,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench  # noqa: E402
+from _bench import ARCH_LR, ARCH_WEIGHT_DECAY, GRAD_CLIP, LR, MOMENTUM, WEIGHT_DECAY  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
-
-# search hyper-parameters of the paper (and of dist_darts.config.SearchConfig)
-LR, MOMENTUM, WEIGHT_DECAY, GRAD_CLIP = 0.025, 0.9, 3e-4, 5.0
-ARCH_LR, ARCH_BETAS, ARCH_WEIGHT_DECAY = 3e-4, (0.5, 0.999), 1e-3
 
 ABLATIONS = {
     "depthwise": "stock nn.Conv2d depthwise convs (oneDNN backward)",
@@ -86,7 +83,6 @@ def apply_ablations(names):
 
 
 def build_ours(cfg, device):
-    from dist_darts.architect import Architect
     from dist_darts.supernet import Network
     apply_ablations(cfg["ablate"])
     torch.manual_seed(cfg["seed"])
@@ -97,25 +93,8 @@ def build_ours(cfg, device):
     autocast = (functools.partial(torch.autocast, device.type, dtype=torch.bfloat16) if cfg["precision"] == "bf16"
                 else contextlib.nullcontext)
     train_model = torch.compile(model) if cfg["compile"] else model
-    criterion = nn.CrossEntropyLoss()
-    w_opt = torch.optim.SGD(model.weights(), LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-    a_opt = torch.optim.Adam(model.arch_parameters(), ARCH_LR, betas=ARCH_BETAS, weight_decay=ARCH_WEIGHT_DECAY)
-    architect = Architect(model, criterion, a_opt, w_opt, MOMENTUM, WEIGHT_DECAY, unrolled=cfg["order"] == 2,
-                          autocast=autocast)
-    weights = model.weights()
-    xt, yt, xv, yv = synthetic_batches(cfg, device)
     model.train()
-
-    def step():  # dist_darts.search's loop body, less the metrics
-        architect.step(xt, yt, xv, yv, LR)
-        w_opt.zero_grad(set_to_none=True)
-        with autocast():
-            logits = train_model(xt).float()
-        loss = criterion(logits, yt)
-        loss.backward()
-        nn.utils.clip_grad_norm_(weights, GRAD_CLIP)
-        w_opt.step()
-    return step
+    return _bench.darts_search_step(model, train_model, cfg["order"], autocast, synthetic_batches(cfg, device))
 
 
 def build_original(cfg, device):
@@ -146,15 +125,7 @@ def build_original(cfg, device):
 
 
 def worker(cfg):
-    import warnings
-    warnings.filterwarnings("ignore")  # the original's deprecated overloads warn on every call
-    if cfg["threads"]:
-        torch.set_num_threads(cfg["threads"])
-    device = torch.device(cfg["device"])
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    device = _bench.setup_worker(cfg)
     step = build_original(cfg, device) if cfg["impl"] == "original" else build_ours(cfg, device)
     _bench.serve(step, device, cfg["batch"])
 
@@ -177,25 +148,20 @@ def configs(args, order):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--worker", help=argparse.SUPPRESS)
+    _bench.add_common_arguments(p)
     p.add_argument("--order", type=int, nargs="+", default=[1, 2], choices=[1, 2], help="DARTS order(s) (1 2)")
     p.add_argument("--batch-size", type=int, help="per step (default 64; 64 x K with --partial-channels K)")
     p.add_argument("--init-channels", type=int, default=16, help="C (default 16)")
     p.add_argument("--layers", type=int, default=8, help="cells (default 8)")
     p.add_argument("--partial-channels", type=int, default=1, help="PC-DARTS K (default 1: plain DARTS)")
     p.add_argument("--original", help="path of the original DARTS cnn/ folder: run its step side by side")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="(default cpu)")
     p.add_argument("--precision", choices=["fp32", "bf16"], help="ours (default: bf16 on cuda, fp32 on cpu)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="on cuda: keep NCHW (default channels_last)")
-    p.add_argument("--threads", type=int, help="torch threads per worker (default: torch's, = cores)")
-    p.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
     p.add_argument("--compile", action="store_true", help="also time ours with torch.compile on the weight step")
     p.add_argument("--ablate", nargs="*", default=[], choices=sorted(ABLATIONS),
                    help="also time ours with an optimisation switched off: " + "; ".join(
                        f"{k}: {v}" for k, v in ABLATIONS.items()))
-    p.add_argument("--no-record", action="store_true", help="print only")
     args = p.parse_args()
     if args.worker:
         return worker(json.loads(args.worker))
@@ -214,22 +180,14 @@ def main():
         ref = next((w for w in workers if w.config["impl"] == "original"), None)
         ours = workers[0]
         for w in workers:
-            wall = _bench.med(w.walls)
-            res = {"name": w.config["name"], "impl": w.config["impl"], "order": order, "batch": args.batch_size,
-                   "partial_channels": args.partial_channels, "precision": w.config["precision"],
-                   "ablate": w.config["ablate"], "compile": w.config["compile"],
-                   "wall_s": w.walls, "cpu_s": w.cpus, "median_s": wall, "images_per_s": args.batch_size / wall,
-                   "median_cpu_s": _bench.med(w.cpus), **{k: w.memory[k] for k in ("peak_bytes", "peak_delta_bytes")}}
-            results.append(res)
-            vs_ref = "" if ref is None else f"{_bench.med(ref.walls) / wall:.2f}x"
-            vs_ours = f"{_bench.med(ours.walls) / wall:.2f}x"
-            mem_vs_ref = "" if ref is None else f"{w.memory['peak_delta_bytes'] / ref.memory['peak_delta_bytes']:.2f}"
-            rows.append([f"{order}", w.config["name"], f"{wall:.2f}", f"{min(w.walls):.2f} - {max(w.walls):.2f}",
-                         f"{args.batch_size / wall:.1f}", f"{_bench.med(w.cpus):.2f}",
-                         _bench.gib(w.memory["peak_delta_bytes"]), vs_ref, mem_vs_ref, vs_ours])
-    mem_label = "peak GPU mem GiB" if args.device == "cuda" else "peak RSS delta GiB"
-    text = _bench.table(["order", "code", "step s (median)", "min - max", "images/s", "CPU s/step", mem_label,
-                         "speed vs original", "memory vs original", "speed vs dist-darts"], rows, right_from=2)
+            res, cells = _bench.measured(w, args.batch_size, ref)
+            results.append(dict(res, impl=w.config["impl"], order=order, partial_channels=args.partial_channels,
+                                precision=w.config["precision"], ablate=w.config["ablate"],
+                                compile=w.config["compile"]))
+            rows.append([f"{order}", w.config["name"], *cells,
+                         f"{_bench.med(ours.walls) / _bench.med(w.walls):.2f}x"])
+    text = _bench.table(["order", "code", *_bench.measured_header(args.device), "speed vs dist-darts"], rows,
+                        right_from=2)
     print(text)
     if args.no_record:
         return
