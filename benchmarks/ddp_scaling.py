@@ -8,6 +8,10 @@ group are both started up front and step alternately, so both meet the same mach
 
     efficiency = (N-rank images/s) / (N x 1-rank images/s) = 1-rank step time / N-rank step time
 
+A third group, N independent 1-rank processes stepping at the same moments without a process group, is the
+control: its efficiency is what the machine allows N processes at all (shared memory bandwidth, caches, power),
+so DDP's own cost is the gap between the control and the N-rank group.
+
 On the CPU every rank runs `--threads` torch threads (default 1), the 1-rank baseline too; on GPUs each rank
 has its own GPU (LOCAL_RANK) and N defaults to the number of GPUs.
 
@@ -69,15 +73,15 @@ def worker(cfg):
 class Group:
     """The ranks of one process group, each a _bench.Worker; a step is all ranks stepping together."""
 
-    def __init__(self, cfg, nproc, threads):
+    def __init__(self, cfg, nproc, threads, independent=False):
         port = _free_port()
-        self.name = f"{nproc} rank(s)"
+        self.name = f"{nproc} independent processes" if independent else f"{nproc} rank(s)"
         self.nproc = nproc
         self.ranks = []
         for rank in range(nproc):
             env = _bench.worker_env(threads)
-            env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1",
-                       MASTER_PORT=str(port))
+            env.update(RANK="0" if independent else str(rank), LOCAL_RANK=str(rank),
+                       WORLD_SIZE="1" if independent else str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
             self.ranks.append(_bench.Worker(__file__, dict(cfg, name=f"{self.name} rank {rank}"), env, wait=False))
         for w in self.ranks:  # all ranks must be up before any can finish joining the group
             w.wait_ready()
@@ -121,25 +125,31 @@ def main():
 
     cfg = {"order": args.order, "batch": args.batch_size, "C": args.init_channels, "layers": args.layers,
            "device": args.device, "threads": args.threads, "seed": 0}
-    groups = [Group(cfg, 1, args.threads), Group(cfg, args.nproc, args.threads)]
-    for r in range(args.warmup + args.steps):
-        for grp in (groups if r % 2 == 0 else groups[::-1]):
-            wall = grp.step(timed=r >= args.warmup)
-            print(f"  round {r + 1}/{args.warmup + args.steps} {grp.name}: {wall:.2f} s"
-                  + ("" if r >= args.warmup else " (warm-up)"), flush=True)
-    memory = [grp.finish() for grp in groups]
-
-    one, many = groups
-    t1, tn = _bench.med(one.walls), _bench.med(many.walls)
-    rate1, raten = args.batch_size / t1, args.nproc * args.batch_size / tn
-    efficiency = raten / (args.nproc * rate1)
-    rows = [[grp.name, f"{grp.nproc * args.batch_size}", f"{_bench.med(grp.walls):.2f}",
-             f"{min(grp.walls):.2f} - {max(grp.walls):.2f}", f"{grp.nproc * args.batch_size / _bench.med(grp.walls):.1f}",
-             _bench.gib(max(m["peak_delta_bytes"] for m in mem))]
-            for grp, mem in zip(groups, memory)]
+    # the 1-rank group races each N-process group in turn: all three alive at once would hold 5 x 5.5 GiB at
+    # batch 64, more than a 24 GiB machine has
+    one = Group(cfg, 1, args.threads)
+    measured = []  # (name, processes, walls, peak memory per process)
+    ratio = {}
+    for independent in (False, True):
+        other = Group(cfg, args.nproc, args.threads, independent)
+        one.walls = []
+        for r in range(args.warmup + args.steps):
+            for grp in ((one, other) if r % 2 == 0 else (other, one)):
+                wall = grp.step(timed=r >= args.warmup)
+                print(f"  round {r + 1}/{args.warmup + args.steps} {grp.name}: {wall:.2f} s"
+                      + ("" if r >= args.warmup else " (warm-up)"), flush=True)
+        ratio[independent] = _bench.med(one.walls) / _bench.med(other.walls)
+        measured += [(f"1 rank (racing {other.name})", 1, one.walls, None),
+                     (other.name, args.nproc, other.walls, max(m["peak_delta_bytes"] for m in other.finish()))]
+    one_memory = one.finish()[0]["peak_delta_bytes"]
+    measured = [(name, n, walls, one_memory if peak is None else peak) for name, n, walls, peak in measured]
+    efficiency, control_efficiency = ratio[False], ratio[True]
+    rows = [[name, f"{n * args.batch_size}", f"{_bench.med(walls):.2f}", f"{min(walls):.2f} - {max(walls):.2f}",
+             f"{n * args.batch_size / _bench.med(walls):.1f}", _bench.gib(peak)] for name, n, walls, peak in measured]
     mem_label = "peak GPU mem per rank GiB" if args.device == "cuda" else "peak RSS delta per rank GiB"
-    text = _bench.table(["ranks", "global batch", "step s (median)", "min - max", "images/s", mem_label], rows)
-    text += f"\n\nWeak-scaling efficiency 1 -> {args.nproc} ranks: {100 * efficiency:.1f} %"
+    text = _bench.table(["processes", "global batch", "step s (median)", "min - max", "images/s", mem_label], rows)
+    text += (f"\n\nWeak-scaling efficiency 1 -> {args.nproc} ranks: {100 * efficiency:.1f} %; the control "
+             f"({args.nproc} independent processes, no communication): {100 * control_efficiency:.1f} %")
     print(text)
     if args.no_record:
         return
@@ -148,12 +158,14 @@ def main():
                 f"{args.batch_size} per rank, 32x32; DDP over {backend} on {args.device}"
                 + (", bf16 autocast, channels_last" if args.device == "cuda" else "")
                 + f"; {args.threads} torch thread(s) per rank, the 1-rank run included. Median of {args.steps} timed "
-                f"steps after {args.warmup} warm-up step(s); the two groups alternate step by step; a group's step "
-                "time is its slowest rank's. efficiency = (N-rank images/s) / (N x 1-rank images/s).")
-    _bench.record("ddp_scaling", args.device, {"config": vars(args), "efficiency": efficiency, "results": [
-        {"ranks": grp.nproc, "wall_s": grp.walls, "median_s": _bench.med(grp.walls),
-         "images_per_s": grp.nproc * args.batch_size / _bench.med(grp.walls), "memory": mem}
-        for grp, mem in zip(groups, memory)]}, f"DDP weak scaling 1 -> {args.nproc} ranks", cfg_line + "\n\n" + text)
+                f"steps after {args.warmup} warm-up step(s); the 1-rank group takes turns step by step with each "
+                "N-process group; a group's step time is its slowest process's. efficiency = (N-rank images/s) / "
+                "(N x 1-rank images/s).")
+    _bench.record("ddp_scaling", args.device, {"config": vars(args), "efficiency": efficiency,
+                                               "control_efficiency": control_efficiency, "results": [
+        {"group": name, "processes": n, "wall_s": walls, "median_s": _bench.med(walls),
+         "images_per_s": n * args.batch_size / _bench.med(walls), "peak_delta_bytes": peak}
+        for name, n, walls, peak in measured]}, f"DDP weak scaling 1 -> {args.nproc} ranks", cfg_line + "\n\n" + text)
 
 
 if __name__ == "__main__":

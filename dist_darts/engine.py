@@ -8,6 +8,7 @@ import hashlib
 import logging
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -96,7 +97,7 @@ def start_job(cfg) -> Job:
 
 
 def prepare_model(model: nn.Module, job: Job, exclude: tuple = ()) -> tuple[nn.Module, nn.Module]:
-    """Move to the device (channels_last on GPU), optionally SyncBN and compile; wrap in DDP with several ranks.
+    """Move to the device (channels_last), optionally SyncBN and compile; wrap in DDP with several ranks.
 
     Parameters in `exclude` (the alphas) stay out of DDP's gradient buckets: their gradients are averaged
     explicitly, because DDP does not see gradients taken with torch.autograd.grad.
@@ -107,13 +108,20 @@ def prepare_model(model: nn.Module, job: Job, exclude: tuple = ()) -> tuple[nn.M
         if env.device.type != "cuda":
             raise config_io.ConfigError("sync-bn: SyncBatchNorm needs GPUs (PyTorch refuses CPU modules)")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    memory_format = torch.channels_last if cfg.channels_last and env.device.type == "cuda" else torch.preserve_format
+    # channels_last pays on both devices (the CPU retrain step: 1.6x, benchmarks/RESULTS.md); the supernet keeps
+    # NCHW weights on the CPU, where it converts its activations itself (Network.cpu_channels_last)
+    supernet_on_cpu = getattr(model, "cpu_channels_last", False) and env.device.type == "cpu"
+    memory_format = torch.channels_last if cfg.channels_last and not supernet_on_cpu else torch.preserve_format
     model = model.to(env.device, memory_format=memory_format)
     train_model = model
     if env.world_size > 1:
         for p in exclude:
             p.requires_grad_(False)  # DDP registers only parameters that require grad at construction
         train_model = DDP(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
+        # channels_last activations on the CPU give 1x1 and depthwise weight gradients strides that differ from
+        # their parameters' only in size-1 dimensions (the same memory layout): DDP copies such a gradient into
+        # its bucket (a few MB per step, measured in benchmarks/ddp_scaling.py) and warns; nothing is wrong
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         for p in exclude:
             p.requires_grad_(True)
     if cfg.compile:

@@ -233,7 +233,10 @@ def scaled_forward(op: nn.Module, x: torch.Tensor, x_relu: torch.Tensor, scale: 
 
 
 def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
-    """Zero whole samples of a branch with probability drop_prob, scaling the kept ones by 1/keep."""
+    """Zero whole samples of a branch with probability drop_prob, scaling the kept ones by 1/keep.
+
+    In place, as the original: the ops it follows (BatchNorm, pooling) do not keep their output for backward, and
+    autograd's version check would refuse one that did. Two passes and no new tensor per op and step."""
     keep = 1.0 - drop_prob
     mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
-    return x * mask / keep
+    return x.div_(keep).mul_(mask)
