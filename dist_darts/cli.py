@@ -158,7 +158,8 @@ def cmd_hub_list(args):
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="dist-darts", description="Distributed Differentiable Architecture "
-                                     "Search (DARTS): search, retrain, evaluate, sweep, genotypes and models.")
+                                     "Search (DARTS): search, retrain, evaluate, sweep, genotypes, models and the "
+                                     "published cells (hub).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("search", help="DARTS architecture search (1st/2nd order, PC-DARTS), one or many ranks",

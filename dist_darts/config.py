@@ -155,8 +155,8 @@ class RetrainConfig(CommonConfig):
 class EvaluateConfig:
     """Evaluating a checkpoint on a data set's test (or val) split."""
 
-    checkpoint: str = opt("", "a retrain checkpoint (runs/.../checkpoints/best.pt), or a plain state dict saved by "
-                              "the original DARTS code together with --genotype")
+    checkpoint: str = opt("", "a retrain checkpoint (runs/.../checkpoints/best.pt), or weights saved by the original "
+                              "DARTS code or NNI together with --genotype")
     dataset: str | None = opt(None, "data set (default: the checkpoint's)", choices=tuple(DATASETS))
     data_dir: str | None = opt(None, "data set folder (default: the checkpoint's)")
     data_backend: str = opt("auto", "data pipeline", choices=DATA_BACKENDS)
