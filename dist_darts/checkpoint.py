@@ -45,7 +45,10 @@ def _read(path: Path):
 def load(path: str | os.PathLike, kind: str | None = None) -> dict:
     """Load a dist-darts checkpoint (weights only) or fail with one line saying why."""
     path = Path(path)
-    ckpt = _read(path)
+    return _checked(_read(path), path, kind)
+
+
+def _checked(ckpt, path: Path, kind: str | None) -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} was not written by dist-darts (no '{FORMAT}' marker)")
     if kind and ckpt.get("kind") != kind:
@@ -67,7 +70,7 @@ def load_weights(path: str | os.PathLike, layers: int) -> tuple[dict, dict | Non
     path = Path(path)
     obj = _read(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        ckpt = load(path, "retrain")
+        ckpt = _checked(obj, path, "retrain")
         weights = ckpt["model"]
         if ckpt.get("ema"):
             weights = {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
