@@ -97,7 +97,7 @@ def start_job(cfg) -> Job:
 
 
 def prepare_model(model: nn.Module, job: Job, exclude: tuple = ()) -> tuple[nn.Module, nn.Module]:
-    """Move to the device (channels_last), optionally SyncBN and compile; wrap in DDP with several ranks.
+    """Move to the device (channels_last on GPU), optionally SyncBN and compile; wrap in DDP with several ranks.
 
     Parameters in `exclude` (the alphas) stay out of DDP's gradient buckets: their gradients are averaged
     explicitly, because DDP does not see gradients taken with torch.autograd.grad.
@@ -108,10 +108,9 @@ def prepare_model(model: nn.Module, job: Job, exclude: tuple = ()) -> tuple[nn.M
         if env.device.type != "cuda":
             raise config_io.ConfigError("sync-bn: SyncBatchNorm needs GPUs (PyTorch refuses CPU modules)")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    # channels_last pays on both devices (the CPU retrain step: 1.6x, benchmarks/RESULTS.md); the supernet keeps
-    # NCHW weights on the CPU, where it converts its activations itself (Network.cpu_channels_last)
-    supernet_on_cpu = getattr(model, "cpu_channels_last", False) and env.device.type == "cpu"
-    memory_format = torch.channels_last if cfg.channels_last and not supernet_on_cpu else torch.preserve_format
+    # GPU only: on the CPU a channels_last NetworkImageNet with few channels (C <= 8) corrupts the heap in
+    # PyTorch 2.14's CPU kernels (benchmarks/RESULTS.md); the supernet converts its own activations there
+    memory_format = torch.channels_last if cfg.channels_last and env.device.type == "cuda" else torch.preserve_format
     model = model.to(env.device, memory_format=memory_format)
     train_model = model
     if env.world_size > 1:
