@@ -116,8 +116,8 @@ def cmd_model_summary(args):
 
     from .model import build_network, count_parameters, paper_size
     info = DATASETS[args.dataset]
-    C = args.init_channels or paper_size(info.image_size)[0]
-    layers = args.layers or paper_size(info.image_size)[1]
+    paper_C, paper_layers = paper_size(info.image_size)
+    C, layers = args.init_channels or paper_C, args.layers or paper_layers
     net = build_network(gt.load(args.genotype), info.num_classes, info.image_size, layers, C, args.auxiliary).eval()
     x = torch.zeros(1, 3, info.image_size, info.image_size)
     with FlopCounterMode(display=False) as counter, torch.no_grad():

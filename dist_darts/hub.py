@@ -119,10 +119,11 @@ def catalogue() -> list[dict]:
     for p in PUBLISHED:
         for dataset, error in p.reported.items():
             info = _dataset(dataset)
+            C, cells = paper_size(info.image_size)
             with torch.device("meta"):  # counting needs shapes only
                 net = build_searched_model(p.name, dataset)
             rows.append({"name": p.name, "dataset": dataset, "input": f"{info.image_size}x{info.image_size}",
-                         "network": f"C={paper_size(info.image_size)[0]}, {paper_size(info.image_size)[1]} cells",
+                         "network": f"C={C}, {cells} cells",
                          "params": count_parameters(net), "reported_error": error, "source": p.source,
                          "weights": p.weights.get(dataset, "")})
     return rows

@@ -214,7 +214,8 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict:
 def _read_weights(cfg: EvaluateConfig):
     """(architecture, state dict, cfg) from our checkpoint, or from a foreign state dict described by --genotype."""
     image_size = DATASETS[cfg.dataset].image_size if cfg.dataset else 32
-    C, layers = cfg.init_channels or paper_size(image_size)[0], cfg.layers or paper_size(image_size)[1]
+    paper_C, paper_layers = paper_size(image_size)
+    C, layers = cfg.init_channels or paper_C, cfg.layers or paper_layers
     weights, arch = ckpt_io.load_weights(cfg.checkpoint, layers)
     if arch is not None:
         c = arch["config"]
