@@ -11,7 +11,6 @@ meeting at a free local port.
 """
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -35,13 +34,8 @@ def toy(args: list[str]) -> list[str]:
     return args + data + TOY[args[0]]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def torchrun(args: list[str]) -> int:
+    from helpers import free_port  # this script's folder is tests/, first on sys.path
     split = args.index("-m")
     launcher, module, job = args[:split], args[split + 1], args[split + 2:]
     options = dict(a.lstrip("-").split("=", 1) for a in launcher if "=" in a)
