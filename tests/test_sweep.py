@@ -52,10 +52,15 @@ def test_sweep_survives_a_killed_worker_and_a_killed_driver(tmp_path):
                               env=env_for_subprocess(), start_new_session=True)
     try:
         checkpoints = [out / "search" / f"seed_{s}" / "checkpoints" / "last.pt" for s in (0, 1)]
-        _wait(lambda: any((checkpoint_step(c) or (0, 0)) >= (0, 1) for c in checkpoints), driver, "a checkpoint")
+        # both trials have a checkpoint: whichever worker dies, its retry has something to resume from
+        _wait(lambda: all((checkpoint_step(c) or (0, 0)) >= (0, 1) for c in checkpoints), driver, "checkpoints")
         workers = _ray_train_workers()
         assert workers, "no Ray Train worker process found"
-        os.kill(workers[0], signal.SIGKILL)  # a worker lost mid-trial: Ray retries, the retry resumes
+        for pid in workers:  # workers lost mid-trial: Ray retries, the retries resume
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:  # its trial just ended
+                pass
 
         log = out / "sweep.log"
         _wait(lambda: log.is_file() and "stage 2/3" in log.read_text(), driver, "stage 1 to finish")
