@@ -48,8 +48,7 @@ def worker(cfg):
     if cuda:
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(cfg["seed"])  # identical initial replicas, as the search's seeding gives
-    model = Network(cfg["C"], 10, cfg["layers"]).to(
-        device, memory_format=torch.channels_last if cuda else torch.preserve_format).train()
+    model = Network(cfg["C"], 10, cfg["layers"]).to(device, memory_format=torch.channels_last).train()
     train_model = model
     if env.world_size > 1:  # dist_darts.engine.prepare_model: the alphas stay out of DDP's buckets
         for a in model.arch_parameters():
@@ -156,7 +155,7 @@ def main():
     backend = "NCCL" if args.device == "cuda" else "gloo"
     cfg_line = (f"Search step, order {args.order}, C={args.init_channels}, {args.layers} cells, batch "
                 f"{args.batch_size} per rank, 32x32; DDP over {backend} on {args.device}"
-                + (", bf16 autocast, channels_last" if args.device == "cuda" else "")
+                + (", bf16 autocast" if args.device == "cuda" else "") + ", channels_last"
                 + f"; {args.threads} torch thread(s) per rank, the 1-rank run included. Median of {args.steps} timed "
                 f"steps after {args.warmup} warm-up step(s); the 1-rank group takes turns step by step with each "
                 "N-process group; a group's step time is its slowest process's. efficiency = (N-rank images/s) / "

@@ -88,16 +88,14 @@ def main():
     p.add_argument("--batch-size", type=int, help="override the paper's batch (96 cifar, 128 imagenet)")
     p.add_argument("--original", help="path of the original DARTS cnn/ folder: run its networks side by side")
     p.add_argument("--precision", choices=["fp32", "bf16"], help="ours (default: bf16 on cuda, fp32 on cpu)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
-                   help="ours in channels_last (default: on cuda yes, on cpu no, as dist-darts retrain does)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="ours in channels_last (default yes, as dist-darts retrain)")
     p.add_argument("--compile", action="store_true", help="also time ours with torch.compile")
     args = p.parse_args()
     if args.worker:
         return worker(json.loads(args.worker))
     if args.precision is None:
         args.precision = "bf16" if args.device == "cuda" else "fp32"
-    if args.channels_last is None:
-        args.channels_last = args.device == "cuda"
 
     rows, results, notes = [], [], []
     for network in args.network:

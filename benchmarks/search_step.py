@@ -86,10 +86,9 @@ def build_ours(cfg, device):
     from dist_darts.supernet import Network
     apply_ablations(cfg["ablate"])
     torch.manual_seed(cfg["seed"])
-    cuda = device.type == "cuda"
     model = Network(cfg["C"], cfg["classes"], cfg["layers"], partial_channels=cfg["partial_channels"])
-    model = model.to(device, memory_format=torch.channels_last if cuda and cfg["channels_last"]
-                     else torch.preserve_format)
+    channels_last = cfg["channels_last"] and not set(cfg["ablate"]) & {"channels_last", "all"}
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     autocast = (functools.partial(torch.autocast, device.type, dtype=torch.bfloat16) if cfg["precision"] == "bf16"
                 else contextlib.nullcontext)
     train_model = torch.compile(model) if cfg["compile"] else model
@@ -157,7 +156,7 @@ def main():
     p.add_argument("--original", help="path of the original DARTS cnn/ folder: run its step side by side")
     p.add_argument("--precision", choices=["fp32", "bf16"], help="ours (default: bf16 on cuda, fp32 on cpu)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
-                   help="on cuda: keep NCHW (default channels_last)")
+                   help="keep the parameters NCHW (default channels_last, as dist-darts search)")
     p.add_argument("--compile", action="store_true", help="also time ours with torch.compile on the weight step")
     p.add_argument("--ablate", nargs="*", default=[], choices=sorted(ABLATIONS),
                    help="also time ours with an optimisation switched off: " + "; ".join(
@@ -195,7 +194,7 @@ def main():
     cfg_line = (f"Config: C={args.init_channels}, {args.layers} cells, batch {args.batch_size}, 32x32, 10 classes"
                 + (f", PC-DARTS K={args.partial_channels}" if args.partial_channels > 1 else "")
                 + f"; device {args.device}, ours in {args.precision}"
-                + (", channels_last" if args.device == "cuda" and args.channels_last else "")
+                + (", channels_last" if args.channels_last else "")
                 + f"; {threads} torch thread(s) per process. Median of {args.steps} timed steps after "
                   f"{args.warmup} warm-up step(s), configurations alternating step by step. images/s = batch / "
                   "step time; CPU s/step = process CPU time (robust to other load on the machine); memory: "

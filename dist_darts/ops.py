@@ -147,20 +147,27 @@ class Zero(nn.Module):
 
 
 class FactorizedReduce(nn.Module):
-    """Halve the resolution with two 1x1 stride-2 convs on offset grids, concatenated: a learned strided skip."""
+    """Halve the resolution with two 1x1 stride-2 convs on offset grids, concatenated: a learned strided skip.
+
+    The grids are sliced out first and the convs run with stride 1: the same values as the original's stride-2
+    convs on x and x[:, :, 1:, 1:], but oneDNN's avx512 backward of a channels_last 1x1 stride-2 conv with
+    fewer than 16 input channels corrupts the heap (PyTorch 2.14.1, CPU)."""
 
     def __init__(self, C_in, C_out, affine=True):
         super().__init__()
         if C_out % 2:
             raise ValueError(f"FactorizedReduce needs an even number of output channels, got {C_out}")
         self.relu = nn.ReLU(inplace=False)
-        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
-        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
+        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, bias=False)
+        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, bias=False)
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
+    def reduce(self, x_relu):
+        """The two half-resolution convs, concatenated (before the BN)."""
+        return torch.cat([self.conv_1(x_relu[:, :, ::2, ::2]), self.conv_2(x_relu[:, :, 1::2, 1::2])], dim=1)
+
     def forward(self, x):
-        x = self.relu(x)
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
+        return self.bn(self.reduce(self.relu(x)))
 
 
 def _conv_7x1_1x7(C, stride, affine):
@@ -227,8 +234,7 @@ def scaled_forward(op: nn.Module, x: torch.Tensor, x_relu: torch.Tensor, scale: 
             h = m(h)
         return scaled_batch_norm(modules[-1], h, scale)
     if isinstance(op, FactorizedReduce) and _plain_bn(op.bn):
-        return scaled_batch_norm(op.bn, torch.cat([op.conv_1(x_relu), op.conv_2(x_relu[:, :, 1:, 1:])], dim=1),
-                                 scale)
+        return scaled_batch_norm(op.bn, op.reduce(x_relu), scale)
     return scale * op(x)
 
 

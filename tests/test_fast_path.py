@@ -32,7 +32,9 @@ def plain_forward(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return x
     if isinstance(m, ops.FactorizedReduce):
         x = F.relu(x)
-        return m.bn(torch.cat([m.conv_1(x), m.conv_2(x[:, :, 1:, 1:])], dim=1))
+        # the original's stride-2 convs on x and on x shifted by one pixel
+        halves = [F.conv2d(x, m.conv_1.weight, stride=2), F.conv2d(x[:, :, 1:, 1:], m.conv_2.weight, stride=2)]
+        return m.bn(torch.cat(halves, dim=1))
     return m(x)
 
 

@@ -1,9 +1,14 @@
+import subprocess
+import sys
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dist_darts import genotype as gt
 from dist_darts.model import NetworkCIFAR, NetworkImageNet, count_parameters
-from dist_darts.ops import OPS
+from dist_darts.ops import OPS, FactorizedReduce
+from helpers import env_for_subprocess
 
 
 def test_darts_v2_cifar_parameter_count_matches_original():
@@ -73,3 +78,24 @@ def test_rejects_malformed_genotype():
     bad = gt.Genotype([("sep_conv_3x3", 0), ("bogus", 1)], [2], [("skip_connect", 0), ("skip_connect", 1)], [2])
     with pytest.raises(gt.GenotypeError, match="unknown op 'bogus'"):
         NetworkCIFAR(8, 10, 3, False, bad)
+
+
+def test_factorized_reduce_matches_the_original_stride_2_convs():
+    op = FactorizedReduce(6, 8).double()
+    h = torch.relu(torch.randn(2, 6, 12, 12, dtype=torch.float64))
+    original = torch.cat([F.conv2d(h, op.conv_1.weight, stride=2),
+                          F.conv2d(h[:, :, 1:, 1:], op.conv_2.weight, stride=2)], dim=1)
+    torch.testing.assert_close(op.reduce(h), original, rtol=0, atol=1e-12)
+
+
+def test_channels_last_imagenet_network_with_few_channels_trains_on_cpu():
+    """oneDNN's avx512 backward of a channels_last 1x1 stride-2 conv with < 16 input channels corrupted the heap;
+    FactorizedReduce avoids that kernel. Run in a child with glibc's heap checks so corruption fails the test."""
+    code = ("import torch; from dist_darts.model import NetworkImageNet\n"
+            "net = NetworkImageNet(8, 3, 3, True, 'DARTS_V2').to(memory_format=torch.channels_last).train()\n"
+            "for _ in range(3):\n"
+            "    logits, aux = net(torch.randn(4, 3, 224, 224))\n"
+            "    (logits.sum() + aux.sum()).backward()\n")
+    done = subprocess.run([sys.executable, "-c", code], env={**env_for_subprocess(), "MALLOC_CHECK_": "3"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
