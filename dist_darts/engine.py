@@ -117,9 +117,9 @@ def prepare_model(model: nn.Module, job: Job, exclude: tuple = ()) -> tuple[nn.M
         for p in exclude:
             p.requires_grad_(False)  # DDP registers only parameters that require grad at construction
         train_model = DDP(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
-        # channels_last activations on the CPU give 1x1 and depthwise weight gradients strides that differ from
-        # their parameters' only in size-1 dimensions (the same memory layout): DDP copies such a gradient into
-        # its bucket (a few MB per step, measured in benchmarks/ddp_scaling.py) and warns; nothing is wrong
+        # on the CPU, 1x1 and depthwise weight gradients can come with strides that differ from their
+        # parameters' only in size-1 dimensions (the same memory layout): DDP copies such a gradient into its
+        # bucket (a few MB per step, measured in benchmarks/ddp_scaling.py) and warns; nothing is wrong
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         for p in exclude:
             p.requires_grad_(True)
