@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from importlib.metadata import version
 
 from . import genotype as gt
 from . import config
@@ -160,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dist-darts", description="Distributed Differentiable Architecture "
                                      "Search (DARTS): search, retrain, evaluate, sweep, genotypes, models and the "
                                      "published cells (hub).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('dist-darts')}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("search", help="DARTS architecture search (1st/2nd order, PC-DARTS), one or many ranks",
@@ -244,9 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from .driver import Diverged
     try:
         args.func(args)
     except _bad_input_errors() as e:
         print(f"dist-darts: error: {e}", file=sys.stderr)
         return 2
+    except Diverged as e:
+        print(f"dist-darts: {e}", file=sys.stderr)
+        return 1
     return 0

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 import yaml
+
+from .runfolder import atomic_write
 
 
 class ConfigError(ValueError):
@@ -39,41 +43,85 @@ DATA_BACKENDS = ("auto", "torch", "dali-cpu", "dali-gpu", "synthetic")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-def opt(default, help: str, choices=None, **kw):
-    """A config field with its --help text (and allowed values)."""
-    return field(default=default, metadata={"help": help, "choices": choices}, **kw)
+GROUPS = ("data", "model", "optimiser", "schedule", "augmentation", "architecture search", "distributed",
+          "runtime")
+
+
+def opt(default, help: str, group: str, choices=None, **kw):
+    """A config field with its --help text, its --help group and (optionally) its allowed values."""
+    assert group in GROUPS, group
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices}, **kw)
 
 
 @dataclass
-class CommonConfig:
-    """Fields shared by search and retrain: data, run folder, precision, distribution."""
+class RunConfig:
+    """Where and how any job runs: run folder, resume, seed, device, precision, distribution, logging."""
 
-    dataset: str = opt("cifar10", "data set", choices=tuple(DATASETS))
-    data_dir: str | None = opt(None, "data set folder (not needed for digits and synthetic)")
-    data_backend: str = opt("auto", "data pipeline: auto = dali-gpu with a GPU and DALI, else torch",
-                            choices=DATA_BACKENDS)
-    download: bool = opt(False, "download the data set with torchvision when missing (needs a network)")
-    workers: int = opt(4, "data loading workers per rank")
-    seed: int = opt(2, "random seed (model init and data split are identical on every rank)")
-    output: str = opt("runs/job", "run folder: config, logs, TensorBoard events, checkpoints, results")
-    resume: bool = opt(False, "continue from the latest checkpoint in the run folder")
-    device: str = opt("auto", "auto = cuda:LOCAL_RANK when CUDA is available, else cpu", choices=("auto", "cpu", "cuda"))
-    precision: str = opt("auto", "auto = bf16 autocast on GPU, fp32 on CPU; fp16 uses a gradient scaler",
-                         choices=PRECISIONS)
-    channels_last: bool = opt(True, "channels_last memory format (faster on GPU and CPU)")
-    compile: bool = opt(False, "torch.compile the network")
-    sync_bn: bool = opt(False, "SyncBatchNorm across ranks (GPU only): BN statistics over the global batch")
-    deterministic: bool = opt(False, "deterministic algorithms (exact resume and reruns; slower)")
-    steps_per_epoch: int = opt(0, "cap on steps per epoch (0 = whole epoch); for demos and tests")
-    checkpoint_steps: int = opt(0, "also checkpoint every N steps inside an epoch (0 = at epoch ends only)")
-    log_interval: int = opt(50, "steps between log lines and TensorBoard scalars")
+    output: str = opt("runs/job", "run folder: config, logs, TensorBoard events, checkpoints, results", "runtime")
+    resume: bool = opt(False, "continue from the latest checkpoint in the run folder", "runtime")
+    seed: int = opt(2, "random seed (model init and data split are identical on every rank)", "runtime")
+    device: str = opt("auto", "auto = cuda:LOCAL_RANK when CUDA is available, else cpu", "runtime",
+                      choices=("auto", "cpu", "cuda"))
+    precision: str = opt("auto", "autocast precision of forward and backward passes: auto = bf16 on GPU, fp32 on "
+                                 "CPU; fp16 (retrain only) uses a gradient scaler", "runtime", choices=PRECISIONS)
+    channels_last: bool = opt(True, "channels_last memory format for weights and activations (faster on GPU and "
+                                    "CPU)", "runtime")
+    compile: bool = opt(False, "torch.compile the network", "runtime")
+    deterministic: bool = opt(False, "deterministic algorithms (exact reruns; slower)", "runtime")
+    log_interval: int = opt(50, "steps between progress lines and TensorBoard step scalars", "runtime")
+    sync_bn: bool | None = opt(None, "SyncBatchNorm across ranks (GPUs only); unset = on for NCCL jobs of several "
+                                     "ranks with fewer than 32 images per rank", "distributed")
 
     def __post_init__(self):
+        check_types(self)
+        check_ranges(self, minimum=0, names=("seed",))
+        check_ranges(self, minimum=1, names=("log_interval",))
+        if self.sync_bn and self.device == "cpu":
+            raise ConfigError("sync-bn: SyncBatchNorm needs GPUs (PyTorch refuses CPU modules)")
+
+
+@dataclass
+class DataConfig:
+    """Which data and how it is fed."""
+
+    dataset: str = opt("cifar10", "data set", "data", choices=tuple(DATASETS))
+    data_dir: str | None = opt(None, "data set folder (not needed for digits and synthetic)", "data")
+    data_backend: str = opt("auto", "data pipeline: auto = dali-gpu with a GPU and DALI, else torch", "data",
+                            choices=DATA_BACKENDS)
+    download: bool = opt(False, "download the data set with torchvision when missing (needs a network)", "data")
+    workers: int = opt(4, "data loading workers per rank", "data")
+    batch_size: int = opt(64, "batch size per rank (the global batch is this times the world size)", "data")
+
+    def __post_init__(self):
+        check_ranges(self, minimum=0, names=("workers",))
+        check_ranges(self, minimum=1, names=("batch_size",))
+
+
+@dataclass
+class JobConfig(DataConfig, RunConfig):
+    """What a training job (search or retrain) adds: epochs, the network's size, SGD, in-epoch checkpoints."""
+
+    epochs: int = opt(50, "epochs", "schedule")
+    layers: int = opt(8, "cells", "model")
+    init_channels: int = opt(16, "initial channels C", "model")
+    learning_rate: float = opt(0.025, "initial SGD learning rate", "optimiser")
+    momentum: float = opt(0.9, "SGD momentum", "optimiser")
+    weight_decay: float = opt(3e-4, "weight decay", "optimiser")
+    grad_clip: float = opt(5.0, "gradient norm clipping", "optimiser")
+    steps_per_epoch: int = opt(0, "cap on steps per epoch (0 = whole epoch); for demos and tests", "schedule")
+    checkpoint_steps: int = opt(0, "also checkpoint every N steps inside an epoch (0 = at epoch ends only)",
+                                "runtime")
+
+    def __post_init__(self):
+        RunConfig.__post_init__(self)
+        DataConfig.__post_init__(self)
         if self.dataset not in ("digits", "synthetic") and not self.data_dir and not self.download:
             raise ConfigError(f"data-dir: the {self.dataset} data set needs --data-dir (or --download with a network)")
-        check_ranges(self, minimum=0, names=("workers", "steps_per_epoch", "checkpoint_steps", "learning_rate",
-                                             "weight_decay", "grad_clip"))
-        check_ranges(self, minimum=1, names=("epochs", "batch_size", "layers", "init_channels", "log_interval"))
+        check_ranges(self, minimum=0, names=("steps_per_epoch", "checkpoint_steps", "learning_rate", "weight_decay",
+                                             "grad_clip"))
+        check_ranges(self, minimum=1, names=("epochs", "layers", "init_channels"))
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"momentum: must be in [0, 1), got {self.momentum}")
 
 
 def check_ranges(cfg, minimum, names) -> None:
@@ -82,105 +130,127 @@ def check_ranges(cfg, minimum, names) -> None:
             raise ConfigError(f"{name.replace('_', '-')}: must be >= {minimum}, got {getattr(cfg, name)}")
 
 
+def check_types(cfg) -> None:
+    """Every field holds its declared type (a YAML `epochs: true` is no 1) and every float is finite."""
+    for f in dataclasses.fields(cfg):
+        value, kind = getattr(cfg, f.name), _field_type(type(cfg), f)
+        name = f.name.replace("_", "-")
+        if value is None:
+            continue
+        if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))) or \
+                kind is int and not isinstance(value, int) or kind is bool and not isinstance(value, bool):
+            raise ConfigError(f"{name}: needs a {kind.__name__}, got {value!r}")
+        if kind is float and not math.isfinite(value):
+            raise ConfigError(f"{name}: needs a finite number, got {value!r}")
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(str, choices))}")
+
+
 @dataclass
-class SearchConfig(CommonConfig):
+class SearchConfig(JobConfig):
     """DARTS search; defaults are the paper's CIFAR-10 settings."""
 
-    output: str = opt("runs/search", "run folder: config, logs, TensorBoard events, checkpoints, genotypes")
-    epochs: int = opt(50, "search epochs")
-    batch_size: int = opt(64, "batch size per rank (the global batch is this times the world size)")
-    train_portion: float = opt(0.5, "share of the training set used for weights; the rest trains the alphas")
-    layers: int = opt(8, "cells in the supernet")
-    init_channels: int = opt(16, "initial channels C")
-    learning_rate: float = opt(0.025, "weights: initial SGD learning rate (cosine schedule)")
-    learning_rate_min: float = opt(0.001, "weights: final learning rate of the cosine schedule")
-    momentum: float = opt(0.9, "weights: SGD momentum")
-    weight_decay: float = opt(3e-4, "weights: weight decay")
-    grad_clip: float = opt(5.0, "weights: gradient norm clipping")
-    arch_learning_rate: float = opt(3e-4, "alphas: Adam learning rate")
-    arch_weight_decay: float = opt(1e-3, "alphas: Adam weight decay")
-    arch_beta1: float = opt(0.5, "alphas: Adam beta1")
-    arch_beta2: float = opt(0.999, "alphas: Adam beta2")
-    unrolled: bool = opt(False, "second-order DARTS (unrolled virtual step); default first order")
-    partial_channels: int = opt(1, "PC-DARTS channel proportion K (1 = off; PC-DARTS uses 4)")
+    output: str = opt("runs/search", "run folder: config, logs, TensorBoard events, checkpoints, genotypes", "runtime")
+    epochs: int = opt(50, "search epochs", "schedule")
+    train_portion: float = opt(0.5, "share of the training set used for weights; the rest trains the alphas", "data")
+    layers: int = opt(8, "cells in the supernet", "model")
+    init_channels: int = opt(16, "initial channels C", "model")
+    learning_rate: float = opt(0.025, "weights: initial SGD learning rate (cosine schedule)", "optimiser")
+    learning_rate_min: float = opt(0.001, "weights: final learning rate of the cosine schedule", "schedule")
+    momentum: float = opt(0.9, "weights: SGD momentum", "optimiser")
+    weight_decay: float = opt(3e-4, "weights: weight decay", "optimiser")
+    grad_clip: float = opt(5.0, "weights: gradient norm clipping", "optimiser")
+    arch_learning_rate: float = opt(3e-4, "alphas: Adam learning rate", "architecture search")
+    arch_weight_decay: float = opt(1e-3, "alphas: Adam weight decay", "architecture search")
+    arch_beta1: float = opt(0.5, "alphas: Adam beta1", "architecture search")
+    arch_beta2: float = opt(0.999, "alphas: Adam beta2", "architecture search")
+    unrolled: bool = opt(False, "second-order DARTS (unrolled virtual step); default first order",
+                         "architecture search")
+    partial_channels: int = opt(1, "PC-DARTS channel proportion K (1 = off; PC-DARTS uses 4)", "architecture search")
 
     def __post_init__(self):
         super().__post_init__()
+        if self.precision == "fp16":
+            raise ConfigError("precision: fp16 is for retraining; search with bf16 (GPU) or fp32")
         if not 0.0 < self.train_portion < 1.0:
             raise ConfigError(f"train-portion: must be between 0 and 1, got {self.train_portion}")
-        if self.partial_channels < 1:
-            raise ConfigError(f"partial-channels: must be >= 1, got {self.partial_channels}")
+        check_ranges(self, minimum=1, names=("partial_channels",))
+        check_ranges(self, minimum=0, names=("learning_rate_min", "arch_weight_decay"))
+        if self.arch_learning_rate <= 0:
+            raise ConfigError(f"arch-learning-rate: must be > 0, got {self.arch_learning_rate}")
+        for name in ("arch_beta1", "arch_beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name.replace('_', '-')}: must be in [0, 1), got {getattr(self, name)}")
         if self.layers < 3:  # cells layers//3 and 2*layers//3 reduce: fewer than 3 leave no normal cell to search
             raise ConfigError(f"layers: a search needs >= 3 cells (a normal one besides the two reductions), "
                               f"got {self.layers}")
 
 
 @dataclass
-class RetrainConfig(CommonConfig):
+class RetrainConfig(JobConfig):
     """Training a genotype from scratch; defaults are the paper's CIFAR-10 settings."""
 
-    output: str = opt("runs/retrain", "run folder: config, logs, TensorBoard events, checkpoints, metrics.json")
-    genotype: str = opt("DARTS_V2", "published name, genotype JSON or NNI architecture-dict JSON")
-    epochs: int = opt(600, "training epochs")
-    batch_size: int = opt(96, "batch size per rank (the global batch is this times the world size)")
-    layers: int = opt(20, "cells")
-    init_channels: int = opt(36, "initial channels C")
-    learning_rate: float = opt(0.025, "initial SGD learning rate, for a global batch of --base-batch-size")
+    output: str = opt("runs/retrain", "run folder: config, logs, TensorBoard events, checkpoints, metrics.json",
+                      "runtime")
+    genotype: str = opt("DARTS_V2", "published name, genotype JSON or NNI architecture-dict JSON", "model")
+    epochs: int = opt(600, "training epochs", "schedule")
+    batch_size: int = opt(96, "batch size per rank (the global batch is this times the world size)", "data")
+    layers: int = opt(20, "cells", "model")
+    init_channels: int = opt(36, "initial channels C", "model")
+    auxiliary: bool = opt(True, "auxiliary head after the second reduction cell", "model")
+    auxiliary_weight: float = opt(0.4, "weight of the auxiliary loss", "model")
+    drop_path_prob: float = opt(0.2, "drop path probability, ramped linearly from 0 over the epochs", "model")
+    learning_rate: float = opt(0.025, "initial SGD learning rate, for a global batch of --base-batch-size",
+                               "optimiser")
+    momentum: float = opt(0.9, "SGD momentum", "optimiser")
+    weight_decay: float = opt(3e-4, "weight decay", "optimiser")
+    grad_clip: float = opt(5.0, "gradient norm clipping", "optimiser")
+    ema_decay: float = opt(0.0, "exponential moving average of the weights (0 = off, e.g. 0.9999)", "optimiser")
     base_batch_size: int = opt(0, "global batch the learning rate is meant for; a larger global batch scales it "
-                                  "linearly (0 = no scaling)")
-    warmup_epochs: int = opt(0, "linear learning-rate warm-up epochs")
-    lr_schedule: str = opt("cosine", "learning-rate schedule", choices=("cosine", "step"))
-    learning_rate_min: float = opt(0.0, "final learning rate of the cosine schedule")
-    lr_decay: float = opt(0.97, "step schedule: learning rate factor per epoch")
-    momentum: float = opt(0.9, "SGD momentum")
-    weight_decay: float = opt(3e-4, "weight decay")
-    grad_clip: float = opt(5.0, "gradient norm clipping")
-    auxiliary: bool = opt(True, "auxiliary head after the second reduction cell")
-    auxiliary_weight: float = opt(0.4, "weight of the auxiliary loss")
-    cutout: int = opt(16, "Cutout square length (0 = off); a bare --cutout means 16")
-    drop_path_prob: float = opt(0.2, "drop path probability, ramped linearly from 0 over the epochs")
-    label_smoothing: float = opt(0.0, "label smoothing of the training loss")
-    ema_decay: float = opt(0.0, "exponential moving average of the weights (0 = off, e.g. 0.9999)")
+                                  "linearly (0 = no scaling)", "schedule")
+    warmup_epochs: int = opt(0, "linear learning-rate warm-up epochs", "schedule")
+    lr_schedule: str = opt("cosine", "learning-rate schedule", "schedule", choices=("cosine", "step"))
+    learning_rate_min: float = opt(0.0, "final learning rate of the cosine schedule", "schedule")
+    lr_decay: float = opt(0.97, "step schedule: learning rate factor per epoch", "schedule")
+    cutout: int = opt(16, "Cutout square length (0 = off); a bare --cutout means 16", "augmentation")
+    label_smoothing: float = opt(0.0, "label smoothing of the training loss", "augmentation")
 
     def __post_init__(self):
         super().__post_init__()
         if not 0.0 <= self.drop_path_prob < 1.0:
             raise ConfigError(f"drop-path-prob: must be in [0, 1), got {self.drop_path_prob}")
-        check_ranges(self, minimum=0, names=("cutout", "warmup_epochs", "base_batch_size"))
+        check_ranges(self, minimum=0, names=("cutout", "warmup_epochs", "base_batch_size", "auxiliary_weight",
+                                             "learning_rate_min", "lr_decay"))
         if not 0.0 <= self.label_smoothing < 1.0 or not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError("label-smoothing and ema-decay must be in [0, 1)")
 
 
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(DataConfig, RunConfig):
     """Evaluating a checkpoint on a data set's test (or val) split."""
 
     checkpoint: str = opt("", "a retrain checkpoint (runs/.../checkpoints/best.pt), or weights saved by the original "
-                              "DARTS code or NNI together with --genotype")
-    dataset: str | None = opt(None, "data set (default: the checkpoint's)", choices=tuple(DATASETS))
-    data_dir: str | None = opt(None, "data set folder (default: the checkpoint's)")
-    data_backend: str = opt("auto", "data pipeline", choices=DATA_BACKENDS)
-    download: bool = opt(False, "download the data set with torchvision when missing (needs a network)")
-    batch_size: int = opt(128, "batch size per rank")
-    workers: int = opt(4, "data loading workers per rank")
-    output: str | None = opt(None, "folder for metrics.json, config.yaml and log.txt (default: evaluate/NAME in the "
-                                   "checkpoint's run folder, NAME the checkpoint's file name without suffix)")
-    genotype: str | None = opt(None, "for a plain state dict: its genotype (name or JSON)")
-    layers: int | None = opt(None, "for a plain state dict: its cells (default: the paper's, 20; ImageNet 14)")
+                              "DARTS code or NNI together with --genotype", "model")
+    genotype: str | None = opt(None, "for a plain state dict: its genotype (name or JSON)", "model")
+    layers: int | None = opt(None, "for a plain state dict: its cells (default: the paper's, 20; ImageNet 14)",
+                             "model")
     init_channels: int | None = opt(None, "for a plain state dict: its initial channels C (default: the paper's, "
-                                          "36; ImageNet 48)")
-    device: str = opt("auto", "auto = cuda:LOCAL_RANK when CUDA is available, else cpu", choices=("auto", "cpu", "cuda"))
-    precision: str = opt("auto", "auto = bf16 autocast on GPU, fp32 on CPU", choices=PRECISIONS)
-    channels_last: bool = opt(True, "channels_last memory format (faster on GPU and CPU)")
-    seed: int = opt(0, "seed (evaluation draws no random numbers)")
-    compile: bool = opt(False, "torch.compile the network")
-    sync_bn: bool = opt(False, "unused in evaluation (BN uses running statistics)")
-    deterministic: bool = opt(False, "deterministic algorithms")
+                                          "36; ImageNet 48)", "model")
+    dataset: str | None = opt(None, "data set (default: the checkpoint's)", "data", choices=tuple(DATASETS))
+    data_dir: str | None = opt(None, "data set folder (default: the checkpoint's)", "data")
+    batch_size: int = opt(128, "batch size per rank", "data")
+    output: str | None = opt(None, "folder for metrics.json, config.yaml and log.txt (default: evaluate/NAME in the "
+                                   "checkpoint's run folder, NAME the checkpoint's file name without suffix)",
+                             "runtime")
+    seed: int = opt(0, "seed (evaluation draws no random numbers)", "runtime")
 
     def __post_init__(self):
+        RunConfig.__post_init__(self)
+        DataConfig.__post_init__(self)
         if not self.checkpoint:
             raise ConfigError("checkpoint: --checkpoint FILE is required")
-        check_ranges(self, minimum=1, names=("batch_size", "layers", "init_channels"))
+        check_ranges(self, minimum=1, names=("layers", "init_channels"))
         if self.output is None:
             parent = os.path.dirname(os.path.abspath(self.checkpoint))
             run_dir = os.path.dirname(parent) if os.path.basename(parent) == "checkpoints" else parent
@@ -188,49 +258,40 @@ class EvaluateConfig:
             self.output = os.path.join(run_dir, "evaluate", os.path.splitext(os.path.basename(self.checkpoint))[0])
 
 
-# Flags of `sweep` that are handed on to every search and retrain it runs.
-SWEEP_SHARED = ("dataset", "data_dir", "data_backend", "download", "workers", "device", "precision", "batch_size",
-                "layers", "init_channels", "steps_per_epoch", "checkpoint_steps", "log_interval", "deterministic")
+# Settings of `sweep` handed on to the searches and retrains it runs: the shared runtime and data fields (less
+# the run folder, resume and seed, which the sweep sets per trial), the network size, the search method.
+SWEEP_PASSED = tuple(f.name for f in dataclasses.fields(DataConfig) + dataclasses.fields(RunConfig)
+                     if f.name not in ("output", "resume", "seed")) + (
+    "layers", "init_channels", "steps_per_epoch", "checkpoint_steps", "unrolled", "partial_channels")
 
 
 @dataclass
-class SweepConfig:
+class SweepSettings:
     """The DARTS authors' protocol as one job: seeded searches, short selection retrains, the winner's retrain."""
 
-    seeds: str = opt("4", "N seeds (0..N-1) or a comma-separated list of seeds")
-    workers_per_trial: int = opt(1, "DDP workers (ranks) per search and selection trial")
-    final_workers: int = opt(0, "DDP workers of each final retrain (0 = workers-per-trial)")
-    gpus_per_worker: float = opt(0.0, "GPUs per worker (0 = train on CPU)")
-    cpus_per_worker: float = opt(1.0, "CPUs per worker (fractions are fine on a small CPU box)")
-    max_concurrent_trials: int = opt(0, "trials at a time (0 = as many as the resources allow)")
-    max_failures: int = opt(2, "retries of a failed trial; each retry resumes from its last checkpoint")
-    search_epochs: int = opt(50, "epochs of each search")
-    select_epochs: int = opt(20, "epochs of each selection retrain (the DARTS authors used 20)")
-    final_epochs: int = opt(600, "epochs of the winner's final retrain")
-    repeats: int = opt(1, "final retrains of the winner, each with its own seed (mean and std are reported)")
-    output: str = opt("runs/sweep", "sweep folder: search/, select/, final/, ray/ and report.json, report.md")
-    resume: bool = opt(False, "continue a sweep whose driver died: finished trials are not run again")
+    seeds: str = opt("4", "N seeds (0..N-1) or a comma-separated list of seeds", "runtime")
+    workers_per_trial: int = opt(1, "DDP workers (ranks) per search and selection trial", "distributed")
+    final_workers: int = opt(0, "DDP workers of each final retrain (0 = workers-per-trial)", "distributed")
+    gpus_per_worker: float = opt(0.0, "GPUs per worker (0 = train on CPU)", "distributed")
+    cpus_per_worker: float = opt(1.0, "CPUs per worker (fractions are fine on a small CPU box)", "distributed")
+    max_concurrent_trials: int = opt(0, "trials at a time (0 = as many as the resources allow)", "distributed")
+    max_failures: int = opt(2, "retries of a failed trial; each retry resumes from its last checkpoint", "distributed")
+    search_epochs: int = opt(50, "epochs of each search", "schedule")
+    select_epochs: int = opt(20, "epochs of each selection retrain (the DARTS authors used 20)", "schedule")
+    final_epochs: int = opt(600, "epochs of the winner's final retrain", "schedule")
+    repeats: int = opt(1, "final retrains of the winner, each with its own seed (mean and std are reported)",
+                       "schedule")
+    output: str = opt("runs/sweep", "sweep folder: search/, select/, final/, ray/ and report.json, report.md",
+                      "runtime")
+    resume: bool = opt(False, "continue a sweep whose driver died: finished trials are not run again", "runtime")
     address: str | None = opt(None, "an existing Ray cluster (e.g. ray://host:10001 or auto); default: start a "
-                                    "private local one with the CPUs and GPUs there are")
-    search: str | None = opt(None, "YAML file of search settings (any `search` key)")
-    retrain: str | None = opt(None, "YAML file of retrain settings (any `retrain` key) for selection and final")
-    # handed on to every stage when given; unset ones keep the stage's YAML value or the job's default
-    dataset: str | None = opt(None, "data set", choices=tuple(DATASETS))
-    data_dir: str | None = opt(None, "data set folder")
-    data_backend: str | None = opt(None, "data pipeline", choices=DATA_BACKENDS)
-    download: bool | None = opt(None, "download the data set when missing (needs a network)")
-    workers: int | None = opt(None, "data loading workers per rank")
-    device: str | None = opt(None, "auto = GPU when the trial got one", choices=("auto", "cpu", "cuda"))
-    precision: str | None = opt(None, "precision", choices=PRECISIONS)
-    batch_size: int | None = opt(None, "batch size per rank")
-    layers: int | None = opt(None, "cells (search and retrain alike; e.g. for tiny demos)")
-    init_channels: int | None = opt(None, "initial channels (search and retrain alike)")
-    steps_per_epoch: int | None = opt(None, "cap on steps per epoch (demos and tests)")
-    checkpoint_steps: int | None = opt(None, "checkpoint every N steps inside an epoch too")
-    log_interval: int | None = opt(None, "steps between log lines")
-    deterministic: bool | None = opt(None, "deterministic algorithms")
+                                    "private local one with the CPUs and GPUs there are", "distributed")
+    search: str | None = opt(None, "YAML file of search settings (any `search` key)", "runtime")
+    retrain: str | None = opt(None, "YAML file of retrain settings (any `retrain` key) for selection and final",
+                              "runtime")
 
     def __post_init__(self):
+        check_types(self)
         self.seed_list()
         check_ranges(self, minimum=1, names=("workers_per_trial", "search_epochs", "select_epochs", "final_epochs",
                                              "repeats"))
@@ -249,16 +310,18 @@ class SweepConfig:
             raise ConfigError(f"seeds: need at least one seed and no repeats, got {self.seeds!r}")
         return seeds
 
-    def shared(self) -> dict:
-        """The settings handed on to every stage (those left unset keep each job's own default)."""
-        return {k: getattr(self, k) for k in SWEEP_SHARED if getattr(self, k) is not None}
+    def passed_on(self, cls) -> dict:
+        """The settings handed on to each job of type cls (unset ones keep the job's YAML value or default)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return {k: getattr(self, k) for k in SWEEP_PASSED if k in names and getattr(self, k) is not None}
 
 
-# The paper's ImageNet (mobile setting) recipe, applied under the YAML file and the flags.
-RETRAIN_PRESETS = {
-    "imagenet": dict(layers=14, init_channels=48, batch_size=128, learning_rate=0.1, weight_decay=3e-5,
-                     lr_schedule="step", lr_decay=0.97, label_smoothing=0.1, epochs=250, cutout=0, drop_path_prob=0.0),
-}
+def _passed_field(name: str):
+    """The sweep's optional copy of a search (or shared) field: same type, help and group, default unset."""
+    f = {f.name: f for f in dataclasses.fields(SearchConfig)}[name]
+    kind = _field_type(SearchConfig, f)
+    meta = dict(f.metadata, help=f.metadata["help"] + " (handed on to the trials)")
+    return name, kind | None, field(default=None, metadata=meta)
 
 
 def _field_type(cls, f):
@@ -307,8 +370,14 @@ def load_yaml(path: str) -> dict:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
+PRESETS = Path(__file__).resolve().parent / "presets"
+
+
 def build(cls, yaml_values: dict | None = None, overrides: dict | None = None, source: str = "config"):
-    """A config of type cls from YAML values and explicit overrides, checked field by field."""
+    """A config of type cls from YAML values and explicit overrides, checked field by field.
+
+    Under both lies the data set's preset for this kind of job, where one exists: presets/KIND_DATASET.yaml
+    (the ImageNet retrain recipe)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
     for where, given in ((source, yaml_values or {}), ("command line", overrides or {})):
@@ -316,9 +385,10 @@ def build(cls, yaml_values: dict | None = None, overrides: dict | None = None, s
             if key not in fields:
                 raise ConfigError(f"unknown key '{key.replace('_', '-')}' in {where}")
             values[key] = _coerce(cls, fields[key], value, where)
-    if cls is RetrainConfig:
-        preset = RETRAIN_PRESETS.get(values.get("dataset", fields["dataset"].default), {})
-        values = {**preset, **values}
+    kind = cls.__name__.removesuffix("Config").lower()
+    preset = PRESETS / f"{kind}_{values.get('dataset', fields['dataset'].default if 'dataset' in fields else '')}.yaml"
+    if preset.is_file():
+        values = {**{k: _coerce(cls, fields[k], v, str(preset)) for k, v in load_yaml(str(preset)).items()}, **values}
     return cls(**values)
 
 
@@ -326,32 +396,39 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def dump(cfg) -> str:
+    """The resolved configuration as YAML (what config.yaml holds)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
 def save(cfg, path: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-    os.replace(tmp, path)
+    atomic_write(path, dump(cfg))
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    """One kebab-case flag per field (plus its underscore spelling, as the original DARTS scripts use).
-
-    Defaults are suppressed so that only the flags actually given override the YAML file.
-    """
+    """One kebab-case flag per field, in --help groups; the original DARTS scripts' underscore spellings are
+    accepted too but not listed. Defaults are suppressed so that only the flags actually given override the YAML
+    file; --help shows each field's default and choices the same way."""
     parser.add_argument("--config", help="YAML file of defaults (keys are the flag names); flags override it")
-    group = parser.add_argument_group(f"{cls.__name__} options (default values in brackets)")
-    for f in dataclasses.fields(cls):
+    fields = dataclasses.fields(cls)
+    groups = {g: parser.add_argument_group(f"{g} options") for g in GROUPS
+              if any(f.metadata["group"] == g for f in fields)}
+    for f in fields:
         kind = _field_type(cls, f)
-        flags = [f"--{f.name.replace('_', '-')}"] + ([f"--{f.name}"] if "_" in f.name else [])
-        help_text = f"{f.metadata['help']} [{f.default}]"
+        flag = f"--{f.name.replace('_', '-')}"
+        default = "unset" if f.default is None else f.default
+        choices = f.metadata.get("choices")
+        help_text = f"{f.metadata['help']} (default: {default})"
         if kind is bool:
-            group.add_argument(*flags, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                               help=help_text)
+            kw = dict(action=argparse.BooleanOptionalAction)
         elif f.name == "cutout":  # the original's bare --cutout switch still works
-            group.add_argument(*flags, type=int, nargs="?", const=16, default=argparse.SUPPRESS, help=help_text)
+            kw = dict(type=int, nargs="?", const=16, metavar="N")
         else:
-            group.add_argument(*flags, type=str, default=argparse.SUPPRESS, metavar=f.name.upper(),
-                               choices=f.metadata.get("choices"), help=help_text)
+            kw = dict(type=str, metavar="{" + ",".join(choices) + "}" if choices else f.name.upper())
+        groups[f.metadata["group"]].add_argument(flag, dest=f.name, default=argparse.SUPPRESS, help=help_text, **kw)
+        if "_" in f.name:
+            parser.add_argument(f"--{f.name}", dest=f.name, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
+                                **{k: v for k, v in kw.items() if k != "metavar"})
 
 
 def from_args(cls, args: argparse.Namespace):
@@ -360,3 +437,8 @@ def from_args(cls, args: argparse.Namespace):
     overrides = {k: v for k, v in vars(args).items() if k in names}
     yaml_values = load_yaml(args.config) if getattr(args, "config", None) else {}
     return build(cls, yaml_values, overrides, source=args.config or "config")
+
+
+SweepConfig = dataclasses.make_dataclass("SweepConfig", [_passed_field(name) for name in SWEEP_PASSED],
+                                         bases=(SweepSettings,))
+SweepConfig.__doc__ = SweepSettings.__doc__

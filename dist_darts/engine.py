@@ -1,12 +1,15 @@
-"""What the search and retrain jobs share: job set-up, precision, DDP wrapping, metrics, evaluation, resume."""
+"""What every job shares: set-up (process group, seeds, run folder, logging, precision), model preparation (device,
+memory format, SyncBN, DDP, compile), metrics and evaluation, checkpoint plumbing, replica checks.
+
+The pieces a benchmark or a notebook needs (autocast_factory, prepare_model, evaluate, Meter) take plain
+arguments, not a Job.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import hashlib
-import logging
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -17,14 +20,15 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from . import checkpoint as ckpt_io
 from . import config as config_io
-from .distributed import DistEnv, all_gather_object, all_reduce_sum, barrier, init_distributed, seed_everything
-
-log = logging.getLogger("dist_darts")
+from .distributed import DistEnv, all_gather_object, all_reduce_sum, barrier, close_distributed, init_distributed, \
+    seed_everything
+from .logs import log, setup_logging
+from .runfolder import atomic_write
 
 # called on every rank after an epoch's checkpoint is written: (metrics, checkpoint path); Ray reports through it
 EpochHook = Callable[[dict, Path], None]
+SYNC_BN_BELOW = 32  # images per rank under which a multi-GPU job normalises over the global batch by default
 
 
 @dataclass
@@ -46,18 +50,24 @@ class Job:
             self.writer.close()
 
 
-def _setup_logging(run_dir: Path, is_main: bool) -> None:
-    log.handlers.clear()
-    log.propagate = False
-    log.setLevel(logging.INFO if is_main else logging.WARNING)
-    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
-    stream = logging.StreamHandler(sys.stdout)
-    stream.setFormatter(fmt)
-    log.addHandler(stream)
-    if is_main:
-        file = logging.FileHandler(run_dir / "log.txt")
-        file.setFormatter(fmt)
-        log.addHandler(file)
+def autocast_factory(precision: str, device: torch.device) -> tuple[Callable, str]:
+    """(factory of autocast contexts, resolved precision); "auto" is bf16 on CUDA and fp32 elsewhere."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext, precision
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return functools.partial(torch.autocast, device.type, dtype=dtype), precision
+
+
+def run_job(cfg, body: Callable, *args):
+    """start_job, body(job, *args), and the clean-up every job needs, whatever happens."""
+    job = start_job(cfg)
+    try:
+        return body(job, *args)
+    finally:
+        job.close()
+        close_distributed()
 
 
 def start_job(cfg) -> Job:
@@ -74,20 +84,11 @@ def start_job(cfg) -> Job:
     run_dir = Path(cfg.output)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        config_io.save(cfg, str(run_dir / "config.yaml"))
+        atomic_write(run_dir / "config.yaml", config_io.dump(cfg))
     barrier()
-    _setup_logging(run_dir, env.is_main)
-
-    precision = cfg.precision
-    if precision == "auto":
-        precision = "bf16" if env.device.type == "cuda" else "fp32"
-    if precision == "fp32":
-        autocast = contextlib.nullcontext
-    else:
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        autocast = functools.partial(torch.autocast, env.device.type, dtype=dtype)
+    setup_logging(run_dir / "log.txt", env.is_main)
+    autocast, precision = autocast_factory(cfg.precision, env.device)
     scaler = torch.amp.GradScaler(env.device.type, enabled=precision == "fp16")
-
     writer = None
     if env.is_main:
         from torch.utils.tensorboard import SummaryWriter
@@ -96,36 +97,63 @@ def start_job(cfg) -> Job:
     return Job(cfg, env, run_dir, autocast, scaler, writer)
 
 
-def prepare_model(model: nn.Module, job: Job, exclude: tuple = ()) -> tuple[nn.Module, nn.Module]:
-    """Move to the device (channels_last unless turned off), optionally SyncBN and compile; wrap in DDP with several
-    ranks.
+def use_sync_bn(cfg, env: DistEnv) -> bool:
+    """--sync-bn as given, else on for NCCL jobs of several ranks whose per-rank batch is small."""
+    if cfg.sync_bn is not None:
+        if cfg.sync_bn and env.device.type != "cuda":
+            raise config_io.ConfigError("sync-bn: SyncBatchNorm needs GPUs (PyTorch refuses CPU modules)")
+        return cfg.sync_bn
+    return env.device.type == "cuda" and env.world_size > 1 and cfg.batch_size < SYNC_BN_BELOW
+
+
+def prepare_job_model(model: nn.Module, job: Job, exclude: tuple = ()) -> tuple[nn.Module, nn.Module]:
+    """prepare_model with the job's settings."""
+    cfg, env = job.cfg, job.env
+    sync_bn = use_sync_bn(cfg, env)
+    if sync_bn and cfg.sync_bn is None:
+        log.info("SyncBatchNorm on: %d images per rank on %d GPUs (--no-sync-bn to normalise per rank)",
+                 cfg.batch_size, env.world_size)
+    return prepare_model(model, env.device, channels_last=cfg.channels_last, sync_bn=sync_bn, compile=cfg.compile,
+                         world_size=env.world_size, exclude=exclude)
+
+
+def prepare_model(model: nn.Module, device: torch.device, *, channels_last: bool = True, sync_bn: bool = False,
+                  compile: bool = False, world_size: int = 1, exclude: tuple = ()) -> tuple[nn.Module, nn.Module]:
+    """Move to the device in the memory format the job runs in, optionally SyncBN and compile; wrap in DDP with
+    several ranks.
 
     Parameters in `exclude` (the alphas) stay out of DDP's gradient buckets: their gradients are averaged
     explicitly, because DDP does not see gradients taken with torch.autograd.grad.
     Returns (plain module, module to call for training).
     """
-    cfg, env = job.cfg, job.env
-    if cfg.sync_bn:
-        if env.device.type != "cuda":
-            raise config_io.ConfigError("sync-bn: SyncBatchNorm needs GPUs (PyTorch refuses CPU modules)")
+    if sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    # on the CPU too: PyTorch's channels_last pooling and BN kernels are several times faster than its NCHW ones
-    memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
-    model = model.to(env.device, memory_format=memory_format)
+    model = model.to(device, memory_format=memory_format(channels_last))
     train_model = model
-    if env.world_size > 1:
+    if world_size > 1:
         for p in exclude:
             p.requires_grad_(False)  # DDP registers only parameters that require grad at construction
-        train_model = DDP(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
+        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
         # on the CPU, 1x1 and depthwise weight gradients can come with strides that differ from their
         # parameters' only in size-1 dimensions (the same memory layout): DDP copies such a gradient into its
         # bucket (a few MB per step, measured in benchmarks/ddp_scaling.py) and warns; nothing is wrong
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         for p in exclude:
             p.requires_grad_(True)
-    if cfg.compile:
+    if compile:
         train_model = torch.compile(train_model)
     return model, train_model
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """The one place the memory format is decided: channels_last on GPU and CPU alike (PyTorch's channels_last
+    pooling and BN kernels are several times faster than its NCHW ones on the CPU too), unless turned off."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def to_memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A batch in the job's memory format (images only; other tensors as they are)."""
+    return x.contiguous(memory_format=memory_format(channels_last)) if x.dim() == 4 else x
 
 
 class Meter:
@@ -151,64 +179,24 @@ class Meter:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, job: Job, max_steps: int = 0) -> dict:
-    """Loss, top-1 and top-5 over the whole (sharded) loader, averaged over all ranks."""
+def evaluate(model: nn.Module, loader, autocast=contextlib.nullcontext, max_steps: int = 0,
+             channels_last: bool | None = None) -> dict:
+    """Loss, top-1 and top-5 over the whole (sharded) loader, averaged over all ranks; batches are put in the
+    job's memory format when channels_last is given."""
     was_training = model.training
     model.eval()
-    meter = Meter(job.env.device)
+    meter = Meter(next(model.parameters()).device)
     criterion = nn.CrossEntropyLoss(ignore_index=-100, reduction="sum")  # a batch may be all padding
     loader.set_epoch(0)
     for step, (x, y) in enumerate(loader):
         if max_steps and step >= max_steps:
             break
-        with job.autocast():
-            out = model(x)
+        with autocast():
+            out = model(x if channels_last is None else to_memory_format(x, channels_last))
         logits = (out[0] if isinstance(out, tuple) else out).float()
         meter.update(criterion(logits, y), logits, y)
     model.train(was_training)
     return meter.global_averages()
-
-
-def progress(total: int, initial: int, job: Job, desc: str):
-    from tqdm import tqdm
-    return tqdm(total=total, initial=initial, desc=desc, disable=not job.env.is_main, dynamic_ncols=True,
-                leave=False, file=sys.stdout)
-
-
-def checkpoint_path(run_dir: Path) -> Path:
-    return run_dir / "checkpoints" / "last.pt"
-
-
-def resume_state(job: Job, kind: str, keys: tuple[str, ...]) -> dict | None:
-    """The latest checkpoint of the run folder when --resume is given (checked against this run), else None."""
-    path = checkpoint_path(job.run_dir)
-    if not job.cfg.resume:
-        return None
-    seen = all_gather_object(path.is_file())
-    if any(seen) and not all(seen):  # half the ranks resuming and half starting over would diverge
-        blind = [r for r, s in enumerate(seen) if not s]
-        raise ckpt_io.CheckpointError(f"checkpoint {path} is missing on rank(s) {blind}: put --output on storage "
-                                      "every node mounts at the same path")
-    if not path.is_file():
-        log.warning("--resume: no checkpoint in %s yet; starting from scratch", path.parent)
-        return None
-    state = ckpt_io.load(path, kind)
-    ckpt_io.check_compatible(state, path, job.env.world_size, config_io.to_dict(job.cfg), keys)
-    return state
-
-
-def write_checkpoint(job: Job, path: Path, state: dict, meter: Meter | None) -> None:
-    """Gather every rank's RNG state and let rank 0 write atomically; all ranks call this."""
-    rngs = all_gather_object(ckpt_io.rng_state())
-    if job.env.is_main:
-        state = dict(state, format=ckpt_io.FORMAT, world_size=job.env.world_size, rng=rngs,
-                     config=config_io.to_dict(job.cfg), meter=None if meter is None else meter.sums.cpu())
-        ckpt_io.save_atomic(state, path)
-    barrier()
-
-
-def restore_rng(state: dict, job: Job) -> None:
-    ckpt_io.set_rng_state(state["rng"][job.env.rank])
 
 
 def replica_digest(tensors) -> str:
@@ -225,9 +213,3 @@ def check_replicas(tensors) -> str:
     if len(set(digests)) > 1:
         raise RuntimeError(f"ranks diverged: their weights/alphas differ (digests {sorted(set(digests))})")
     return digests[0]
-
-
-def summary_table(rows: list[tuple[str, str]]) -> str:
-    width = max(len(k) for k, _ in rows)
-    line = "-" * (width + 2 + max(len(v) for _, v in rows))
-    return "\n".join([line] + [f"{k:<{width}}  {v}" for k, v in rows] + [line])

@@ -13,6 +13,8 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+from .runfolder import atomic_write
+
 PRIMITIVES = [
     "none",
     "max_pool_3x3",
@@ -223,11 +225,7 @@ def from_dict(d: dict) -> Genotype:
 
 def save(g: Genotype, path: str | os.PathLike) -> None:
     """Write a genotype as JSON (atomically: a reader never sees half a file)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(to_dict(validate(g)), f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(to_dict(validate(g)), indent=2) + "\n")
 
 
 def load(path_or_name) -> Genotype:

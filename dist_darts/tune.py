@@ -20,7 +20,8 @@ from pathlib import Path
 from . import config as config_io
 from . import genotype as gt
 from .config import ConfigError, RetrainConfig, SearchConfig, SweepConfig
-from .engine import summary_table
+from .logs import log as logger, setup_logging, summary_table
+from .runfolder import atomic_write
 
 try:
     import ray
@@ -122,7 +123,7 @@ def _stage(name: str, trials: list[dict], sweep: SweepConfig, root: Path, log) -
             results[trial_name] = result.metrics
     if failed:
         raise RuntimeError(f"stage {name}: {len(failed)} trial(s) failed after retries: " + "; ".join(failed))
-    done.write_text(json.dumps(sorted(results)) + "\n")
+    atomic_write(done, json.dumps(sorted(results)) + "\n")
     return results
 
 
@@ -148,23 +149,17 @@ def run(sweep: SweepConfig) -> dict:
     started = time.time()
     search_base = config_io.load_yaml(sweep.search) if sweep.search else {}
     retrain_base = config_io.load_yaml(sweep.retrain) if sweep.retrain else {}
-    shared = sweep.shared()
     seeds = sweep.seed_list()
-    log_path = root / "sweep.log"
-
-    def log(message: str) -> None:
-        line = f"{time.strftime('%H:%M:%S')} {message}"
-        print(line, flush=True)
-        with open(log_path, "a") as f:
-            f.write(line + "\n")
+    setup_logging(root / "sweep.log", is_main=True)
+    log = logger.info
 
     def search_cfg(seed):
-        values = {**search_base, **shared, "epochs": sweep.search_epochs, "seed": seed,
+        values = {**search_base, **sweep.passed_on(SearchConfig), "epochs": sweep.search_epochs, "seed": seed,
                   "output": str(root / "search" / f"seed_{seed}"), "resume": True}
         return config_io.build(SearchConfig, values, source="sweep search settings")
 
     def retrain_cfg(genotype_file, seed, epochs, out):
-        values = {**retrain_base, **shared, "genotype": str(genotype_file), "epochs": epochs, "seed": seed,
+        values = {**retrain_base, **sweep.passed_on(RetrainConfig), "genotype": str(genotype_file), "epochs": epochs, "seed": seed,
                   "output": str(out), "resume": True}
         return config_io.build(RetrainConfig, values, source="sweep retrain settings")
 
@@ -245,9 +240,7 @@ def _init_ray(sweep: SweepConfig) -> None:
 
 
 def _write_report(root: Path, report: dict, log) -> None:
-    tmp = root / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(root / "report.json")
+    atomic_write(root / "report.json", json.dumps(report, indent=2) + "\n")
     winner = report["winner"]
     lines = ["# dist-darts sweep report", "",
              "| seed | search val top-1 | selection top-1 | params | genotype |",
@@ -262,7 +255,7 @@ def _write_report(root: Path, report: dict, log) -> None:
               f"Final top-1 over {len(final['runs'])} run(s): {final['mean']:.2f} +/- {final['std']:.2f} %.", ""]
     drawings = _draw(root, winner, report["trials"])
     lines += [f"![{Path(p).stem}]({Path(p).name})" for p in drawings]
-    (root / "report.md").write_text("\n".join(lines) + "\n")
+    atomic_write(root / "report.md", "\n".join(lines) + "\n")
     log("sweep finished\n" + summary_table(
         [(f"seed {t['seed']}", f"search {t['search_val_top1']:.2f} % | select {t['select_top1']:.2f} % | "
                                f"{t['params']:,} params") for t in report["trials"]]
@@ -273,19 +266,16 @@ def _write_report(root: Path, report: dict, log) -> None:
 
 def _draw(root: Path, winner: dict, trials: list) -> list[str]:
     """The winner's cells and a plot of selection accuracy per seed; skipped with a note where impossible."""
-    try:
-        from .visualize import DrawingError, draw_genotype, plot_selection
-    except ImportError:
-        return []
+    from .visualize import DrawingError, draw_genotype, plot_selection
     paths = []
     try:
         paths += [str(p) for p in draw_genotype(gt.from_dict(winner["genotype"]), root / "winner", "png")]
     except DrawingError as e:
-        print(f"no cell drawings: {e}")
+        logger.warning("no cell drawings: %s", e)
     try:
         paths.append(str(plot_selection([t["seed"] for t in trials], [t["select_top1"] for t in trials],
                                         winner["seed"], root / "selection.png")))
     except DrawingError as e:
-        print(f"no selection plot: {e}")
+        logger.warning("no selection plot: %s", e)
     return paths
 
