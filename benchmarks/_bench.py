@@ -29,9 +29,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 
-# search hyper-parameters of the paper (and of dist_darts.config.SearchConfig)
-LR, MOMENTUM, WEIGHT_DECAY, GRAD_CLIP = 0.025, 0.9, 3e-4, 5.0
-ARCH_LR, ARCH_BETAS, ARCH_WEIGHT_DECAY = 3e-4, (0.5, 0.999), 1e-3
+def paper_search_settings():
+    """The paper's search hyper-parameters: dist_darts.config.SearchConfig's defaults."""
+    from dist_darts.config import SearchConfig
+    return SearchConfig(dataset="synthetic")
 
 
 # ---- worker side ------------------------------------------------------------------------------------------------
@@ -50,27 +51,23 @@ def setup_worker(cfg: dict) -> torch.device:
     return device
 
 
-def darts_search_step(model, train_model, order: int, autocast, batches, average=None):
-    """dist_darts.search's loop body, less the metrics: the Architect's alpha step, then the weight step
-    (forward, backward, gradient-norm clip, SGD with momentum) on a fixed batch."""
+def darts_search_step(model, train_model, order: int, autocast, batches, average=None, channels_last=True):
+    """A closure taking one step of dist_darts.search.search_step (the job's step function) on fixed batches,
+    with the paper's optimizers and hyper-parameters."""
     from dist_darts.architect import Architect
+    from dist_darts.search import search_step
+    s = paper_search_settings()
     criterion = nn.CrossEntropyLoss()
-    w_opt = torch.optim.SGD(model.weights(), LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-    a_opt = torch.optim.Adam(model.arch_parameters(), ARCH_LR, betas=ARCH_BETAS, weight_decay=ARCH_WEIGHT_DECAY)
-    architect = Architect(model, criterion, a_opt, w_opt, MOMENTUM, WEIGHT_DECAY, unrolled=order == 2,
+    w_opt = torch.optim.SGD(model.weights(), s.learning_rate, momentum=s.momentum, weight_decay=s.weight_decay)
+    a_opt = torch.optim.Adam(model.arch_parameters(), s.arch_learning_rate, betas=(s.arch_beta1, s.arch_beta2),
+                             weight_decay=s.arch_weight_decay)
+    architect = Architect(model, criterion, a_opt, w_opt, s.momentum, s.weight_decay, unrolled=order == 2,
                           autocast=autocast, **({"average": average} if average else {}))
-    weights = model.weights()
     xt, yt, xv, yv = batches
 
     def step():
-        architect.step(xt, yt, xv, yv, LR)
-        w_opt.zero_grad(set_to_none=True)
-        with autocast():
-            logits = train_model(xt).float()
-        loss = criterion(logits, yt)
-        loss.backward()
-        nn.utils.clip_grad_norm_(weights, GRAD_CLIP)
-        w_opt.step()
+        search_step(model, train_model, architect, w_opt, criterion, ((xt, yt), (xv, yv)), s.learning_rate,
+                    s.grad_clip, autocast, channels_last)
     return step
 
 

@@ -22,8 +22,6 @@ has its own GPU (LOCAL_RANK) and N defaults to the number of GPUs.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import json
 import os
 import sys
@@ -36,28 +34,20 @@ import torch  # noqa: E402
 
 
 def worker(cfg):
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     from dist_darts.distributed import all_reduce_mean_, close_distributed, init_distributed
+    from dist_darts.engine import autocast_factory, prepare_model
     from dist_darts.supernet import Network
 
     torch.set_num_threads(cfg["threads"])
     env = init_distributed(cfg["device"])
     device = env.device
-    cuda = device.type == "cuda"
-    if cuda:
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(cfg["seed"])  # identical initial replicas, as the search's seeding gives
-    model = Network(cfg["C"], 10, cfg["layers"]).to(device, memory_format=torch.channels_last).train()
-    train_model = model
-    if env.world_size > 1:  # dist_darts.engine.prepare_model: the alphas stay out of DDP's buckets
-        for a in model.arch_parameters():
-            a.requires_grad_(False)
-        train_model = DDP(model, device_ids=[env.local_rank] if cuda else None)
-        for a in model.arch_parameters():
-            a.requires_grad_(True)
-    autocast = (functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16) if cuda
-                else contextlib.nullcontext)
+    model = Network(cfg["C"], 10, cfg["layers"])
+    model, train_model = prepare_model(model, device, world_size=env.world_size, exclude=tuple(model.arch_parameters()))
+    model.train()
+    autocast, _ = autocast_factory("auto", device)
     g = torch.Generator().manual_seed(1000 + env.rank)  # every rank its own shard of data
     b = cfg["batch"]
     xt, xv = (torch.randn(b, 3, 32, 32, generator=g).to(device) for _ in range(2))

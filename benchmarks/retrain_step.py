@@ -17,8 +17,6 @@ code; on the CPU its utils.drop_path must create its mask with torch.FloatTensor
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import json
 import sys
 from pathlib import Path
@@ -26,7 +24,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench  # noqa: E402
-from _bench import GRAD_CLIP, LR, MOMENTUM, WEIGHT_DECAY  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
@@ -34,10 +31,13 @@ NETWORKS = {  # the paper's retraining settings (dist_darts.config's cifar10 and
     "cifar": dict(C=36, layers=20, classes=10, image_size=32, batch=96, drop_path=0.2, label_smoothing=0.0),
     "imagenet": dict(C=48, layers=14, classes=1000, image_size=224, batch=128, drop_path=0.0, label_smoothing=0.1),
 }
-AUX_WEIGHT = 0.4
 
 
 def build(cfg, device):
+    """A closure taking one retrain step: the original's as its train.py takes it, or dist_darts.train.train_step
+    (the job's step function) on a network prepared as the job prepares it."""
+    from dist_darts.config import RetrainConfig
+    s = RetrainConfig(dataset="synthetic")  # the paper's optimiser settings
     net = NETWORKS[cfg["network"]]
     torch.manual_seed(cfg["seed"])
     if cfg["impl"] == "original":
@@ -45,33 +45,35 @@ def build(cfg, device):
         import genotypes
         import model as original_model
         cls = original_model.NetworkCIFAR if cfg["network"] == "cifar" else original_model.NetworkImageNet
-        model = cls(net["C"], net["classes"], net["layers"], True, genotypes.DARTS_V2)
+        model = cls(net["C"], net["classes"], net["layers"], True, genotypes.DARTS_V2).to(device).train()
     else:
+        from dist_darts.engine import autocast_factory, prepare_model
         from dist_darts.genotype import DARTS_V2
         from dist_darts.model import NetworkCIFAR, NetworkImageNet
         cls = NetworkCIFAR if cfg["network"] == "cifar" else NetworkImageNet
-        model = cls(net["C"], net["classes"], net["layers"], True, DARTS_V2)
-    channels_last = cfg["channels_last"] and cfg["impl"] == "ours"
-    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format).train()
+        model, train_model = prepare_model(cls(net["C"], net["classes"], net["layers"], True, DARTS_V2), device,
+                                           channels_last=cfg["channels_last"], compile=cfg["compile"])
+        model.train()
+        autocast, _ = autocast_factory(cfg["precision"], device)
     model.drop_path_prob = net["drop_path"]
-    autocast = (functools.partial(torch.autocast, device.type, dtype=torch.bfloat16) if cfg["precision"] == "bf16"
-                else contextlib.nullcontext)
-    train_model = torch.compile(model) if cfg["compile"] else model
     criterion = nn.CrossEntropyLoss(label_smoothing=net["label_smoothing"])
-    optimizer = torch.optim.SGD(model.parameters(), LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    optimizer = torch.optim.SGD(model.parameters(), s.learning_rate, momentum=s.momentum, weight_decay=s.weight_decay)
     g = torch.Generator().manual_seed(cfg["seed"])
     x = torch.randn(cfg["batch"], 3, net["image_size"], net["image_size"], generator=g).to(device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, net["classes"], (cfg["batch"],), generator=g).to(device)
 
+    if cfg["impl"] == "ours":
+        from dist_darts.train import train_step
+        scaler = torch.amp.GradScaler(device.type, enabled=False)
+        return lambda: train_step(model, train_model, optimizer, scaler, criterion, (x, y), s.grad_clip,
+                                  s.auxiliary_weight, autocast, channels_last=cfg["channels_last"])
+
     def step():
-        optimizer.zero_grad(set_to_none=True)
-        with autocast():
-            logits, logits_aux = train_model(x)
-        loss = criterion(logits.float(), y) + AUX_WEIGHT * criterion(logits_aux.float(), y)
+        optimizer.zero_grad()
+        logits, logits_aux = model(x)
+        loss = criterion(logits, y) + s.auxiliary_weight * criterion(logits_aux, y)
         loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
         optimizer.step()
     return step
 

@@ -19,14 +19,12 @@ benchmarks/results.jsonl and a section to benchmarks/RESULTS.md (unless --no-rec
     python benchmarks/search_step.py [--order 1 2] [--batch-size 64] [--original /tmp/orig_bench/cnn]
     python benchmarks/search_step.py --partial-channels 4            # PC-DARTS, batch 256
     python benchmarks/search_step.py --device cuda --original /tmp/orig_gpu/cnn   # bf16 + channels_last
-    python benchmarks/search_step.py --batch-size 32 --ablate depthwise mixed_op channels_last detach all
+    python benchmarks/search_step.py --batch-size 32 --ablate depthwise mixed_op channels_last all
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import json
 import sys
 from pathlib import Path
@@ -34,16 +32,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench  # noqa: E402
-from _bench import ARCH_LR, ARCH_WEIGHT_DECAY, GRAD_CLIP, LR, MOMENTUM, WEIGHT_DECAY  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-ABLATIONS = {
+ABLATIONS = {  # each switches one optimisation off through the supernet's and prepare_model's own arguments
     "depthwise": "stock nn.Conv2d depthwise convs (oneDNN backward)",
     "mixed_op": "MixedOp as sum(w * op(x)): no shared ReLU, no weight folded into BN, no in-place sums",
     "channels_last": "NCHW on the CPU",
-    "detach": "first-order alpha step through the module's own weights (autograd asks for their gradients)",
-    "all": "all four: the plain path of the previous commit",
+    "all": "all three",
 }
 
 
@@ -56,44 +52,20 @@ def synthetic_batches(cfg, device):
     return [t.to(device) for t in (xt, yt, xv, yv)]
 
 
-def apply_ablations(names):
-    """Switch optimisations of dist_darts off, for measuring what each one gives (benchmark-only patches)."""
-    from dist_darts import ops, supernet
-    names = set(names)
-    if names & {"depthwise", "all"}:
-        ops.DepthwiseConv2d.forward = nn.Conv2d.forward
-    if names & {"mixed_op", "all"}:
-        def plain_accumulate(self, x, weights, out=None):
-            total = sum(w * op(x) for i, (w, op) in enumerate(zip(weights, self._ops)) if i != supernet.NONE_INDEX)
-            return total if out is None else out + total
-        supernet.MixedOp.accumulate = plain_accumulate
-        supernet._DenseGrad.apply = staticmethod(lambda x: x)
-    if names & {"channels_last", "all"}:
-        supernet.Network.cpu_channels_last = False
-    if names & {"detach", "all"}:
-        from dist_darts import architect
-        first_order = architect.Architect.alpha_gradients
-
-        def alpha_gradients(self, x_train, y_train, x_val, y_val, lr):
-            if self.unrolled:
-                return first_order(self, x_train, y_train, x_val, y_val, lr)
-            loss = self._loss(x_val, y_val)
-            return self.average(list(torch.autograd.grad(loss, self.arch_params))), loss
-        architect.Architect.alpha_gradients = alpha_gradients
-
-
 def build_ours(cfg, device):
+    from dist_darts.engine import autocast_factory, prepare_model
     from dist_darts.supernet import Network
-    apply_ablations(cfg["ablate"])
+    off = set(cfg["ablate"])
+    off = set(ABLATIONS) if "all" in off else off
     torch.manual_seed(cfg["seed"])
-    model = Network(cfg["C"], cfg["classes"], cfg["layers"], partial_channels=cfg["partial_channels"])
-    channels_last = cfg["channels_last"] and not set(cfg["ablate"]) & {"channels_last", "all"}
-    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    autocast = (functools.partial(torch.autocast, device.type, dtype=torch.bfloat16) if cfg["precision"] == "bf16"
-                else contextlib.nullcontext)
-    train_model = torch.compile(model) if cfg["compile"] else model
+    model = Network(cfg["C"], cfg["classes"], cfg["layers"], partial_channels=cfg["partial_channels"],
+                    fast_depthwise="depthwise" not in off, fold_alphas="mixed_op" not in off)
+    channels_last = cfg["channels_last"] and "channels_last" not in off
+    model, train_model = prepare_model(model, device, channels_last=channels_last, compile=cfg["compile"])
     model.train()
-    return _bench.darts_search_step(model, train_model, cfg["order"], autocast, synthetic_batches(cfg, device))
+    autocast, _ = autocast_factory(cfg["precision"], device)
+    return _bench.darts_search_step(model, train_model, cfg["order"], autocast, synthetic_batches(cfg, device),
+                                    channels_last=channels_last)
 
 
 def build_original(cfg, device):
@@ -102,23 +74,24 @@ def build_original(cfg, device):
     sys.path.insert(0, cfg["original"])
     import architect as original_architect  # the original's modules, from cfg["original"]
     import model_search
+    s = _bench.paper_search_settings()
     torch.manual_seed(cfg["seed"])
     criterion = nn.CrossEntropyLoss().to(device)
     model = model_search.Network(cfg["C"], cfg["classes"], cfg["layers"], criterion).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-    args = SimpleNamespace(momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, arch_learning_rate=ARCH_LR,
-                           arch_weight_decay=ARCH_WEIGHT_DECAY)
+    optimizer = torch.optim.SGD(model.parameters(), s.learning_rate, momentum=s.momentum, weight_decay=s.weight_decay)
+    args = SimpleNamespace(momentum=s.momentum, weight_decay=s.weight_decay, arch_learning_rate=s.arch_learning_rate,
+                           arch_weight_decay=s.arch_weight_decay)
     architect = original_architect.Architect(model, args)
     xt, yt, xv, yv = synthetic_batches(cfg, device)
     model.train()
 
     def step():
-        architect.step(xt, yt, xv, yv, LR, optimizer, unrolled=cfg["order"] == 2)
+        architect.step(xt, yt, xv, yv, s.learning_rate, optimizer, unrolled=cfg["order"] == 2)
         optimizer.zero_grad()
         logits = model(xt)
         loss = criterion(logits, yt)
         loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
         optimizer.step()
     return step
 

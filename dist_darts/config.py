@@ -55,10 +55,9 @@ def opt(default, help: str, group: str, choices=None, **kw):
 
 @dataclass
 class RunConfig:
-    """Where and how any job runs: run folder, resume, seed, device, precision, distribution, logging."""
+    """Where and how any job runs: run folder, seed, device, precision, memory format."""
 
     output: str = opt("runs/job", "run folder: config, logs, TensorBoard events, checkpoints, results", "runtime")
-    resume: bool = opt(False, "continue from the latest checkpoint in the run folder", "runtime")
     seed: int = opt(2, "random seed (model init and data split are identical on every rank)", "runtime")
     device: str = opt("auto", "auto = cuda:LOCAL_RANK when CUDA is available, else cpu", "runtime",
                       choices=("auto", "cpu", "cuda"))
@@ -68,16 +67,10 @@ class RunConfig:
                                     "CPU)", "runtime")
     compile: bool = opt(False, "torch.compile the network", "runtime")
     deterministic: bool = opt(False, "deterministic algorithms (exact reruns; slower)", "runtime")
-    log_interval: int = opt(50, "steps between progress lines and TensorBoard step scalars", "runtime")
-    sync_bn: bool | None = opt(None, "SyncBatchNorm across ranks (GPUs only); unset = on for NCCL jobs of several "
-                                     "ranks with fewer than 32 images per rank", "distributed")
 
     def __post_init__(self):
         check_types(self)
         check_ranges(self, minimum=0, names=("seed",))
-        check_ranges(self, minimum=1, names=("log_interval",))
-        if self.sync_bn and self.device == "cpu":
-            raise ConfigError("sync-bn: SyncBatchNorm needs GPUs (PyTorch refuses CPU modules)")
 
 
 @dataclass
@@ -99,10 +92,16 @@ class DataConfig:
 
 @dataclass
 class JobConfig(DataConfig, RunConfig):
-    """What a training job (search or retrain) adds: epochs, the network's size, SGD, in-epoch checkpoints."""
+    """What a training job (search or retrain) adds: resume, progress, SyncBN, epochs, the network's size, SGD,
+    in-epoch checkpoints."""
+
+    resume: bool = opt(False, "continue from the latest checkpoint in the run folder", "runtime")
+    log_interval: int = opt(50, "steps between progress lines and TensorBoard step scalars", "runtime")
+    sync_bn: bool | None = opt(None, "SyncBatchNorm across ranks (GPUs only); unset = on for NCCL jobs of several "
+                                     "ranks with fewer than 32 images per rank", "distributed")
 
     epochs: int = opt(50, "epochs", "schedule")
-    layers: int = opt(8, "cells", "model")
+    layers: int = opt(8, "cells (the search's supernet or the evaluation network)", "model")
     init_channels: int = opt(16, "initial channels C", "model")
     learning_rate: float = opt(0.025, "initial SGD learning rate", "optimiser")
     momentum: float = opt(0.9, "SGD momentum", "optimiser")
@@ -119,7 +118,9 @@ class JobConfig(DataConfig, RunConfig):
             raise ConfigError(f"data-dir: the {self.dataset} data set needs --data-dir (or --download with a network)")
         check_ranges(self, minimum=0, names=("steps_per_epoch", "checkpoint_steps", "learning_rate", "weight_decay",
                                              "grad_clip"))
-        check_ranges(self, minimum=1, names=("epochs", "layers", "init_channels"))
+        check_ranges(self, minimum=1, names=("epochs", "layers", "init_channels", "log_interval"))
+        if self.sync_bn and self.device == "cpu":
+            raise ConfigError("sync-bn: SyncBatchNorm needs GPUs (PyTorch refuses CPU modules)")
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"momentum: must be in [0, 1), got {self.momentum}")
 
@@ -154,13 +155,8 @@ class SearchConfig(JobConfig):
     output: str = opt("runs/search", "run folder: config, logs, TensorBoard events, checkpoints, genotypes", "runtime")
     epochs: int = opt(50, "search epochs", "schedule")
     train_portion: float = opt(0.5, "share of the training set used for weights; the rest trains the alphas", "data")
-    layers: int = opt(8, "cells in the supernet", "model")
-    init_channels: int = opt(16, "initial channels C", "model")
     learning_rate: float = opt(0.025, "weights: initial SGD learning rate (cosine schedule)", "optimiser")
     learning_rate_min: float = opt(0.001, "weights: final learning rate of the cosine schedule", "schedule")
-    momentum: float = opt(0.9, "weights: SGD momentum", "optimiser")
-    weight_decay: float = opt(3e-4, "weights: weight decay", "optimiser")
-    grad_clip: float = opt(5.0, "weights: gradient norm clipping", "optimiser")
     arch_learning_rate: float = opt(3e-4, "alphas: Adam learning rate", "architecture search")
     arch_weight_decay: float = opt(1e-3, "alphas: Adam weight decay", "architecture search")
     arch_beta1: float = opt(0.5, "alphas: Adam beta1", "architecture search")

@@ -21,7 +21,7 @@ from . import genotype as gt
 from .config import DATASETS, ConfigError, EvaluateConfig, RetrainConfig
 from .data import build_loaders
 from .driver import EpochEnd, StepOutput, run_epochs
-from .engine import EpochHook, Job, evaluate, prepare_job_model, run_job, to_memory_format
+from .engine import EpochHook, Job, evaluate, prepare_job_model, prepare_model, run_job, to_memory_format
 from .logs import log, summary_table
 from .model import build_network, count_parameters, paper_size
 from .runfolder import atomic_write
@@ -199,7 +199,7 @@ def _evaluate(job: Job, arch: dict, weights: dict) -> dict:
     except RuntimeError as e:
         detail = " ".join(str(e).split())[:200]
         raise ckpt_io.CheckpointError(f"checkpoint {cfg.checkpoint} does not fit this network ({detail})") from None
-    model, _ = prepare_job_model(net, job)
+    model = prepare_model(net, job.env.device, channels_last=cfg.channels_last, compile=cfg.compile)[0]
     stats = evaluate(model, loaders.val, job.autocast, channels_last=cfg.channels_last)
     metrics = {"top1": stats["top1"], "top5": stats["top5"], "loss": stats["loss"], "images": stats["count"],
                "params": count_parameters(model), "checkpoint": str(cfg.checkpoint), "dataset": cfg.dataset}

@@ -184,7 +184,6 @@ def test_kuberay_rayjob():
     assert argv[argv.index("--output") + 1].startswith(SHARED + "/")
 
 
-@pytest.mark.skipif(not hasattr(dist_darts.cli, "cmd_sweep"), reason="dist-darts sweep is not there yet")
 def test_kuberay_entrypoint_is_a_valid_sweep(monkeypatch):
     """The RayJob's command line parses with our CLI and its config file loads (paths as in the image's copy)."""
     entrypoint = load_all("kuberay-rayjob.yaml")["RayJob"]["spec"]["entrypoint"]
@@ -351,7 +350,6 @@ def test_job_submit(local_head):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not hasattr(dist_darts.cli, "cmd_sweep"), reason="dist-darts sweep is not there yet")
 def test_job_submit_sweep(local_head):
     """launch/ray_job_submit.sh runs a tiny 2-seed sweep on the local head, through all three stages."""
     output = local_head.folder / "sweep"  # absolute: the job runs in a copy of the repository

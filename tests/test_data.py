@@ -176,10 +176,10 @@ def test_digits_is_the_embedded_default():
 @pytest.mark.parametrize("purpose", ["search", "retrain", "evaluate"])
 def test_loaders_have_the_promised_shape(cifar10_dir, purpose):
     loaders = build_loaders(cfg(data_dir=cifar10_dir, cutout=16), env(), purpose)
-    assert (loaders.num_classes, loaders.image_size, loaders.test) == (10, 32, None)
-    expected = {"search": (5, 5, 5), "retrain": (10, 4, 10), "evaluate": (None, 4, 4)}[purpose]
+    assert (loaders.num_classes, loaders.image_size) == (10, 32)
+    expected = {"search": (5, 5), "retrain": (10, 4), "evaluate": (None, 4)}[purpose]
     lengths = tuple(None if x is None else len(x) for x in (loaders.train, loaders.val))
-    assert lengths + (loaders.steps_per_epoch,) == expected
+    assert lengths == expected
     for loader in filter(None, (loaders.train, loaders.val)):
         batches = list(loader)
         assert len(batches) == len(loader)
@@ -322,7 +322,7 @@ def test_image_folder_batches(folder_dir):
 
 def test_synthetic_batches_are_fixed_and_shaped_like_the_dataset():
     loaders = build_loaders(cfg("imagenet", backend="synthetic", batch_size=2), env(0, 4), "retrain")
-    assert (loaders.num_classes, loaders.image_size, loaders.steps_per_epoch) == (1000, 224, 1281167 // 8)
+    assert (loaders.num_classes, loaders.image_size, len(loaders.train)) == (1000, 224, 1281167 // 8)
     it = iter(loaders.train)
     (x, y), (u, v) = next(it), next(it)
     assert x.shape == (2, 3, 224, 224) and x is u and y is v and y.dtype == torch.int64

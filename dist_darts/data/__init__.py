@@ -36,8 +36,6 @@ class Loaders(NamedTuple):
     """What build_loaders returns; each loader as the module docstring says."""
     train: Any  # None for evaluate
     val: Any  # search: the held-out half of the training set; retrain/evaluate: the test (val) split
-    test: Any  # always None for now: kept so the engine can grow a separate test loader
-    steps_per_epoch: int  # len(train), or len(val) for evaluate
     num_classes: int
     image_size: int
 
@@ -117,5 +115,4 @@ def build_loaders(cfg, dist_env, purpose: str) -> Loaders:
     if purpose != "search":
         everything = np.arange(len(data.test.labels))
         (val,) = make(data.test, [plan(everything, data.test, EVALUATE, False, "test set")])
-    steps = len(train if train is not None else val)
-    return Loaders(train, val, None, steps, data.num_classes, data.image_size)
+    return Loaders(train, val, data.num_classes, data.image_size)
