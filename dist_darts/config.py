@@ -342,7 +342,8 @@ def _coerce(cls, f, value, source):
             return False
         raise ConfigError(f"{name} ({source}): needs true or false, got {value!r}")
     try:
-        if kind is int and isinstance(value, float) and not value.is_integer():
+        if kind in (int, float) and isinstance(value, bool) or kind is int and isinstance(value, float) and \
+                not value.is_integer():
             raise ValueError
         out = kind(value)
     except (TypeError, ValueError):

@@ -115,10 +115,14 @@ def run_epochs(job: Job, task: Task, on_epoch: EpochHook | None = None) -> dict:
 
     def save(path, epoch, step, meter):
         divergence.check(task.steps, last)  # never replace a good checkpoint with a diverged state
+        state = task.state_dict()
+        if not all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point()):
+            raise Diverged(f"non-finite weights after epoch {epoch + 1 if step else epoch} step {step or task.steps} (the run "
+                           f"diverged; {path} kept as it was): try a lower --learning-rate or a smaller --grad-clip")
         rngs = all_gather_object(ckpt_io.rng_state())
         meters = all_gather_object(None if meter is None else meter.sums.cpu())
         if env.is_main:
-            ckpt_io.save_atomic(dict(task.state_dict(), kind=task.kind, epoch=epoch, step=step, metrics=metrics,
+            ckpt_io.save_atomic(dict(state, kind=task.kind, epoch=epoch, step=step, metrics=metrics,
                                      history=history, identity=task.identity(), format=ckpt_io.FORMAT,
                                      world_size=env.world_size, rng=rngs, meters=meters,
                                      config=config_io.to_dict(cfg)), path)

@@ -1,0 +1,78 @@
+"""The epoch driver every job runs on: progress without a terminal, divergence, what a resume checks."""
+
+import json
+
+import torch
+
+from dist_darts import config, driver, engine, train
+from dist_darts.data import build_loaders
+from helpers import TINY_RETRAIN, TINY_SEARCH, cli, model_state
+
+TINY = {"dataset": "digits", "layers": 3, "init_channels": 4, "batch_size": 16, "workers": 0, "auxiliary": False}
+
+
+def test_without_a_terminal_progress_is_plain_lines(tmp_path):
+    proc = cli("search", *TINY_SEARCH, "--epochs", "1", "--steps-per-epoch", "3", "--log-interval", "1",
+               "--output", str(tmp_path))
+    log_txt = (tmp_path / "log.txt").read_text()
+    for text in (proc.stdout, log_txt):
+        assert "\r" not in text
+        lines = [ln for ln in text.splitlines() if " search 1/1 step " in ln]
+        assert [ln.split(" step ")[1].split(" ")[0] for ln in lines] == ["1/3", "2/3", "3/3"]
+        assert all("loss " in ln and "top1 " in ln and "img/s" in ln and "ETA epoch" in ln for ln in lines)
+
+
+def test_a_diverging_run_stops_with_one_line_and_exit_1(tmp_path):
+    proc = cli("retrain", *TINY_RETRAIN, "--epochs", "1", "--steps-per-epoch", "3", "--learning-rate", "1e38",
+               "--output", str(tmp_path), check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "dist-darts: non-finite loss at epoch 1 step 2 (the run diverged; no checkpoint written yet): try a lower "
+        "--learning-rate, a smaller --grad-clip, or --precision fp32"]
+
+
+class PoisonedRetrain(train.RetrainTask):
+    """The real retrain, whose loss turns non-finite at one step of the second epoch."""
+
+    def begin_epoch(self, epoch, start_step):
+        self.epoch, self.at = epoch, start_step
+        return super().begin_epoch(epoch, start_step)
+
+    def step(self, batch):
+        out = super().step(batch)
+        self.at += 1
+        if self.epoch == 1 and self.at == 2:
+            out.loss = out.loss * float("nan")
+        return out
+
+
+def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = config.build(config.RetrainConfig, {}, dict(TINY, epochs=2, steps_per_epoch=3, log_interval=100,
+                                                       output=str(tmp_path)))
+
+    def body(job):
+        task = PoisonedRetrain(job, build_loaders(job.cfg, job.env, "retrain"), train.gt.load("DARTS_V2"))
+        return driver.run_epochs(job, task)
+
+    try:
+        engine.run_job(cfg, body)
+        raise AssertionError("the poisoned run did not stop")
+    except driver.Diverged as e:
+        assert str(e).startswith("non-finite loss at epoch 2 step 2 (the run diverged; last good checkpoint ")
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert (state["epoch"], state["step"]) == (1, 0)
+    assert all(torch.isfinite(t).all() for t in model_state(tmp_path).values() if t.is_floating_point())
+    assert [r["epoch"] for r in json.loads((tmp_path / "history.json").read_text())] == [1]
+
+
+def test_resume_checks_the_genotype_the_file_now_holds(tmp_path):
+    from dist_darts import genotype as gt
+    geno = tmp_path / "cell.json"
+    gt.save(gt.DARTS_V2, geno)
+    args = ["retrain", *TINY_RETRAIN, "--genotype", str(geno), "--epochs", "1", "--steps-per-epoch", "2",
+            "--output", str(tmp_path / "run")]
+    cli(*args)
+    gt.save(gt.DARTS_V1, geno)  # same path, another cell
+    proc = cli(*args, "--resume", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "was trained with another genotype than this run's" in proc.stderr
