@@ -65,7 +65,7 @@ def test_save_round_trip(tmp_path):
     ("dataset: digits\ngrad-clip: .inf\n", "grad-clip: needs a finite number, got inf"),
     ("dataset: digits\nweight-decay: nan\n", "weight-decay: needs a finite number, got nan"),
     ("dataset: digits\nepochs: true\n", "epochs .*needs a int, got True"),
-    ("dataset: digits\nmomentum: -5\n", "momentum: must be >= 0, got -5.0"),
+    ("dataset: digits\nmomentum: -5\n", r"momentum: must be in \[0, 1\), got -5.0"),
     ("dataset: digits\narch-learning-rate: -1\n", "arch-learning-rate: must be > 0, got -1.0"),
     ("dataset: digits\narch-beta1: 1.5\n", r"arch-beta1: must be in \[0, 1\), got 1.5"),
     ("dataset: digits\nprecision: fp16\n", "precision: fp16 is for retraining"),
