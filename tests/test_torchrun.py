@@ -58,3 +58,27 @@ def test_max_restarts_survives_a_killed_rank(tmp_path):
     assert agent.returncode == 0, output[-4000:]
     assert "resumed from" in output
     assert (tmp_path / "genotype.json").exists()
+
+
+def test_two_ranks_killed_mid_epoch_then_resumed_report_the_uninterrupted_history(tmp_path):
+    """Every rank's running sums are checkpointed: the resumed epoch's train loss and top-1 are exactly those of
+    a run that was never killed."""
+    args = ["search", *TINY_SEARCH, "--epochs", "1", "--steps-per-epoch", "4", "--checkpoint-steps", "1",
+            "--deterministic"]
+    torchrun(2, *args, "--output", str(tmp_path / "straight"))
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
+           f"--master-port={free_port()}", "-m", "dist_darts", *args, "--output", str(out)]
+    agent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env_for_subprocess(),
+                             start_new_session=True)
+    ckpt = out / "checkpoints" / "last.pt"
+    deadline = time.time() + 300
+    while (checkpoint_step(ckpt) or (0, 0))[1] < 2:
+        assert agent.poll() is None and time.time() < deadline, "run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(agent.pid, signal.SIGKILL)  # the agent and both ranks at once
+    agent.wait()
+    assert checkpoint_step(ckpt)[0] == 0  # killed inside the epoch
+    torchrun(2, *args, "--output", str(out), "--resume")
+    straight = json.loads((tmp_path / "straight" / "history.json").read_text())
+    assert json.loads((out / "history.json").read_text()) == straight
