@@ -48,8 +48,8 @@ class DaliLoader(PlannedLoader):
 
     def __iter__(self):
         planned = self.planned_batches()
-        self._feed.batches = (memory_batches(planned, self.split, self.plan, self.dataset.image_size)
-                              if self.in_memory else file_batches(planned, self.split, self.plan, self.dataset.image_size))
+        host_batches = memory_batches if self.in_memory else file_batches
+        self._feed.batches = host_batches(planned, self.split, self.plan, self.dataset.image_size)
         pipe, self._pipe = self._pipe or self._build(), None  # an epoch left half way leaves prefetched batches
         while True:
             try:
