@@ -1,4 +1,5 @@
-"""Drawings: cells with graphviz (PNG, SVG or PDF), softmaxed alphas with matplotlib.
+"""Drawings: cells with graphviz (PNG, SVG or PDF), softmaxed alphas with matplotlib, and a search over its
+epochs (a GIF with Pillow, or an MP4 with the `ffmpeg` program) from RUN/alphas and RUN/genotypes.
 
 The only module that imports graphviz and matplotlib (the ``viz`` extra).
 """
