@@ -1,7 +1,7 @@
 """docs/tutorial.md cannot drift: every bash and python block runs here, in order, at toy size.
 
 The blocks run as written in one working folder, through stand-ins for `dist-darts` and `torchrun`
-(tests/tutorial_shim.py) that append toy data and sizes; the tutorial says so at its top.
+(tests/tutorial_shim.py) that append toy data and sizes.
 """
 
 import os

@@ -26,7 +26,8 @@ from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 from PIL import Image
 
 from .datasets import Arrays, DataError, one_line
-from .plan import PAD, RESIZE_RATIO, PlannedLoader, crop_flip_cutout, imagenet_params, sample_seeds
+from .plan import (PAD, PlannedLoader, crop_flip_cutout, eval_resize, imagenet_params, padded_crop_params,
+                   sample_seeds, small_images)
 
 
 def make_loaders(split, plans, dataset, device, workers, gpu, device_id):
@@ -47,8 +48,8 @@ class DaliLoader(PlannedLoader):
 
     def __iter__(self):
         planned = self.planned_batches()
-        self._feed.batches = (memory_batches(planned, self.split, self.plan, self.dataset.image_size)
-                              if self.in_memory else file_batches(planned, self.split, self.plan))
+        host_batches = memory_batches if self.in_memory else file_batches
+        self._feed.batches = host_batches(planned, self.split, self.plan, self.dataset.image_size)
         pipe, self._pipe = self._pipe or self._build(), None  # an epoch left half way leaves prefetched batches
         while True:
             try:
@@ -107,8 +108,15 @@ class DaliLoader(PlannedLoader):
         if not self.plan.train:
             encoded, labels = fn.external_source(source=self._feed, num_outputs=2, batch=True)
             images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB, adjust_orientation=False)
-            images = fn.resize(images, resize_shorter=round(size * RESIZE_RATIO))
+            images = fn.resize(images, resize_shorter=eval_resize(size))
             return self._normalize(images, crop=(size, size)), labels
+        if small_images(size):
+            encoded, labels, start, mirror = fn.external_source(source=self._feed, num_outputs=4, batch=True)
+            images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB, adjust_orientation=False)
+            images = fn.crop(fn.resize(images, resize_shorter=size), crop=(size, size))
+            images = fn.slice(images, start=start, shape=[size, size], axis_names="HW",
+                              out_of_bounds_policy="pad", fill_values=0)
+            return self._normalize(images, mirror=mirror), labels
         encoded, labels, start, shape, mirror, brightness, contrast, saturation, hue = fn.external_source(
             source=self._feed, num_outputs=9, batch=True)
         # decode only the crop window; PIL reads the sizes without EXIF rotation, so DALI must not rotate either
@@ -144,8 +152,9 @@ def memory_batches(planned, split, plan, size):
         yield batch
 
 
-def file_batches(planned, split, plan):
-    """Host side of the file graph: [encoded, labels] (+ crop window, mirror and jitter factors for training)."""
+def file_batches(planned, split, plan, size):
+    """Host side of the file graph: [encoded, labels] (+ for training: crop start and mirror of small images,
+    or crop window, mirror and jitter factors)."""
     for idx, labels, rng in planned:
         paths = [split.paths[i] for i in idx]
         encoded = [np.fromfile(path, dtype=np.uint8) for path in paths]
@@ -153,7 +162,13 @@ def file_batches(planned, split, plan):
         if not plan.train:
             yield [encoded, labels]
             continue
-        params = [imagenet_params(seed, *size) for seed, size in zip(sample_seeds(rng, len(idx)).tolist(), sizes)]
+        seeds = sample_seeds(rng, len(idx)).tolist()
+        if small_images(size):
+            crops = [padded_crop_params(seed, size) for seed in seeds]
+            yield [encoded, labels, np.array([(top - PAD, left - PAD) for top, left, _ in crops], np.int32),
+                   np.array([flip for _, _, flip in crops], np.int32)]
+            continue
+        params = [imagenet_params(seed, *wh) for seed, wh in zip(seeds, sizes)]
         window = np.array([(p.top, p.left, p.height, p.width) for p in params], np.int32)
         flips = np.array([p.flip for p in params], np.int32)
         # rows: brightness, contrast, saturation, hue (DALI's hue is in degrees)

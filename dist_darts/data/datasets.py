@@ -3,6 +3,14 @@
 CIFAR-10/100 (python pickle batches), SVHN (.mat files), ImageNet and any `train/` + `val/` folder of class
 subfolders, scikit-learn's 8x8 digits (the embedded default, no download) and `synthetic` (sizes only).
 Small data sets are returned in memory as uint8 (N, H, W, 3) arrays; image folders as sorted path lists.
+
+Image size of an image folder: an explicit `image_size` wins; else `imagenet` uses ImageNet's 224-px crops,
+and a `folder` the shorter side its images share (read from the headers of up to 64 files per split), or 224
+when they differ or share a side longer than 224. Folders below 128 px (plan.small_images) train with CIFAR's
+augmentation at that size: resize the shorter side to it (nothing to do at the native size), centre crop,
+zero-pad by 4 and crop at a random offset, random flip; and are evaluated resized and centre-cropped to it.
+Larger ones train with ImageNet's RandomResizedCrop, flip and colour jitter, and are evaluated resized to
+256/224 of the size and centre-cropped. So a folder of 32x32 images searches as CIFAR-10 does, not at 224.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import pickle
 from typing import NamedTuple, Union
 
 import numpy as np
+from PIL import Image
 
 from ..config import DATASETS
 
@@ -68,26 +77,40 @@ SIZES = {
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 DIGITS_TEST_SIZE = 300
 DOWNLOAD_HINT = "pass --download where there is a network"
+FOLDER_SAMPLE = 64  # files per split whose headers decide the size a folder's images share
+IMAGE_FOLDERS = ("imagenet", "folder")
 
 
-def load(name: str, root: str | None, download: bool = False) -> Dataset:
-    """Read data set `name` from folder `root` (None for digits), downloading first if asked and missing."""
+def load(name: str, root: str | None, download: bool = False, image_size: int = 0) -> Dataset:
+    """Read data set `name` from folder `root` (None for digits), downloading first if asked and missing.
+    `image_size` > 0 sets the size image folders are cropped to (0: from the data, see the module docstring)."""
+    _check_image_size(name, image_size)
     if name == "digits":
         return _digits()
     if name not in READERS:
         raise DataError(f"unknown dataset {name!r}; choose from {', '.join(READERS)}, digits, synthetic")
     if not root:
         raise DataError(f"{name}: no data directory given (--data-dir)")
-    return READERS[name](name, os.path.expanduser(root), download)
+    data = READERS[name](name, os.path.expanduser(root), download)
+    return data._replace(image_size=image_size) if image_size else data
 
 
-def synthetic(name: str) -> Dataset:
+def synthetic(name: str, image_size: int = 0) -> Dataset:
     """Random data with the shape and split sizes of data set `name` (no files are read)."""
     if name not in SIZES:
         raise DataError(f"synthetic data needs a dataset of known size, one of {', '.join(SIZES)}; got {name!r}")
+    _check_image_size(name, image_size)
     train, test = (Synthetic(np.zeros(n, np.int64)) for n in SIZES[name])
     info = DATASETS[name]
-    return Dataset(name, train, test, info.num_classes, info.image_size, *STATS[name])
+    return Dataset(name, train, test, info.num_classes, image_size or info.image_size, *STATS[name])
+
+
+def _check_image_size(name, image_size):
+    if image_size < 0:
+        raise DataError(f"bad data setting: image size {image_size} (0 takes it from the data)")
+    if image_size and name not in IMAGE_FOLDERS:
+        raise DataError(f"{name}: an image size applies to image folders ({', '.join(IMAGE_FOLDERS)}) only; "
+                        f"{name} is stored at {DATASETS[name].image_size}x{DATASETS[name].image_size}")
 
 
 def one_line(exc: BaseException) -> str:
@@ -202,8 +225,24 @@ def _read_image_folder(name, root, download):
             raise DataError(f"{name}: {folder} has no images ({' '.join(IMAGE_EXTENSIONS)}) in class subfolders")
         return Files(paths, np.asarray(labels, np.int64))
 
-    size = DATASETS["imagenet"].image_size
-    return Dataset(name, listing(train_dir), listing(val_dir), len(classes), size, *STATS[name])
+    train, val = listing(train_dir), listing(val_dir)
+    crop = DATASETS["imagenet"].image_size
+    size = crop if name == "imagenet" else min(shared_side(train.paths, val.paths) or crop, crop)
+    return Dataset(name, train, val, len(classes), size, *STATS[name])
+
+
+def shared_side(*splits) -> int | None:
+    """The shorter side of the images if all of them have one size, else None; judged on the headers of
+    FOLDER_SAMPLE files spread evenly over each split's path list (which covers the classes in order)."""
+    sample = [path for paths in splits for path in paths[::max(1, len(paths) // FOLDER_SAMPLE)][:FOLDER_SAMPLE]]
+    sizes = set()
+    for path in sample:
+        try:
+            with Image.open(path) as img:
+                sizes.add(img.size)
+        except OSError:  # not counted: the loaders name a damaged file when they reach it
+            continue
+    return min(sizes.pop()) if len(sizes) == 1 else None
 
 
 def _digits():

@@ -17,6 +17,7 @@ from .datasets import DataError
 IGNORE_LABEL = -100  # label of the padding in evaluation batches: F.cross_entropy's default ignore_index
 PAD = 4  # CIFAR-style augmentation: random crop after zero padding by 4 pixels
 RESIZE_RATIO = 256 / 224  # ImageNet evaluation: resize the shorter side to 256, centre crop 224
+SMALL_IMAGE = 128  # image folders below this size get CIFAR's augmentation, not ImageNet's
 
 
 class ShardPlan:
@@ -102,6 +103,22 @@ def crop_flip_cutout(rng, n: int, size: int, cutout: int):
     centres = rng.integers(0, size, size=(n, 2))
     boxes = np.concatenate([centres - cutout // 2, centres + cutout // 2], axis=1).clip(0, size)
     return offsets, flips, boxes
+
+
+def small_images(size: int) -> bool:
+    """Whether image-folder samples of this size train with CIFAR's augmentation (see datasets' docstring)."""
+    return size < SMALL_IMAGE
+
+
+def eval_resize(size: int) -> int:
+    """The shorter side an evaluation image is resized to before its centre size x size crop."""
+    return size if small_images(size) else round(size * RESIZE_RATIO)
+
+
+def padded_crop_params(seed: int, size: int) -> tuple[int, int, bool]:
+    """CIFAR's augmentation of one file sample: (top, left) of its crop in the zero-padded image, and the flip."""
+    offsets, flips, _ = crop_flip_cutout(np.random.default_rng(seed), 1, size, 0)
+    return int(offsets[0, 0]), int(offsets[0, 1]), bool(flips[0])
 
 
 def sample_seeds(rng, n: int):

@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import functional as TF
 
 from .datasets import Arrays, DataError, Files, one_line
-from .plan import PAD, RESIZE_RATIO, PlannedLoader, crop_flip_cutout, imagenet_params, sample_seeds
+from .plan import (PAD, PlannedLoader, crop_flip_cutout, eval_resize, imagenet_params, padded_crop_params,
+                   sample_seeds, small_images)
 
 
 def make_loaders(split, plans, dataset, device, workers):
@@ -102,7 +103,13 @@ class ImageFiles(torch.utils.data.Dataset):
                 img = f.convert("RGB")
         except OSError as exc:
             raise DataError(f"{path} is not a readable image ({one_line(exc)})") from None
-        if self.train:
+        if self.train and small_images(self.size):
+            img = TF.center_crop(TF.resize(img, self.size), self.size)  # PIL returns a copy at the same size
+            top, left, flip = padded_crop_params(seed, self.size)
+            img = TF.crop(img, top - PAD, left - PAD, self.size, self.size)  # PIL fills outside with zeros
+            if flip:
+                img = TF.hflip(img)
+        elif self.train:
             p = imagenet_params(seed, *img.size)
             img = TF.resized_crop(img, p.top, p.left, p.height, p.width, [self.size, self.size])
             if p.flip:
@@ -112,7 +119,7 @@ class ImageFiles(torch.utils.data.Dataset):
             for i in p.order:
                 img = jitter[i](img, factors[i])
         else:
-            img = TF.center_crop(TF.resize(img, round(self.size * RESIZE_RATIO)), self.size)
+            img = TF.center_crop(TF.resize(img, eval_resize(self.size)), self.size)
         return TF.pil_to_tensor(img), label  # uint8: 4x less to copy than float; normalised on the device
 
 

@@ -1,0 +1,28 @@
+"""The [dev] extra pulls DALI's 199 MB wheel only on Linux x86-64, the one platform NVIDIA ships it for."""
+
+import pytest
+from packaging.requirements import Requirement
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+from pathlib import Path  # noqa: E402
+
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+LINUX = {"sys_platform": "linux", "platform_machine": "x86_64", "extra": ""}
+
+
+def dev_extras(environment: dict) -> set[str]:
+    """The extras of dist-darts that `pip install '.[dev]'` installs in `environment` (marker variables)."""
+    extras = tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"]
+    chosen = set()
+    for line in extras["dev"]:
+        req = Requirement(line)
+        if req.name == "dist-darts" and (req.marker is None or req.marker.evaluate(environment)):
+            chosen |= req.extras
+    return chosen
+
+
+def test_dali_only_on_linux_x86_64():
+    assert dev_extras(LINUX) == {"viz", "tune", "dali"}
+    for platform, machine in (("darwin", "arm64"), ("win32", "AMD64"), ("linux", "aarch64")):
+        assert dev_extras(dict(LINUX, sys_platform=platform, platform_machine=machine)) == {"viz", "tune"}
