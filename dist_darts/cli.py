@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from importlib.metadata import version
 
@@ -67,7 +68,10 @@ def cmd_genotype_show(args):
 
 
 def cmd_genotype_draw(args):
-    from .visualize import draw_genotype
+    from .visualize import draw_genotype, draw_side_by_side
+    if args.side_by_side:  # NNI's picture: both cells in one image
+        print(draw_side_by_side(gt.load(args.genotype), f"{args.output}.png", args.genotype))
+        return
     for path in draw_genotype(gt.load(args.genotype), args.output, args.format):
         print(path)
 
@@ -95,7 +99,10 @@ def cmd_genotype_convert(args):
 def cmd_genotype_alphas(args):
     import torch
 
-    from .visualize import plot_alphas
+    from .visualize import plot_alpha_history, plot_alphas
+    if os.path.isdir(args.alphas):  # RUN/alphas (or RUN): one image over the epochs
+        print(plot_alpha_history(args.alphas, args.output))
+        return
     try:
         saved = torch.load(args.alphas, map_location="cpu", weights_only=True)
         a_normal, a_reduce = saved["alphas_normal"], saved["alphas_reduce"]
@@ -106,7 +113,12 @@ def cmd_genotype_alphas(args):
                          f"(needs tensors 'alphas_normal' and 'alphas_reduce'): {type(e).__name__}") from None
     g = gt.derive(a_normal, a_reduce, saved.get("betas_normal"), saved.get("betas_reduce"))
     print(gt.format_genotype(g))
-    print(plot_alphas(a_normal, a_reduce, args.output))
+    print(plot_alphas(a_normal, a_reduce, args.output, genotype=g))
+
+
+def cmd_genotype_animate(args):
+    from .visualize import animate
+    print(animate(args.run, args.output))
 
 
 # --- model ------------------------------------------------------------------------------------------------
@@ -131,6 +143,10 @@ def cmd_model_summary(args):
         ("multiply-adds", f"{counter.get_total_flops() // 2:,} ({counter.get_total_flops() / 2e6:.1f} M "
                           f"at {info.image_size}x{info.image_size}, counted by torch.utils.flop_counter)"),
     ]
+    if info.image_size == 224:
+        rows.append(("counting", "convolutions and the classifier; BN, ReLU, pooling and node sums add at most "
+                                 "~16 M, so no count of this network reaches the paper's 574 M, whose counting code "
+                                 "was never published"))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
@@ -208,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("genotype", help=geno_help)
     p.add_argument("--output", default="cell", help="file prefix: writes PREFIX_normal.FMT and PREFIX_reduce.FMT")
     p.add_argument("--format", choices=["png", "svg", "pdf"], default="png", help="image format")
+    p.add_argument("--side-by-side", action="store_true", help="both cells side by side in one PNG, PREFIX.png")
     p.set_defaults(func=cmd_genotype_draw)
 
     p = gsub.add_parser("convert", help="convert a genotype to JSON, an NNI dict or drawings", formatter_class=fmt)
@@ -220,9 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = gsub.add_parser("alphas", help="derive the genotype from saved alphas and plot their softmax",
                         formatter_class=fmt)
     p.add_argument("alphas", help="a .pt file with tensors 'alphas_normal' and 'alphas_reduce' (as the search "
-                                  "saves each epoch)")
+                                  "saves each epoch), or a search's alphas/ folder: each op's share over the epochs")
     p.add_argument("--output", default="alphas.png", help="plot file (.png, .svg or .pdf)")
     p.set_defaults(func=cmd_genotype_alphas)
+
+    p = gsub.add_parser("animate", help="animate a search: the derived cells and the alphas, epoch by epoch",
+                        formatter_class=fmt)
+    p.add_argument("run", help="a search's run folder (its genotypes/ and alphas/ per-epoch files)")
+    p.add_argument("--output", default=None, help="a .gif, or a .mp4 where ffmpeg exists (default: RUN/search.gif)")
+    p.set_defaults(func=cmd_genotype_animate)
 
     p_model = sub.add_parser("model", help="inspect evaluation networks", formatter_class=fmt)
     msub = p_model.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -233,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sets the classes and input size (imagenet builds NetworkImageNet)")
     p.add_argument("--init-channels", type=int, default=None, help="initial channels C (default: 36, ImageNet 48)")
     p.add_argument("--layers", type=int, default=None, help="number of cells (default: 20, ImageNet 14)")
-    p.add_argument("--auxiliary", action="store_true", help="build the auxiliary head too")
+    p.add_argument("--auxiliary", action=argparse.BooleanOptionalAction, default=True,
+                   help="build the auxiliary head too, as retrain does (its parameters are listed apart)")
     p.set_defaults(func=cmd_model_summary)
     p_hub = sub.add_parser("hub", help="published genotypes at the papers' sizes", formatter_class=fmt)
     hsub = p_hub.add_subparsers(dest="action", required=True, metavar="ACTION")

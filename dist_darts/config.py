@@ -84,9 +84,11 @@ class DataConfig:
     download: bool = opt(False, "download the data set with torchvision when missing (needs a network)", "data")
     workers: int = opt(4, "data loading workers per rank", "data")
     batch_size: int = opt(64, "batch size per rank (the global batch is this times the world size)", "data")
+    image_size: int = opt(0, "image side in pixels; 0 = the data set's own (an image folder: the size its images "
+                             "share, 224 for ImageNet or mixed sizes)", "data")
 
     def __post_init__(self):
-        check_ranges(self, minimum=0, names=("workers",))
+        check_ranges(self, minimum=0, names=("workers", "image_size"))
         check_ranges(self, minimum=1, names=("batch_size",))
 
 

@@ -69,7 +69,7 @@ def _draw(run_dir: Path, genotype: gt.Genotype, model: Network) -> list[str]:
         log.warning("no cell drawings: %s", e)
     try:
         paths.append(str(plot_alphas(model.alphas_normal, model.alphas_reduce, run_dir / "alphas.png",
-                                     "softmax(alphas) at the end of the search")))
+                                     "softmax(alphas) at the end of the search", genotype)))
     except DrawingError as e:
         log.warning("no alpha plot: %s", e)
     return paths

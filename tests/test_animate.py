@@ -90,3 +90,17 @@ def test_side_by_side_cells(tmp_path):
     path = draw_side_by_side(gt.DARTS_V2, tmp_path / "darts_v2.png", "DARTS_V2")
     with Image.open(path) as im:
         assert im.format == "PNG" and im.size == (both.width, both.height + 40)
+
+
+def test_the_cli_animates_and_plots_a_run(run, tmp_path):
+    gif = tmp_path / "cli.gif"
+    assert cli("genotype", "animate", str(run), "--output", str(gif)).stdout.strip() == str(gif)
+    with Image.open(gif) as im:
+        assert im.format == "GIF" and im.n_frames == 2
+    history = tmp_path / "history.png"
+    cli("genotype", "alphas", str(run / "alphas"), "--output", str(history))
+    side = tmp_path / "cells"
+    cli("genotype", "draw", str(run / "genotype.json"), "--side-by-side", "--output", str(side))
+    for path in (history, side.with_suffix(".png")):
+        with Image.open(path) as im:
+            assert im.format == "PNG"

@@ -92,6 +92,8 @@ def test_an_image_size_of_64_is_used(digits_folder):
     train = make_loaders(data.train, plans[:1], data, CPU, workers=0)[0]
     val = make_loaders(data.test, plans[1:], data, CPU, workers=0)[0]
     assert next(iter(train))[0].shape == next(iter(val))[0].shape == (4, 3, 64, 64)
+    loaders = build_loaders(cfg(digits_folder, image_size=64), env(), "retrain")  # as a job's --image-size 64
+    assert loaders.image_size == 64 and next(iter(loaders.train))[0].shape == (4, 3, 64, 64)
 
 
 @pytest.mark.skipif(not dali_available(), reason="NVIDIA DALI is not installed")

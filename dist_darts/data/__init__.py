@@ -85,9 +85,9 @@ def build_loaders(cfg, dist_env, purpose: str) -> Loaders:
 
     synthetic = backend == "synthetic" or cfg.dataset == "synthetic"
     if synthetic:
-        data = datasets.synthetic(cfg.dataset)
+        data = datasets.synthetic(cfg.dataset, getattr(cfg, "image_size", 0))
     else:
-        data = datasets.load(cfg.dataset, cfg.data_dir, getattr(cfg, "download", False))
+        data = datasets.load(cfg.dataset, cfg.data_dir, getattr(cfg, "download", False), getattr(cfg, "image_size", 0))
 
     if synthetic or backend == "torch":
         from .torch import make_loaders
