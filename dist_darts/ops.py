@@ -65,18 +65,26 @@ class _DepthwiseConv2d(torch.autograd.Function):
 
 class DepthwiseConv2d(nn.Conv2d):
     """nn.Conv2d(C, C, k, groups=C, bias=False) (same parameters and state-dict entries) whose CPU backward avoids
-    oneDNN's slow path for dilated and 5x5 depthwise kernels. Elsewhere (GPU, autocast, 3x3 undilated) it is
-    F.conv2d."""
+    oneDNN's slow path for dilated and 5x5 depthwise kernels, and its wrong one: under bf16 autocast oneDNN's
+    channels_last backward of a dilated stride-1 depthwise conv returns unwritten memory for the weight gradient
+    from 32x32 inputs on (PyTorch 2.14.1; NaN or values ~1e17). Elsewhere (GPU, 3x3 undilated, or
+    ``fast_backward=False``: the stock path) it is F.conv2d."""
 
-    def __init__(self, C, kernel_size, stride, padding, dilation=1):
+    def __init__(self, C, kernel_size, stride, padding, dilation=1, fast_backward=True):
         super().__init__(C, C, kernel_size, stride=stride, padding=padding, dilation=dilation, groups=C, bias=False)
+        self.fast_backward = fast_backward
 
     def forward(self, x):
         k, d = self.kernel_size[0], self.dilation[0]
-        if (x.device.type != "cpu" or (k <= 3 and d == 1) or self.padding[0] > (k - 1) * d
-                or torch.is_autocast_enabled("cpu") or x.dtype != self.weight.dtype):
+        if not self.fast_backward or x.device.type != "cpu" or (k <= 3 and d == 1) or self.padding[0] > (k - 1) * d:
             return super().forward(x)
-        return _DepthwiseConv2d.apply(x, self.weight, self.stride[0], self.padding[0], d)
+        weight = self.weight
+        if torch.is_autocast_enabled("cpu"):  # cast both as autocast would for F.conv2d: the backward stays ours
+            dtype = torch.get_autocast_dtype("cpu")
+            x, weight = x.to(dtype), weight.to(dtype)
+        elif x.dtype != weight.dtype:
+            return super().forward(x)
+        return _DepthwiseConv2d.apply(x, weight, self.stride[0], self.padding[0], d)
 
 
 class ReLUConvBN(nn.Module):
