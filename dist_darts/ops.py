@@ -201,6 +201,15 @@ OPS = {
 }
 
 
+def build_op(primitive: str, C: int, stride: int, affine: bool, fast_depthwise: bool = True) -> nn.Module:
+    """OPS[primitive](C, stride, affine), its depthwise convs with their custom CPU backward or the stock one."""
+    op = OPS[primitive](C, stride, affine)
+    for m in op.modules():
+        if isinstance(m, DepthwiseConv2d):
+            m.fast_backward = fast_depthwise
+    return op
+
+
 def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``scale * bn(x)`` as ONE batch norm whose weight is the scale (scale times gamma and beta when affine).
 
