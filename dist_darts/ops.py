@@ -255,8 +255,9 @@ def scaled_forward(op: nn.Module, x: torch.Tensor, x_relu: torch.Tensor, scale: 
     return scale * op(x)
 
 
-def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
-    """Zero whole samples of a branch with probability drop_prob, scaling the kept ones by 1/keep.
+def drop_path(x: torch.Tensor, drop_prob) -> torch.Tensor:
+    """Zero whole samples of a branch with probability drop_prob (a float or a 0-dim tensor), scaling the kept
+    ones by 1/keep.
 
     In place, as the original: the ops it follows (BatchNorm, pooling) do not keep their output for backward, and
     autograd's version check would refuse one that did. Two passes and no new tensor per op and step."""
