@@ -75,7 +75,8 @@ class Architect:
             loss = self._loss(x_val, y_val, [w.detach() for w in self.weights])
             grads = list(torch.autograd.grad(loss, self.arch_params))
             return self.average(grads), loss
-        return self._unrolled_gradients(x_train, y_train, x_val, y_val, lr)
+        with torch.autocast(x_train.device.type, enabled=False):  # the backward passes too
+            return self._unrolled_gradients(x_train, y_train, x_val, y_val, lr)
 
     def _unrolled_gradients(self, x_train, y_train, x_val, y_val, lr):
         # virtual step w' = w - lr * (momentum * buf + dL_train/dw + wd * w), as the SGD step would take it

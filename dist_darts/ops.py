@@ -46,12 +46,14 @@ class _DepthwiseConv2d(torch.autograd.Function):
     """A depthwise conv whose CPU backward is two forward convs; the forward is F.conv2d itself."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu")
     def forward(ctx, x, weight, stride, padding, dilation):
         ctx.save_for_backward(x, weight)
         ctx.conf = stride, padding, dilation
         return F.conv2d(x, weight, None, stride, padding, dilation, x.shape[1])
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")  # the forward's autocast state, not the one around backward()
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         stride, padding, dilation = ctx.conf
