@@ -4,6 +4,11 @@ Gradients here come from ``torch.autograd.grad``, which DistributedDataParallel 
 gradient that feeds an update is averaged over ranks explicitly, one flat all-reduce per gradient set: the
 virtual step's weight gradient, the validation gradients (alphas and w'), and the finite-difference term.
 The weights are never changed in place: the unrolled and perturbed weights are passed with functional_call.
+
+The second-order step runs in float32 whatever the autocast: its finite difference perturbs the weights by
+R / ||v|| (~1e-5 per weight), far below bf16's rounding step, and v = dL_val/dw' feeds it, so under bf16 the
+alpha gradient is mostly noise (cosine 0.43 to a float64 reference on a 5-cell supernet). The validation pass at
+the virtual weights w' runs on copies of the BatchNorm buffers, as the original's throwaway model did.
 """
 
 from __future__ import annotations
@@ -39,11 +44,20 @@ class Architect:
         self.arch_params = model.arch_parameters()
         self.weight_names, self.weights = zip(*model.named_weights())
 
-    def _loss(self, x, y, weights=None):
-        with self.autocast():
-            logits = self.model(x) if weights is None else functional_call(
-                self.model, dict(zip(self.weight_names, weights)), (x,), strict=False)
+    def _loss(self, x, y, weights=None, buffers=None, fp32=False):
+        """The loss at `weights` (default: the module's own) with `buffers` (default: the module's own), under
+        the job's autocast or, with fp32, under none whatever the caller's."""
+        with torch.autocast(x.device.type, enabled=False) if fp32 else self.autocast():
+            logits = self._logits(x, weights, buffers)
         return self.criterion(logits.float(), y)
+
+    def _logits(self, x, weights, buffers):
+        if weights is None:
+            return self.model(x)
+        tensors = dict(zip(self.weight_names, weights))
+        if buffers is not None:
+            tensors.update(buffers)
+        return functional_call(self.model, tensors, (x,), strict=False)
 
     def step(self, x_train, y_train, x_val, y_val, lr: float) -> torch.Tensor:
         """One Adam step of the alphas; returns the validation loss (a tensor, not synced to the host)."""
@@ -61,11 +75,12 @@ class Architect:
             loss = self._loss(x_val, y_val, [w.detach() for w in self.weights])
             grads = list(torch.autograd.grad(loss, self.arch_params))
             return self.average(grads), loss
-        return self._unrolled_gradients(x_train, y_train, x_val, y_val, lr)
+        with torch.autocast(x_train.device.type, enabled=False):  # the backward passes too
+            return self._unrolled_gradients(x_train, y_train, x_val, y_val, lr)
 
     def _unrolled_gradients(self, x_train, y_train, x_val, y_val, lr):
         # virtual step w' = w - lr * (momentum * buf + dL_train/dw + wd * w), as the SGD step would take it
-        loss_train = self._loss(x_train, y_train)
+        loss_train = self._loss(x_train, y_train, fp32=True)
         g_train = self.average(list(torch.autograd.grad(loss_train, self.weights)))
         del loss_train
         with torch.no_grad():
@@ -78,7 +93,8 @@ class Architect:
                 unrolled.append((w - lr * d).requires_grad_())
         del g_train
 
-        loss_val = self._loss(x_val, y_val, unrolled)
+        scratch = {name: b.clone() for name, b in self.model.named_buffers()}  # w' must not move the real stats
+        loss_val = self._loss(x_val, y_val, unrolled, scratch, fp32=True)
         n_arch = len(self.arch_params)
         grads = self.average(list(torch.autograd.grad(loss_val, list(self.arch_params) + unrolled)))
         d_alpha, d_unrolled = grads[:n_arch], grads[n_arch:]
@@ -89,7 +105,7 @@ class Architect:
         with torch.no_grad():
             w_plus = [w + eps * v for w, v in zip(self.weights, d_unrolled)]
             w_minus = [w - eps * v for w, v in zip(self.weights, d_unrolled)]
-        g_plus = torch.autograd.grad(self._loss(x_train, y_train, w_plus), self.arch_params)
-        g_minus = torch.autograd.grad(self._loss(x_train, y_train, w_minus), self.arch_params)
+        g_plus = torch.autograd.grad(self._loss(x_train, y_train, w_plus, fp32=True), self.arch_params)
+        g_minus = torch.autograd.grad(self._loss(x_train, y_train, w_minus, fp32=True), self.arch_params)
         hessian = self.average([(p - m) / (2 * eps) for p, m in zip(g_plus, g_minus)])
         return [a - lr * h for a, h in zip(d_alpha, hessian)], loss_val.detach()

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn as nn
+
+from .config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,8 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistEnv:
     local_rank = _env_int("LOCAL_RANK", 0)
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("device cuda asked for, but CUDA is not available")
+        raise ConfigError("device: cuda asked for, but this machine has no CUDA GPU PyTorch can use "
+                          "(use --device cpu or auto)")
     dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
@@ -101,10 +105,10 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def broadcast_(tensors: list[torch.Tensor], src: int = 0) -> None:
-    if world_size() > 1:
-        for t in tensors:
-            dist.broadcast(t, src)
+def average_buffers_(module: nn.Module) -> None:
+    """Average the module's floating buffers (BatchNorm running statistics) over ranks in place, so evaluation
+    and checkpoints see the same statistics on every rank; integer counters are equal on every rank already."""
+    all_reduce_mean_([b for b in module.buffers() if b.is_floating_point()])
 
 
 def all_gather_object(obj) -> list:
@@ -125,3 +129,10 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def seed_model_randomness(seed: int, rank: int) -> None:
+    """Give each rank its own torch generator (drop path, dropout) once the model is built: one GPU with the
+    whole batch would draw independent masks for all samples, not the same mask on every shard. Reproducible
+    for a given (seed, rank); the weights, built before from the shared seed, stay identical."""
+    torch.manual_seed(int(np.random.SeedSequence([seed, rank]).generate_state(1, np.uint64)[0]))

@@ -30,14 +30,16 @@ class Cell(nn.Module):
         # only the edges leaving the cell inputs stride in a reduction cell
         self._ops = nn.ModuleList(OPS[name](C, 2 if reduction and index < 2 else 1, True) for name, index in edges)
 
-    def forward(self, s0, s1, drop_prob):
+    def forward(self, s0, s1, drop_prob: torch.Tensor):
+        """drop_prob: a 0-dim tensor; drop path runs in training whatever its value (at 0 it keeps every sample
+        unchanged), so a compiled graph does not depend on the value."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         for i in range(self._steps):
             h = []
             for k in (2 * i, 2 * i + 1):
                 op = self._ops[k]
                 out = op(states[self._indices[k]])
-                if self.training and drop_prob > 0.0 and not isinstance(op, Identity):
+                if self.training and not isinstance(op, Identity):
                     out = drop_path(out, drop_prob)
                 h.append(out)
             states.append(h[0] + h[1])
@@ -109,13 +111,26 @@ class _Network(nn.Module):
         super().__init__()
         self._layers = layers
         self._auxiliary = auxiliary
-        self.drop_path_prob = 0.0
+        # forward reads a tensor filled in place, not a float: torch.compile would bake a float into the graph
+        # and recompile at every change (every epoch); non-persistent, so the state dict keeps the original's
+        # keys. The float is kept beside it for reading, without a device sync.
+        self.register_buffer("_drop_path_prob", torch.zeros(()), persistent=False)
+        self._drop_path_value = 0.0
         self.genotype = validate(load(genotype))
+
+    @property
+    def drop_path_prob(self) -> float:
+        return self._drop_path_value
+
+    @drop_path_prob.setter
+    def drop_path_prob(self, p: float) -> None:
+        self._drop_path_value = float(p)
+        self._drop_path_prob.fill_(p)
 
     def _run_cells(self, s0, s1):
         logits_aux = None
         for i, cell in enumerate(self.cells):
-            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            s0, s1 = s1, cell(s0, s1, self._drop_path_prob)
             if i == 2 * self._layers // 3 and self._auxiliary and self.training:
                 logits_aux = self.auxiliary_head(s1)
         logits = self.classifier(self.global_pooling(s1).flatten(1))

@@ -46,12 +46,14 @@ class _DepthwiseConv2d(torch.autograd.Function):
     """A depthwise conv whose CPU backward is two forward convs; the forward is F.conv2d itself."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu")
     def forward(ctx, x, weight, stride, padding, dilation):
         ctx.save_for_backward(x, weight)
         ctx.conf = stride, padding, dilation
         return F.conv2d(x, weight, None, stride, padding, dilation, x.shape[1])
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")  # the forward's autocast state, not the one around backward()
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         stride, padding, dilation = ctx.conf
@@ -65,18 +67,26 @@ class _DepthwiseConv2d(torch.autograd.Function):
 
 class DepthwiseConv2d(nn.Conv2d):
     """nn.Conv2d(C, C, k, groups=C, bias=False) (same parameters and state-dict entries) whose CPU backward avoids
-    oneDNN's slow path for dilated and 5x5 depthwise kernels. Elsewhere (GPU, autocast, 3x3 undilated) it is
-    F.conv2d."""
+    oneDNN's slow path for dilated and 5x5 depthwise kernels, and its wrong one: under bf16 autocast oneDNN's
+    channels_last backward of a dilated stride-1 depthwise conv returns unwritten memory for the weight gradient
+    from 32x32 inputs on (PyTorch 2.14.1; NaN or values ~1e17). Elsewhere (GPU, 3x3 undilated, or
+    ``fast_backward=False``: the stock path) it is F.conv2d."""
 
-    def __init__(self, C, kernel_size, stride, padding, dilation=1):
+    def __init__(self, C, kernel_size, stride, padding, dilation=1, fast_backward=True):
         super().__init__(C, C, kernel_size, stride=stride, padding=padding, dilation=dilation, groups=C, bias=False)
+        self.fast_backward = fast_backward
 
     def forward(self, x):
         k, d = self.kernel_size[0], self.dilation[0]
-        if (x.device.type != "cpu" or (k <= 3 and d == 1) or self.padding[0] > (k - 1) * d
-                or torch.is_autocast_enabled("cpu") or x.dtype != self.weight.dtype):
+        if not self.fast_backward or x.device.type != "cpu" or (k <= 3 and d == 1) or self.padding[0] > (k - 1) * d:
             return super().forward(x)
-        return _DepthwiseConv2d.apply(x, self.weight, self.stride[0], self.padding[0], d)
+        weight = self.weight
+        if torch.is_autocast_enabled("cpu"):  # cast both as autocast would for F.conv2d: the backward stays ours
+            dtype = torch.get_autocast_dtype("cpu")
+            x, weight = x.to(dtype), weight.to(dtype)
+        elif x.dtype != weight.dtype:
+            return super().forward(x)
+        return _DepthwiseConv2d.apply(x, weight, self.stride[0], self.padding[0], d)
 
 
 class ReLUConvBN(nn.Module):
@@ -193,6 +203,15 @@ OPS = {
 }
 
 
+def build_op(primitive: str, C: int, stride: int, affine: bool, fast_depthwise: bool = True) -> nn.Module:
+    """OPS[primitive](C, stride, affine), its depthwise convs with their custom CPU backward or the stock one."""
+    op = OPS[primitive](C, stride, affine)
+    for m in op.modules():
+        if isinstance(m, DepthwiseConv2d):
+            m.fast_backward = fast_depthwise
+    return op
+
+
 def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``scale * bn(x)`` as ONE batch norm whose weight is the scale (scale times gamma and beta when affine).
 
@@ -238,8 +257,9 @@ def scaled_forward(op: nn.Module, x: torch.Tensor, x_relu: torch.Tensor, scale: 
     return scale * op(x)
 
 
-def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
-    """Zero whole samples of a branch with probability drop_prob, scaling the kept ones by 1/keep.
+def drop_path(x: torch.Tensor, drop_prob) -> torch.Tensor:
+    """Zero whole samples of a branch with probability drop_prob (a float or a 0-dim tensor), scaling the kept
+    ones by 1/keep.
 
     In place, as the original: the ops it follows (BatchNorm, pooling) do not keep their output for backward, and
     autograd's version check would refuse one that did. Two passes and no new tensor per op and step."""

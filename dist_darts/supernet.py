@@ -4,6 +4,11 @@ Module names follow the original ``model_search.py`` so its state dicts load (th
 keeps outside the module, are registered parameters here). The architecture parameters are kept apart from the
 network weights: ``arch_parameters()`` vs ``weights()``. ``partial_channels=K > 1`` turns on PC-DARTS: each edge
 mixes ops on 1/K of the channels, shuffles channels, and per-edge betas normalise the edges into a node.
+
+Two speed-ups are constructor flags (on by default, off for the plain reference of tests and benchmarks):
+``fold_alphas`` (MixedOp.accumulate's shared ReLU, alphas folded into BN, in-place sums; dense gradients at
+the cell's concat) and ``fast_depthwise`` (ops.DepthwiseConv2d's CPU backward). The memory format is the
+caller's: the network computes in the format of its input and parameters.
 """
 
 import torch
@@ -11,14 +16,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .genotype import PRIMITIVES, Genotype, derive, edge_weights
-from .ops import OPS, FactorizedReduce, Identity, ReLUConvBN, scaled_forward
+from .ops import FactorizedReduce, Identity, ReLUConvBN, build_op, scaled_forward
 
 NONE_INDEX = PRIMITIVES.index("none")
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Channel j * groups + i of the output is channel i * (c // groups) + j of x, in x's memory format."""
     n, c, h, w = x.shape
-    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+    if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+        return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+    nhwc = x.permute(0, 2, 3, 1).reshape(n, h, w, groups, c // groups).transpose(3, 4)
+    return nhwc.reshape(n, h, w, c).permute(0, 3, 1, 2)
 
 
 class _DenseGrad(torch.autograd.Function):
@@ -41,16 +50,17 @@ class _DenseGrad(torch.autograd.Function):
 
 
 class MixedOp(nn.Module):
-    def __init__(self, C, stride, partial_channels=1):
+    def __init__(self, C, stride, partial_channels=1, fold_alphas=True, fast_depthwise=True):
         super().__init__()
         if C % partial_channels:
             raise ValueError(f"partial_channels={partial_channels} must divide the {C} channels of every edge")
         self.stride = stride
         self.partial_channels = partial_channels
+        self.fold_alphas = fold_alphas
         C_op = C // partial_channels
         self._ops = nn.ModuleList()
         for primitive in PRIMITIVES:
-            op = OPS[primitive](C_op, stride, False)
+            op = build_op(primitive, C_op, stride, False, fast_depthwise)
             if "pool" in primitive:  # BN after pooling keeps its scale comparable to the conv ops
                 op = nn.Sequential(op, nn.BatchNorm2d(C_op, affine=False))
             self._ops.append(op)
@@ -73,7 +83,11 @@ class MixedOp(nn.Module):
         less memory traffic: 'none' is skipped (it contributes weight * 0: neither the output nor any gradient
         changes), relu(x) is computed once for the four conv ops (and FactorizedReduce), each weight is folded
         into its op's final BN, and the terms are added in place, so no product or partial sum is stored.
+        With fold_alphas=False it is the original's sum, 'none' included.
         """
+        if not self.fold_alphas:
+            total = sum(w * op(x) for w, op in zip(weights, self._ops))
+            return total if out is None else out + total
         x_relu = F.relu(x)
         for i, op in enumerate(self._ops):
             if i == NONE_INDEX:
@@ -87,9 +101,11 @@ class MixedOp(nn.Module):
 
 
 class Cell(nn.Module):
-    def __init__(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev, partial_channels=1):
+    def __init__(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev, partial_channels=1,
+                 fold_alphas=True, fast_depthwise=True):
         super().__init__()
         self.reduction = reduction
+        self.fold_alphas = fold_alphas
         if reduction_prev:
             self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=False)
         else:
@@ -98,7 +114,7 @@ class Cell(nn.Module):
         self._steps = steps
         self._multiplier = multiplier
         self._ops = nn.ModuleList(
-            MixedOp(C, 2 if reduction and j < 2 else 1, partial_channels)
+            MixedOp(C, 2 if reduction and j < 2 else 1, partial_channels, fold_alphas, fast_depthwise)
             for i in range(steps) for j in range(2 + i)
         )
 
@@ -115,13 +131,15 @@ class Cell(nn.Module):
                         for j, h in enumerate(states))
             offset += len(states)
             states.append(s)
-        return torch.cat([_DenseGrad.apply(s) for s in states[-self._multiplier:]], dim=1)
+        outputs = states[-self._multiplier:]
+        return torch.cat([_DenseGrad.apply(s) for s in outputs] if self.fold_alphas else outputs, dim=1)
 
 
 class Network(nn.Module):
     """The search supernet (stem multiplier 3; reduction cells at layers//3 and 2*layers//3)."""
 
-    def __init__(self, C, num_classes, layers, steps=4, multiplier=4, stem_multiplier=3, partial_channels=1):
+    def __init__(self, C, num_classes, layers, steps=4, multiplier=4, stem_multiplier=3, partial_channels=1,
+                 fold_alphas=True, fast_depthwise=True):
         super().__init__()
         self._C = C
         self._num_classes = num_classes
@@ -140,7 +158,7 @@ class Network(nn.Module):
             if reduction:
                 C_curr *= 2
             self.cells.append(Cell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev,
-                                   partial_channels))
+                                   partial_channels, fold_alphas, fast_depthwise))
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
@@ -167,13 +185,7 @@ class Network(nn.Module):
     def named_weights(self):
         return [(name, p) for name, p in self.named_parameters() if name not in self._arch_names]
 
-    # PyTorch's NCHW CPU kernels for pooling and batch norm are 3-9x slower than its channels_last ones (and the
-    # depthwise convs' backward here handles both), so on the CPU the search runs channels_last
-    cpu_channels_last = True
-
     def forward(self, input):
-        if self.cpu_channels_last and input.device.type == "cpu" and input.dim() == 4:
-            input = input.contiguous(memory_format=torch.channels_last)
         w_normal = F.softmax(self.alphas_normal, dim=-1)
         w_reduce = F.softmax(self.alphas_reduce, dim=-1)
         e_normal = e_reduce = None

@@ -1,5 +1,7 @@
 """The alpha gradients against the original DARTS architect (fixture) and an independent reference."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -81,3 +83,25 @@ def test_unrolled_gradient_matches_exact_reference_on_smooth_tiny_net():
     logits = torch.func.functional_call(net, unrolled, (xv,), strict=False)
     exact, = torch.autograd.grad(crit(logits, yv), net.alphas)
     assert torch.allclose(g, exact, atol=1e-7, rtol=1e-5), (g, exact)
+
+
+def test_unrolled_step_leaves_the_virtual_pass_off_the_bn_statistics():
+    """As in the original, the passes at w, w + R v and w - R v update the model's BatchNorm statistics and the
+    validation pass at the virtual weights w' does not (the original ran it on a throwaway copy)."""
+    torch.manual_seed(0)
+    net = Network(4, 10, 3).train()
+    copy_net = copy.deepcopy(net)
+    w_opt = torch.optim.SGD(net.weights(), 0.025, momentum=0.9, weight_decay=3e-4)
+    arch = Architect(net, nn.CrossEntropyLoss(), torch.optim.Adam(net.arch_parameters(), 3e-4), w_opt, 0.9, 3e-4,
+                     unrolled=True)
+    xt, yt = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
+    xv, yv = 5 + 3 * torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))  # stats far from the training batch's
+    arch.step(xt, yt, xv, yv, 0.025)
+    with torch.no_grad():
+        for _ in range(3):  # the three training passes, at w (R v moves the weights by 1e-2 in norm: close)
+            copy_net(xt)
+    for (name, buf), expected in zip(net.named_buffers(), copy_net.buffers()):
+        if name.endswith("num_batches_tracked"):
+            assert buf.item() == 3, name
+        else:
+            assert torch.allclose(buf, expected, rtol=1e-2, atol=1e-3), (name, (buf - expected).abs().max())

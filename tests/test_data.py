@@ -389,3 +389,21 @@ def test_failed_download_gives_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
     message = error_of(cfg("cifar10", str(tmp_path), download=True))
     assert f"cifar10: downloading to {tmp_path} failed" in message and "name resolution" in message
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("purpose", ["search", "retrain"])
+def test_in_memory_gpu_batches_make_no_host_sync(cifar10_dir, purpose):
+    """Index, label and augmentation arrays reach the GPU from pinned memory without non_blocking=False copies;
+    the batches equal the CPU loader's."""
+    gpu = build_loaders(cfg(data_dir=cifar10_dir, cutout=16), env(device=torch.device("cuda", 0)), purpose)
+    cpu = build_loaders(cfg(data_dir=cifar10_dir, cutout=16), env(), purpose)
+    loader = gpu.train
+    loader.set_epoch(0)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        batches = [(x.clone(), y.clone()) for x, y in loader]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for (x, y), (u, v) in zip(batches, collect(cpu.train)):
+        assert torch.allclose(x.cpu(), u, atol=1e-6) and torch.equal(y.cpu(), v)

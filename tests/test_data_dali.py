@@ -125,3 +125,20 @@ def test_gpu_folder_loaders(folder_dir):
     for (x, y), (u, v) in zip(collect(torch_gpu.val), collect(dali_gpu.val)):
         assert u.device.type == "cuda" and u.shape == (2, 3, 224, 224) and torch.equal(y, v)
         assert (x - u).abs().mean() < 0.03  # nvJPEG and PIL differ slightly
+
+
+def test_dali_pipeline_is_built_once_when_epochs_are_left_half_way(cifar10_dir):
+    """The search's validation loader is zipped with the training loader and evaluate stops at max_steps: an
+    epoch left half way resets the pipeline (draining its prefetched batches) instead of building a new one."""
+    c = cfg(data_dir=cifar10_dir, backend="dali-cpu", batch_size=2, cutout=16)
+    loader = build_loaders(c, env(), "search").val
+    full = collect(loader, epoch=1)
+    pipe = loader._pipe
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        for step, _ in enumerate(loader):
+            if step == 1:
+                break
+        assert loader._pipe is pipe
+    assert_same_batches(collect(loader, epoch=1), full)
+    assert loader._pipe is pipe

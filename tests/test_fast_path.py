@@ -2,8 +2,9 @@
 
 Fast path: depthwise convs with a two-conv CPU backward (ops.DepthwiseConv2d), each MixedOp's ReLU shared by its
 conv ops, each alpha weight folded into its op's final BN (ops.scaled_batch_norm), in-place sums, channels_last
-on the CPU. Plain path: the original's structure, ``sum(w * op(x) for every op, 'none' included)`` with stock
-F.conv2d, NCHW. Tolerances: float64 runs agree to 1e-9 (only the summation order differs); float32 to ~1e-5
+parameters and inputs (as the jobs run on the CPU). Plain path: the original's structure,
+``sum(w * op(x) for every op, 'none' included)`` with stock F.conv2d, NCHW: written out below, and built with
+``Network(..., fold_alphas=False, fast_depthwise=False)``. Tolerances: float64 runs agree to 1e-9 (only the summation order differs); float32 to ~1e-5
 relative; bf16 autocast to 3e-2 relative (bf16 keeps 8 bits of mantissa).
 """
 
@@ -197,10 +198,23 @@ def test_mixed_op_accumulates_into_a_given_tensor():
     _assert_close(out, ref, 1e-12, 1e-12, "accumulated sum")
 
 
+def channels_last(x):
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 def _network_pair(partial_channels=1, dtype=torch.double):
+    """The fast network, channels_last, and an NCHW copy for the plain path."""
     torch.manual_seed(0)
     net = Network(8, 10, 5, partial_channels=partial_channels).to(dtype).train()
-    return net, copy.deepcopy(net)
+    return net.to(memory_format=torch.channels_last), copy.deepcopy(net)
+
+
+def _plain_network(net):
+    """The same weights in a Network built with both speed-ups switched off, NCHW."""
+    plain = Network(net._C, net._num_classes, net._layers, partial_channels=net.partial_channels,
+                    fold_alphas=False, fast_depthwise=False).to(net.alphas_normal.dtype).train()
+    plain.load_state_dict(net.state_dict())
+    return plain.to(memory_format=torch.contiguous_format)
 
 
 @pytest.mark.parametrize("partial_channels", [1, 4])
@@ -209,7 +223,7 @@ def test_network_fast_path_matches_plain(partial_channels):
     torch.manual_seed(1)
     x = torch.randn(6, 3, 16, 16, dtype=torch.double)
     y = torch.randint(0, 10, (6,))
-    loss = F.cross_entropy(net(x), y)
+    loss = F.cross_entropy(net(channels_last(x)), y)
     ref_loss = F.cross_entropy(plain_network_forward(ref_net, x), y)
     _assert_close(loss, ref_loss, 1e-12, 1e-12, "loss")
     names = [n for n, _ in net.named_parameters()]
@@ -236,7 +250,7 @@ def test_network_fast_path_float32_at_search_shapes():
     truth = truth.double()
     torch.manual_seed(1)
     x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
-    loss = F.cross_entropy(net(x), y)
+    loss = F.cross_entropy(net(channels_last(x)), y)
     ref_loss = F.cross_entropy(plain_network_forward(truth, x.double()), y)
     _assert_close(loss, ref_loss, 1e-5, 1e-6, "loss")
     grads = _grads(loss, net.arch_parameters() + net.weights())
@@ -262,7 +276,7 @@ def test_network_fast_path_under_bf16_autocast():
             logits = forward(n, x).float()
         return [logits], list(_grads(F.cross_entropy(logits, y), n.arch_parameters()))
 
-    fast = run(net, lambda n, x: n(x), True)
+    fast = run(net, lambda n, x: n(channels_last(x)), True)
     plain = run(ref_net, plain_network_forward, True)
     exact = run(truth, plain_network_forward, False)
     for i, what in enumerate(["logits", "alpha gradient"]):
@@ -270,8 +284,22 @@ def test_network_fast_path_under_bf16_autocast():
         assert fast_err <= 1.5 * plain_err + 2e-2, (what, fast_err, plain_err)
 
 
+@pytest.mark.parametrize("partial_channels", [1, 4])
+def test_network_built_without_speed_ups_is_the_plain_path(partial_channels):
+    net, ref_net = _network_pair(partial_channels)
+    plain = _plain_network(net)
+    assert all(not m.fast_backward for m in plain.modules() if isinstance(m, ops.DepthwiseConv2d))
+    torch.manual_seed(1)
+    x, y = torch.randn(4, 3, 16, 16, dtype=torch.double), torch.randint(0, 10, (4,))
+    loss = F.cross_entropy(plain(x), y)
+    ref_loss = F.cross_entropy(plain_network_forward(ref_net, x), y)
+    _assert_close(loss, ref_loss, 1e-12, 1e-12, "loss")
+    for a, b in zip(_grads(loss, list(plain.parameters())), _grads(ref_loss, list(ref_net.parameters()))):
+        _assert_close(a, b, 1e-12, 1e-14, "gradient")
+
+
 @pytest.mark.parametrize("unrolled", [False, True])
-def test_architect_alpha_gradients_fast_vs_plain(monkeypatch, unrolled):
+def test_architect_alpha_gradients_fast_vs_plain(unrolled):
     """First- and second-order alpha gradients of the whole search step, fast path vs plain path (float64)."""
     net, ref_net = _network_pair()
     torch.manual_seed(2)
@@ -285,12 +313,8 @@ def test_architect_alpha_gradients_fast_vs_plain(monkeypatch, unrolled):
         a_opt = torch.optim.Adam(n.arch_parameters(), 3e-4)
         return Architect(n, nn.CrossEntropyLoss(), a_opt, w_opt, 0.9, 3e-4, unrolled=unrolled)
 
-    fast, _ = architect(net).alpha_gradients(xt, yt, xv, yv, 0.025)
+    fast, _ = architect(net).alpha_gradients(channels_last(xt), yt, channels_last(xv), yv, 0.025)
     # the plain path: the original's MixedOp sum and stock convs, NCHW
-    monkeypatch.setattr(MixedOp, "accumulate",
-                        lambda self, x, w, out=None: plain_mixed(self, x, w) + (0 if out is None else out))
-    monkeypatch.setattr(ops.DepthwiseConv2d, "forward", nn.Conv2d.forward)
-    monkeypatch.setattr(Network, "cpu_channels_last", False)
-    plain, _ = architect(ref_net).alpha_gradients(xt, yt, xv, yv, 0.025)
+    plain, _ = architect(_plain_network(ref_net)).alpha_gradients(xt, yt, xv, yv, 0.025)
     for a, b, name in zip(fast, plain, net.arch_parameter_names()):
         _assert_close(a, b, 1e-7, 1e-10, name)  # 2nd order: finite differences amplify rounding by 1/eps

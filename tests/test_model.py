@@ -99,3 +99,34 @@ def test_channels_last_imagenet_network_with_few_channels_trains_on_cpu():
     done = subprocess.run([sys.executable, "-c", code], env={**env_for_subprocess(), "MALLOC_CHECK_": "3"},
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_drop_path_prob_is_a_float_attribute_kept_out_of_the_state_dict():
+    net = NetworkCIFAR(4, 10, 3, False, gt.DARTS_V2)
+    net.drop_path_prob = 0.2
+    assert isinstance(net.drop_path_prob, float) and net.drop_path_prob == 0.2
+    assert not any("drop_path" in k for k in net.state_dict())
+    net.double()
+    assert net.drop_path_prob == 0.2
+
+
+def test_compiled_network_does_not_recompile_when_drop_path_prob_changes():
+    """--compile with the retrain's drop_path_prob schedule: one graph for every epoch (a float attribute was
+    baked into the graph: a recompile per epoch, then eager after 8)."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    torch.manual_seed(0)
+    net = NetworkCIFAR(4, 10, 3, False, gt.DARTS_V2).train()
+    compiled = torch.compile(net, backend="eager")  # dynamo's graphs and guards, without inductor's codegen
+    x = torch.randn(4, 3, 16, 16)
+    outputs = []
+    for p in (0.0, 0.3, 0.6):
+        net.drop_path_prob = p
+        torch.manual_seed(1)
+        outputs.append(compiled(x)[0])
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert not torch._dynamo.utils.counters["graph_break"]
+    net.drop_path_prob = 0.0
+    assert torch.equal(outputs[0], net(x)[0])  # the value is read at run time
+    assert not torch.allclose(outputs[0], outputs[2])

@@ -79,3 +79,14 @@ def test_partial_channel_mode():
 def test_channel_shuffle_is_a_permutation():
     x = torch.arange(8.0).view(1, 8, 1, 1)
     assert channel_shuffle(x, 4).flatten().tolist() == [0, 2, 4, 6, 1, 3, 5, 7]
+
+
+def test_channel_shuffle_keeps_channels_last():
+    x = torch.randn(2, 8, 3, 5)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    out = channel_shuffle(cl, 4)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    assert torch.equal(out, channel_shuffle(x, 4))
+    op = MixedOp(8, 2, partial_channels=4).to(memory_format=torch.channels_last)  # a PC-DARTS edge
+    y = op(torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last), torch.rand(len(PRIMITIVES)))
+    assert y.is_contiguous(memory_format=torch.channels_last)

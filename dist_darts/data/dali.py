@@ -36,7 +36,7 @@ def make_loaders(split, plans, dataset, device, workers, gpu, device_id):
 
 
 class DaliLoader(PlannedLoader):
-    """One rank's batches of one plan through a DALI pipeline, built on first use and kept across whole epochs."""
+    """One rank's batches of one plan through a DALI pipeline, built on first use and reset for every epoch."""
 
     def __init__(self, plan, split, dataset, device, workers, gpu, device_id):
         super().__init__(plan)
@@ -50,15 +50,31 @@ class DaliLoader(PlannedLoader):
         planned = self.planned_batches()
         host_batches = memory_batches if self.in_memory else file_batches
         self._feed.batches = host_batches(planned, self.split, self.plan, self.dataset.image_size)
-        pipe, self._pipe = self._pipe or self._build(), None  # an epoch left half way leaves prefetched batches
+        pipe, self._pipe = self._pipe or self._build(), None  # None while an epoch runs: an error drops it
+        try:
+            for images, labels in self._epoch(pipe):
+                yield self._to_torch(images), self._to_torch(labels)
+        except GeneratorExit:
+            # left half way (a zip with a shorter loader, evaluate's max_steps): end the feed and drain the few
+            # batches DALI prefetched, so the pipeline is reset and reused instead of rebuilt every epoch
+            self._feed.batches = iter(())
+            for _ in self._epoch(pipe):
+                pass
+            self._reuse(pipe)
+            raise
+        self._reuse(pipe)
+
+    def _epoch(self, pipe):
         while True:
             try:
                 images, labels = pipe.run()
             except StopIteration:
-                break
-            yield self._to_torch(images), self._to_torch(labels)
+                return
+            yield images, labels
+
+    def _reuse(self, pipe):
         pipe.reset()
-        self._pipe = pipe  # finished cleanly: reusable for the next epoch
+        self._pipe = pipe
 
     def _build(self):
         pipe = Pipeline(batch_size=self.plan.batch_size, num_threads=self.threads,
@@ -71,9 +87,12 @@ class DaliLoader(PlannedLoader):
     def _to_torch(self, tensor_list):
         tensor = tensor_list.as_tensor()
         on_gpu = isinstance(tensor, TensorGPU)
-        out = torch.empty(tensor.shape(), dtype=to_torch_type[tensor.dtype], device=self.device if on_gpu else "cpu")
+        # a host output (the labels of a GPU pipeline) goes to the GPU from pinned memory, without a host sync
+        pinned = not on_gpu and self.device.type == "cuda"
+        out = torch.empty(tensor.shape(), dtype=to_torch_type[tensor.dtype], device=self.device if on_gpu else "cpu",
+                          pin_memory=pinned)
         feed_ndarray(tensor, out, cuda_stream=torch.cuda.current_stream(self.device) if on_gpu else None)
-        return out.to(self.device)
+        return out.to(self.device, non_blocking=pinned)
 
     def _normalize(self, images, **crop_args):
         mean, std = (np.float32(255) * np.asarray(v, np.float32) for v in (self.dataset.mean, self.dataset.std))

@@ -63,7 +63,10 @@ class TensorLoader(PlannedLoader):
             yield x, self._tensor(labels)
 
     def _tensor(self, array):
-        return torch.from_numpy(array).to(self.device)
+        host = torch.from_numpy(array)
+        if self.device.type != "cuda":
+            return host
+        return host.pin_memory().to(self.device, non_blocking=True)  # from pageable memory a copy syncs the host
 
 
 def crop_flip(x, offsets, flips):
