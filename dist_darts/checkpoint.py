@@ -1,92 +1,168 @@
-"""Checkpoints: atomic writes (temp file + rename), safe loads (weights_only), and exact-resume state.
+"""Checkpoints: atomic writes that keep the previous one, content digests verified on load, exact-resume state.
 
 A checkpoint holds everything a run needs to continue bit for bit: model, optimizers, schedulers, scaler,
-epoch and step inside it, the RNG states of every rank, and the config it was written under.
+epoch and step inside it, the RNG states of every rank, and the config it was written under. It also holds the
+SHA-256 of every tensor's bytes (and of all other values together): a flipped bit is caught on load, and resume
+falls back to the previous checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .runfolder import atomic_write
+
 FORMAT = "dist-darts-checkpoint-v1"
+DIGESTS = "sha256"  # the key of the digests: {tensor key path: hex digest, OTHER_VALUES: hex digest}
+OTHER_VALUES = "<all values that are not tensors>"
+_COMMON_KEYS = ("kind", "epoch", "step", "model", "world_size", "rng", "config", "meter")
+REQUIRED_KEYS = {
+    "search": _COMMON_KEYS + ("w_optimizer", "a_optimizer", "scheduler"),
+    "retrain": _COMMON_KEYS + ("optimizer", "scheduler", "scaler", "ema", "best", "genotype"),
+}
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and the problem."""
 
 
-def save_atomic(obj, path: str | os.PathLike) -> None:
-    """Write with torch.save to a temp file in the same folder, flush it to disk, then rename over path."""
+class CheckpointCorrupted(CheckpointError):
+    """A checkpoint whose bytes are damaged (unreadable, or its content no longer matches its digests)."""
+
+
+def previous_path(path: str | os.PathLike) -> Path:
+    """Where save_atomic(..., keep_previous=True) keeps the checkpoint it replaced: last.pt -> last.prev.pt."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
-def _read(path: Path):
+def _tensor_sha256(t: torch.Tensor) -> str:
+    h = hashlib.sha256(f"{t.dtype} {tuple(t.shape)} ".encode())
+    h.update(t.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())  # any memory format
+    return h.hexdigest()
+
+
+def content_digests(obj) -> dict[str, str]:
+    """SHA-256 of each tensor (by key path, e.g. 'model.cells.0.weight') and one of every other value and key."""
+    digests, others = {}, hashlib.sha256()
+
+    def walk(node, key):
+        if isinstance(node, torch.Tensor):
+            digests[key] = _tensor_sha256(node)
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                others.update(f"{key}/{k!r}:".encode())
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(node, (list, tuple)):
+            others.update(f"{key}[{len(node)}]".encode())
+            for i, v in enumerate(node):
+                walk(v, f"{key}.{i}")
+        else:
+            others.update(f"{key}={node!r};".encode())
+
+    walk(obj, "")
+    digests[OTHER_VALUES] = others.hexdigest()
+    return digests
+
+
+def _check_digests(obj, path: Path) -> None:
+    stored = obj.get(DIGESTS) if isinstance(obj, dict) else None
+    if stored is None:
+        return  # written before checkpoints carried digests: structure checks only
+    actual = content_digests({k: v for k, v in obj.items() if k != DIGESTS})
+    bad = [k for k in stored.keys() | actual.keys() if stored.get(k) != actual.get(k)]
+    if bad:
+        shown = ", ".join(sorted(bad)[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise CheckpointCorrupted(f"checkpoint {path} is corrupted: {shown} no longer match the SHA-256 digests "
+                                  "written with it")
+
+
+def save_atomic(obj: dict, path: str | os.PathLike, keep_previous: bool = False) -> None:
+    """torch.save `obj` with its content digests, atomically; the file is read back and verified before it replaces
+    `path`. With keep_previous, the replaced file moves to previous_path(path) (load_latest's fallback)."""
+    path = Path(path)
+    obj = dict(obj, **{DIGESTS: content_digests(obj)})
+    atomic_write(path, lambda f: torch.save(obj, f), verify=lambda tmp: _check_digests(read(tmp), path),
+                 previous=previous_path(path) if keep_previous else None)
+
+
+def _first_sentence(text: str) -> str:
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", text).split())
+    return text.split(". ")[0].rstrip(".")
+
+
+def _reason(e: Exception) -> str:
+    text = str(e)
+    if "WeightsUnpickler error:" in text:  # torch wraps the one useful line in a page of advice
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n\n")[0]
+        return f"a weights-only load refuses it: {_first_sentence(detail)}"
+    return _first_sentence(text) or type(e).__name__
+
+
+def read(path: str | os.PathLike):
+    """torch.load(weights_only=True) of any file, or CheckpointError (missing) / CheckpointCorrupted in one line."""
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a raw pickle's protocol warning says nothing the error below does not
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, foreign pickle, tampered data: never let the deep trace out
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupted or not a PyTorch checkpoint ({reason})") from None
+        raise CheckpointCorrupted(
+            f"checkpoint {path} is corrupted or not a PyTorch checkpoint ({_reason(e)})") from None
+
+
+def is_ours(obj) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def verify(obj, path: str | os.PathLike, kind: str | None = None) -> dict:
+    """Check a read checkpoint: our marker, its digests, the kind asked for and that kind's keys; returns it."""
+    path = Path(path)
+    if not is_ours(obj):
+        raise CheckpointError(f"checkpoint {path} was not written by dist-darts (no '{FORMAT}' marker)")
+    _check_digests(obj, path)
+    if kind and obj.get("kind") != kind:
+        raise CheckpointError(f"checkpoint {path} is a {obj.get('kind')} checkpoint, not a {kind} one")
+    if obj.get("kind") not in REQUIRED_KEYS:
+        raise CheckpointError(f"checkpoint {path} has kind {obj.get('kind')!r}, neither search nor retrain")
+    missing = [k for k in REQUIRED_KEYS[obj["kind"]] if k not in obj]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is a {obj['kind']} checkpoint without {', '.join(missing)}: "
+                              "it was not written whole by dist-darts")
+    return obj
 
 
 def load(path: str | os.PathLike, kind: str | None = None) -> dict:
-    """Load a dist-darts checkpoint (weights only) or fail with one line saying why."""
+    """Load and verify a dist-darts checkpoint (weights only) or fail with one line saying why."""
+    return verify(read(path), path, kind)
+
+
+def load_latest(path: str | os.PathLike, kind: str | None = None) -> tuple[dict, Path, str | None]:
+    """Like load, falling back to previous_path(path) when `path` is corrupted or missing (a write interrupted
+    between its two renames). Returns (checkpoint, the file it came from, a note for the log or None)."""
     path = Path(path)
-    return _checked(_read(path), path, kind)
-
-
-def _checked(ckpt, path: Path, kind: str | None) -> dict:
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {path} was not written by dist-darts (no '{FORMAT}' marker)")
-    if kind and ckpt.get("kind") != kind:
-        raise CheckpointError(f"checkpoint {path} is a {ckpt.get('kind')} checkpoint, not a {kind} one")
-    return ckpt
-
-
-def load_weights(path: str | os.PathLike, layers: int) -> tuple[dict, dict | None]:
-    """An evaluation network's weights from a file, as (state dict, architecture or None).
-
-    Our retrain checkpoints give their EMA weights when the run kept an EMA (those were validated) and their
-    architecture (genotype, layers, init_channels, auxiliary, config). Foreign files give None: a plain state dict
-    (the original DARTS code's CIFAR weights), {'state_dict': ...} (its ImageNet checkpoints), keys maybe prefixed
-    'module.' (saved from a DataParallel model), or NNI's DARTS-space keys (renamed for `layers` cells).
-    """
-    from .genotype import from_dict
-    from .model import from_nni_state_dict
-
-    path = Path(path)
-    obj = _read(path)
-    if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        ckpt = _checked(obj, path, "retrain")
-        weights = ckpt["model"]
-        if ckpt.get("ema"):
-            weights = {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
-        c = ckpt["config"]
-        arch = {"genotype": from_dict(ckpt["genotype"]), "layers": c["layers"], "init_channels": c["init_channels"],
-                "auxiliary": c["auxiliary"], "config": c}
-        return weights, arch
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"checkpoint {path} holds no state dict of tensors (neither ours nor the original "
-                              "DARTS code's format)")
-    weights = {k.removeprefix("module."): v for k, v in obj.items()}
-    if any(k.startswith("stages.") for k in weights):
-        weights = from_nni_state_dict(weights, layers)
-    return weights, None
+    previous = previous_path(path)
+    try:
+        return load(path, kind), path, None
+    except CheckpointError as e:
+        fell_back = isinstance(e, CheckpointCorrupted) or not path.exists()
+        if not (fell_back and previous.is_file()):
+            raise
+        try:
+            state = load(previous, kind)
+        except CheckpointError as e2:
+            raise CheckpointError(f"{e}; and its previous checkpoint: {e2}") from None
+        return state, previous, f"{e}; resuming from the previous checkpoint {previous} instead"
 
 
 def rng_state() -> dict:

@@ -18,8 +18,6 @@ from typing import NamedTuple
 
 import yaml
 
-from .runfolder import atomic_write
-
 
 class ConfigError(ValueError):
     """A bad configuration value or key; the message names it."""
@@ -401,6 +399,7 @@ def dump(cfg) -> str:
 
 
 def save(cfg, path: str) -> None:
+    from .runfolder import atomic_write  # runfolder raises this module's ConfigError
     atomic_write(path, dump(cfg))
 
 

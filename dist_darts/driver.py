@@ -125,7 +125,7 @@ def run_epochs(job: Job, task: Task, on_epoch: EpochHook | None = None) -> dict:
             ckpt_io.save_atomic(dict(state, kind=task.kind, epoch=epoch, step=step, metrics=metrics,
                                      history=history, identity=task.identity(), format=ckpt_io.FORMAT,
                                      world_size=env.world_size, rng=rngs, meters=meters,
-                                     config=config_io.to_dict(cfg)), path)
+                                     config=config_io.to_dict(cfg)), path, keep_previous=path == last)
         barrier()
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -174,15 +174,17 @@ def resume_state(job: Job, task: Task) -> dict | None:
     path = checkpoint_path(job.run_dir)
     if not job.cfg.resume:
         return None
-    seen = all_gather_object(path.is_file())
+    seen = all_gather_object(path.is_file() or ckpt_io.previous_path(path).is_file())
     if any(seen) and not all(seen):  # half the ranks resuming and half starting over would diverge
         blind = [r for r, s in enumerate(seen) if not s]
         raise ckpt_io.CheckpointError(f"checkpoint {path} is missing on rank(s) {blind}: put --output on storage "
                                       "every node mounts at the same path")
-    if not path.is_file():
+    if not path.is_file() and not ckpt_io.previous_path(path).is_file():
         log.warning("--resume: no checkpoint in %s yet; starting from scratch", path.parent)
         return None
-    state = ckpt_io.load(path, task.kind)
+    state, path, note = ckpt_io.load_latest(path, task.kind)  # a corrupted last.pt falls back to the previous one
+    if note:
+        log.warning(note)
     ckpt_io.check_compatible(state, path, job.env.world_size, config_io.to_dict(job.cfg), task.resume_keys)
     for key, value in task.identity().items():
         if state.get("identity", {}).get(key) != value:

@@ -9,6 +9,7 @@ The errors below are the ones the papers report for their own trained networks; 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import urllib.parse
 import warnings
@@ -21,7 +22,16 @@ import torch.nn as nn
 from . import checkpoint as ckpt_io
 from . import genotype as gt
 from .config import DATASETS
-from .model import build_network, count_parameters, paper_size
+from .model import build_network, count_parameters, from_nni_state_dict, paper_size
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Released weights: where they are, the file's name, and whether `url` is the file itself."""
+    url: str
+    file: str
+    direct: bool  # False: a web page (Google Drive's viewer) from which a person downloads the file
+    sha256: str = ""  # the file's digest where it is known; load_searched_model checks it
 
 
 @dataclass(frozen=True)
@@ -29,15 +39,17 @@ class Published:
     name: str  # key of genotype.GENOTYPES
     source: str
     reported: dict[str, str]  # data set -> test error as published
-    weights: dict[str, str] = field(default_factory=dict)  # data set -> where released weights are
+    weights: dict[str, Weights] = field(default_factory=dict)  # data set -> released weights
 
 
 PUBLISHED = [
     Published("DARTS_V1", "DARTS, first order (Liu et al., ICLR 2019)", {"cifar10": "3.00 +/- 0.14 %"}),
     Published("DARTS_V2", "DARTS, second order (Liu et al., ICLR 2019)",
               {"cifar10": "2.76 +/- 0.09 % (released weights: 2.63 %)", "imagenet": "26.7 % / 8.7 % (top-1 / top-5)"},
-              {"cifar10": "https://drive.google.com/file/d/1Y13i4zKGKgjtWBdC0HWLavjO7wvEiGOc (cifar10_model.pt)",
-               "imagenet": "https://drive.google.com/file/d/1AKr6Y_PoYj7j0Upggyzc26W0RVdg4CVX (imagenet_model.pt)"}),
+              {"cifar10": Weights("https://drive.google.com/file/d/1Y13i4zKGKgjtWBdC0HWLavjO7wvEiGOc",
+                                  "cifar10_model.pt", direct=False),
+               "imagenet": Weights("https://drive.google.com/file/d/1AKr6Y_PoYj7j0Upggyzc26W0RVdg4CVX",
+                                   "imagenet_model.pt", direct=False)}),
     Published("PC_DARTS", "PC-DARTS, searched on CIFAR-10 (Xu et al., ICLR 2020)",
               {"cifar10": "2.57 +/- 0.07 %", "imagenet": "25.1 % / 7.8 % (top-1 / top-5)"}),
     Published("PC_DARTS_IMAGENET", "PC-DARTS, searched on ImageNet (Xu et al., ICLR 2020)",
@@ -68,21 +80,24 @@ def build_searched_model(name: str, dataset: str = "cifar10", auxiliary: bool = 
 
 
 def load_searched_model(name: str, dataset: str = "cifar10", weights: str | os.PathLike | None = None, *,
-                        init_channels: int | None = None, layers: int | None = None) -> nn.Module:
+                        init_channels: int | None = None, layers: int | None = None,
+                        sha256: str | None = None) -> nn.Module:
     """The evaluation network of genotype `name` for `dataset`, with `weights` (a file or a URL) loaded.
 
     The network is the paper's size unless `init_channels`/`layers` say otherwise; it has an auxiliary head when
-    the weights do. Returned in eval mode. Without weights it warns that the network is untrained. Bad files
-    raise CheckpointError with one line naming the file and the problem.
+    the weights do. Returned in eval mode. Without weights it warns that the network is untrained. A URL
+    (http, https, file) is downloaded once into torch.hub's cache, keyed by the whole URL; its SHA-256 is checked
+    against `sha256`, or the catalogue's digest for that URL where the hub knows one. Bad files raise
+    CheckpointError with one line naming the file and the problem.
     """
     if weights is None:
         model = build_searched_model(name, dataset, False, init_channels, layers)
         warnings.warn(f"{name} for {dataset}: no weights given, the network is untrained (random initialisation)",
                       stacklevel=2)
         return model.eval()
-    path = _fetch(str(weights))
+    path = _fetch(str(weights), sha256)
     info = _dataset(dataset)
-    state, arch = ckpt_io.load_weights(path, layers or paper_size(info.image_size)[1])
+    state, arch = load_weights(path, layers or paper_size(info.image_size)[1])
     if arch is not None:  # our checkpoint knows its architecture: it must be the one asked for
         if arch["genotype"] != gt.load(name):
             raise ckpt_io.CheckpointError(f"weights {weights} were trained for another genotype than {name}")
@@ -98,18 +113,74 @@ def load_searched_model(name: str, dataset: str = "cifar10", weights: str | os.P
     return model.eval()
 
 
-def _fetch(weights: str) -> Path:
-    """A local path as it is; a URL downloaded once into torch.hub's cache folder."""
-    if urllib.parse.urlparse(weights).scheme not in ("http", "https"):
+def load_weights(path: str | os.PathLike, layers: int) -> tuple[dict, dict | None]:
+    """An evaluation network's weights from a file, as (state dict, architecture or None).
+
+    Our retrain checkpoints (verified by their digests) give their EMA weights when the run kept an EMA (those were
+    validated) and their architecture (genotype, layers, init_channels, auxiliary, config). Foreign files give None:
+    a plain state dict (the original DARTS code's CIFAR weights), {'state_dict': ...} (its ImageNet checkpoints),
+    keys maybe prefixed 'module.' (saved from a DataParallel model), or NNI's DARTS-space keys (renamed for `layers`
+    cells).
+    """
+    path = Path(path)
+    obj = ckpt_io.read(path)
+    if ckpt_io.is_ours(obj):
+        ckpt = ckpt_io.verify(obj, path, "retrain")
+        weights = ckpt["model"]
+        if ckpt.get("ema"):
+            weights = {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+        c = ckpt["config"]
+        arch = {"genotype": gt.from_dict(ckpt["genotype"]), "layers": c["layers"], "init_channels": c["init_channels"],
+                "auxiliary": c["auxiliary"], "config": c}
+        return weights, arch
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ckpt_io.CheckpointError(f"checkpoint {path} holds no state dict of tensors (neither ours nor the "
+                                      "original DARTS code's format)")
+    weights = {k.removeprefix("module."): v for k, v in obj.items()}
+    if any(k.startswith("stages.") for k in weights):
+        weights = from_nni_state_dict(weights, layers)
+    return weights, None
+
+
+def _known_weights(url: str) -> Weights | None:
+    return next((w for p in PUBLISHED for w in p.weights.values() if w.url == url), None)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fetch(weights: str, sha256: str | None) -> Path:
+    """A local path as it is; a URL downloaded once into torch.hub's cache, under a name made from the whole URL."""
+    url = urllib.parse.urlparse(weights)
+    if url.scheme not in ("http", "https", "file"):
         return Path(weights)
-    target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urllib.parse.urlparse(weights).path)
+    known = _known_weights(weights)
+    if known is not None and not known.direct:
+        raise ckpt_io.CheckpointError(f"weights {weights} is a web page, not a download: fetch {known.file} from it "
+                                      "in a browser and pass the file's path")
+    expected = sha256 or (known.sha256 if known else "")
+    name = f"{hashlib.sha256(weights.encode()).hexdigest()[:16]}-{os.path.basename(url.path) or 'weights.pt'}"
+    target = Path(torch.hub.get_dir()) / "checkpoints" / name
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            torch.hub.download_url_to_file(weights, str(target), progress=True)
+            torch.hub.download_url_to_file(weights, str(target), progress=url.scheme != "file")
         except Exception as e:  # no network, 404, TLS: one line
             raise ckpt_io.CheckpointError(f"weights {weights} could not be downloaded ({type(e).__name__}: "
                                           f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if expected:
+        actual = file_sha256(target)
+        if actual != expected.lower():
+            target.unlink()
+            raise ckpt_io.CheckpointError(f"weights {weights} have SHA-256 {actual}, not the expected {expected}: "
+                                          "not the published file (removed from the cache)")
     return target
 
 
@@ -125,5 +196,13 @@ def catalogue() -> list[dict]:
             rows.append({"name": p.name, "dataset": dataset, "input": f"{info.image_size}x{info.image_size}",
                          "network": f"C={C}, {cells} cells",
                          "params": count_parameters(net), "reported_error": error, "source": p.source,
-                         "weights": p.weights.get(dataset, "")})
+                         **_weights_columns(p.weights.get(dataset))})
     return rows
+
+
+def _weights_columns(w: Weights | None) -> dict:
+    if w is None:
+        return {"weights": "", "weights_file": "", "weights_download": "none released", "weights_sha256": ""}
+    how = ("direct: pass the URL as weights=" if w.direct else
+           f"manual: a web page, not a file; download {w.file} from it in a browser and pass its path as weights=")
+    return {"weights": w.url, "weights_file": w.file, "weights_download": how, "weights_sha256": w.sha256}

@@ -23,6 +23,7 @@ from .data import build_loaders
 from .driver import EpochEnd, StepOutput, run_epochs
 from .engine import EpochHook, Job, evaluate, prepare_job_model, prepare_model, run_job, to_memory_format
 from .logs import log, summary_table
+from .hub import load_weights
 from .model import build_network, count_parameters, paper_size
 from .runfolder import atomic_write
 
@@ -215,7 +216,7 @@ def _read_weights(cfg: EvaluateConfig):
     image_size = DATASETS[cfg.dataset].image_size if cfg.dataset else 32
     paper_C, paper_layers = paper_size(image_size)
     C, layers = cfg.init_channels or paper_C, cfg.layers or paper_layers
-    weights, arch = ckpt_io.load_weights(cfg.checkpoint, layers)
+    weights, arch = load_weights(cfg.checkpoint, layers)
     if arch is not None:
         c = arch["config"]
         if cfg.dataset is None:

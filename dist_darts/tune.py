@@ -27,6 +27,7 @@ try:
     import ray
     import ray.train
     import ray.tune
+    from ray._private import ray_constants
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 except ImportError:  # the rest of dist-darts works without Ray
@@ -233,8 +234,12 @@ def _init_ray(sweep: SweepConfig) -> None:
     if sweep.address:
         ray.init(address=sweep.address, log_to_driver=False)
     else:
-        # a private runtime on loopback, with the CPUs and GPUs this machine has
-        # address="local": a new runtime even where `ray start` left one to attach to
+        # a private runtime with the CPUs and GPUs this machine has; address="local": a new runtime even where
+        # `ray start` left one to attach to. On Linux Ray swaps a loopback node address for the machine's routable
+        # one and its servers then listen on every interface; in its single-machine mode (the macOS and Windows
+        # default, read at import by this process and by each Ray process it starts) every server binds 127.0.0.1
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        ray_constants.ENABLE_RAY_CLUSTER = False
         ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False,
                  _node_ip_address="127.0.0.1")
 

@@ -4,6 +4,7 @@ with `ray job submit`."""
 
 import copy
 import importlib.util
+import ipaddress
 import json
 import os
 import secrets
@@ -12,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -248,8 +250,12 @@ def stop_head(head: subprocess.Popen, folder: Path) -> None:
 
 
 class LocalHead:
-    def __init__(self, folder: Path, address: str, env: dict, token: str):
-        self.folder, self.address, self.env, self.token = folder, address, env, token
+    def __init__(self, folder: Path, address: str, env: dict, token_file: Path, process: subprocess.Popen):
+        self.folder, self.address, self.env, self.token_file, self.process = folder, address, env, token_file, process
+
+    @property
+    def token(self) -> str:
+        return self.token_file.read_text()
 
     def api(self, path: str, token: str | None = "own"):
         """GET the job server's REST API; (status, parsed body)."""
@@ -266,7 +272,7 @@ class LocalHead:
 def _job_server_up(node: LocalHead) -> bool:
     try:
         return node.api("/api/jobs/")[0] == 200
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
+    except (urllib.error.URLError, ConnectionError, TimeoutError, FileNotFoundError):  # no token file yet either
         return False
 
 
@@ -283,10 +289,7 @@ def local_head():
         pytest.skip(f"`ray job submit` needs the job server: pip install 'ray[default]' ({missing})")
     # a short path: Ray's socket paths under it must stay within the 107 bytes a Unix socket name may have
     folder = Path(tempfile.mkdtemp(prefix="ddc-", dir="/tmp"))
-    token = secrets.token_hex(32)
-    token_file = folder / "auth_token"
-    token_file.write_text(token)
-    token_file.chmod(0o600)
+    token_file = folder / "auth_token"  # the script generates it
     gcs, dashboard, client, agent = free_ports(4)
     env = env_for_subprocess()
     for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN"):
@@ -299,7 +302,7 @@ def local_head():
              f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
              "--include-dashboard=true"],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    node = LocalHead(folder, f"http://127.0.0.1:{dashboard}", env, token)
+    node = LocalHead(folder, f"http://127.0.0.1:{dashboard}", env, token_file, head)
     try:
         deadline = time.time() + 180
         while not _job_server_up(node):
@@ -333,6 +336,104 @@ def test_job_server_is_private(local_head):
     env.pop("RAY_AUTH_MODE")
     proc = ray_cli(local_head, "job", "list", "--address", local_head.address, env=env)
     assert proc.returncode != 0 and "Missing authentication token" in proc.stdout + proc.stderr
+
+
+def listening_sockets(pids) -> list[tuple[int, str, str, int]]:
+    """(pid, process name, address, port) of every listening TCP socket that one of these processes holds, read from
+    /proc/net/tcp{,6} and the processes' file descriptors."""
+    listening = {}
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A":  # TCP_LISTEN
+                continue
+            hex_ip, hex_port = fields[1].split(":")
+            raw = bytes.fromhex(hex_ip)  # 32-bit words in host (little-endian) order
+            ip = socket.inet_ntop(family, b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4)))
+            listening[int(fields[9])] = (ip, int(hex_port, 16))
+    found = []
+    for pid in pids:
+        try:
+            name = Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ").strip()[:80]
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue  # gone meanwhile
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and int(target[8:-1]) in listening:
+                found.append((pid, name, *listening[int(target[8:-1])]))
+    return found
+
+
+# what docs/cluster.md ("Network exposure") names as listening beyond loopback: nothing, for both runtimes
+DOCUMENTED_NON_LOOPBACK: set = set()
+
+
+def exposed(sockets) -> list:
+    def loopback(ip):
+        address = ipaddress.ip_address(ip)
+        mapped = getattr(address, "ipv4_mapped", None)
+        return (mapped or address).is_loopback
+
+    return [s for s in sockets if not loopback(s[2]) and s[1].split()[0] not in DOCUMENTED_NON_LOOPBACK]
+
+
+def test_local_head_listens_on_loopback_only_and_keeps_its_token_private(local_head):
+    assert oct(local_head.token_file.stat().st_mode & 0o777) == "0o600"
+    sockets = listening_sockets(_processes_of(local_head.process.pid, local_head.folder))
+    assert len(sockets) >= 5, sockets  # GCS, raylet, object manager, client server, dashboard, agents
+    assert not exposed(sockets), exposed(sockets)
+
+
+# the sweep's private runtime, started exactly as `dist-darts sweep` starts it, with one task run on it
+PRIVATE_RUNTIME = """
+import sys, ray
+from dist_darts import config, tune
+tune._init_ray(config.SweepConfig())
+ray.get(ray.remote(lambda: 1).options(num_cpus=0).remote())
+print("up", flush=True)
+sys.stdin.readline()
+ray.shutdown()
+"""
+
+
+def _descendants(pid: int) -> list[int]:
+    children = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        todo += children.get(found[-1], [])
+    return found
+
+
+def test_the_sweeps_private_runtime_listens_on_loopback_only():
+    if not Path("/proc/net/tcp").is_file():
+        pytest.skip("lists sockets through /proc (Linux)")
+    pytest.importorskip("ray")
+    folder = tempfile.mkdtemp(prefix="ddr-", dir="/tmp")  # short: Ray's Unix socket paths go under it
+    env = env_for_subprocess()
+    for name in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
+        env.pop(name, None)
+    driver = subprocess.Popen([sys.executable, "-c", PRIVATE_RUNTIME], env=dict(env, RAY_TMPDIR=folder),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert driver.stdout.readline().strip() == "up"
+        sockets = listening_sockets(_descendants(driver.pid))
+        assert len(sockets) >= 5, sockets
+        assert not exposed(sockets), exposed(sockets)
+    finally:
+        driver.stdin.close()
+        driver.wait(timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_job_submit(local_head):

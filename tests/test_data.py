@@ -366,6 +366,63 @@ def test_damaged_files_give_one_line(tmp_path, cifar10_dir):
         assert "\n" not in str(info.value)
 
 
+def py2_cifar_batch(images: np.ndarray, labels: list) -> bytes:
+    """A CIFAR batch pickled as the released files are (Python 2 cPickle, protocol 2, numpy 1.x): the array goes
+    through numpy.core.multiarray._reconstruct, numpy.ndarray and numpy.dtype, and its bytes are a Python 2 str."""
+    import struct
+
+    def text(s):  # SHORT_BINSTRING or BINSTRING: a Python 2 str
+        b = s if isinstance(s, bytes) else s.encode("latin1")
+        return (b"U" + bytes([len(b)]) if len(b) < 256 else b"T" + struct.pack("<I", len(b))) + b
+
+    def int_(i):
+        return b"J" + struct.pack("<i", i)
+
+    data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+    array = (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + int_(0) + b"\x85" + text("b") + b"\x87R"
+             + b"(" + int_(1) + int_(data.shape[0]) + int_(data.shape[1]) + b"\x86"
+             + b"cnumpy\ndtype\n" + text("u1") + int_(0) + int_(1) + b"\x87R"
+             + b"(" + int_(3) + text("|") + b"NNN" + int_(-1) + int_(-1) + int_(0) + b"tb"
+             + b"\x89" + text(data.tobytes()) + b"tb")
+    return (b"\x80\x02}(" + text("batch_label") + text("training batch")
+            + text("labels") + b"](" + b"".join(int_(y) for y in labels) + b"e"
+            + text("data") + array + text("filenames") + b"](" + text("0.png") + b"eu.")
+
+
+def test_cifar_batches_pickled_by_python_2_load(tmp_path):
+    """The released batches' pickle recipe (numpy.core, Python 2 strings) reads through the restricted reader."""
+    root = write_cifar10(tmp_path / "c10")
+    ids = np.arange(100, 108)
+    (root / "cifar-10-batches-py" / "data_batch_2").write_bytes(py2_cifar_batch(coded_images(ids), [3] * 8))
+    data = datasets.load("cifar10", str(root))
+    np.testing.assert_array_equal(data.train.images[8:16], coded_images(ids))
+    assert data.train.labels[8:16].tolist() == [3] * 8
+
+
+class _RunsCode:
+    def __init__(self, call, *args):
+        self.call, self.args = call, args
+
+    def __reduce__(self):
+        return self.call, self.args
+
+
+@pytest.mark.parametrize("how", ["os.system", "builtins.open", "in the array's dtype"])
+def test_a_cifar_batch_that_would_run_code_is_refused(tmp_path, how):
+    root = write_cifar10(tmp_path / "c10")
+    made = tmp_path / "made_by_the_pickle"
+    payload = {"os.system": _RunsCode(os.system, f"touch {made}"),
+               "builtins.open": _RunsCode(open, str(made), "w"),
+               "in the array's dtype": np.array([_RunsCode(os.system, f"touch {made}")], dtype=object)}[how]
+    entry = {"batch_label": "x", "labels": [0], "data": np.zeros((1, 3072), np.uint8), "filenames": [payload]}
+    batch = root / "cifar-10-batches-py" / "data_batch_4"
+    batch.write_bytes(pickle.dumps(entry, protocol=2))
+    message = error_of(cfg("cifar10", str(root)))
+    refused = {"os.system": "posix.system", "builtins.open": "io.open", "in the array's dtype": "numpy dtype object"}
+    assert message.startswith(f"cifar10: {batch} asks ") and refused[how] in message and "refused" in message
+    assert not made.exists()
+
+
 def test_bad_settings_give_one_line(cifar10_dir, monkeypatch):
     assert "unknown dataset 'mnist'" in error_of(cfg("mnist", cifar10_dir))
     assert "unknown data backend 'jax'" in error_of(cfg(data_dir=cifar10_dir, backend="jax"))

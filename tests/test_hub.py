@@ -8,8 +8,10 @@ import torch
 
 from dist_darts import genotype as gt
 from dist_darts.checkpoint import CheckpointError
-from dist_darts.hub import PUBLISHED, catalogue, load_searched_model
-from helpers import TINY_RETRAIN, cli
+from dist_darts import hub
+from dist_darts.hub import (PUBLISHED, Published, Weights, build_searched_model, catalogue, file_sha256,
+                            load_searched_model)
+from helpers import TINY_RETRAIN, assert_same_state, cli
 
 
 def test_catalogue_counts_parameters_at_the_papers_sizes():
@@ -26,7 +28,47 @@ def test_hub_list_cli():
     out = cli("hub", "list").stdout
     assert all(p.name in out for p in PUBLISHED) and "3,349,342" in out and "2.76 +/- 0.09 %" in out
     rows = json.loads(cli("hub", "list", "--json").stdout)
-    assert any(r["weights"].endswith("(cifar10_model.pt)") for r in rows)
+    released = [r for r in rows if r["weights"]]
+    assert {r["weights_file"] for r in released} == {"cifar10_model.pt", "imagenet_model.pt"}
+    # the authors' files are on Google Drive pages, which no program downloads: the catalogue says so
+    assert all(r["weights_download"].startswith("manual: a web page") for r in released)
+
+
+def test_a_web_page_url_is_refused_before_any_download():
+    url = next(r["weights"] for r in catalogue() if r["weights_file"] == "cifar10_model.pt")
+    with pytest.raises(CheckpointError, match="is a web page, not a download: fetch cifar10_model.pt from it"):
+        load_searched_model("DARTS_V2", "cifar10", url)
+
+
+def _weights_file(folder, seed):
+    torch.manual_seed(seed)
+    folder.mkdir()
+    model = build_searched_model("DARTS_V2", "cifar10", init_channels=4, layers=2)
+    torch.save(model.state_dict(), folder / "model.pt")
+    return (folder / "model.pt").as_uri(), model.state_dict()
+
+
+def test_urls_are_cached_by_the_whole_url_and_pinned(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    (url_a, state_a), (url_b, state_b) = _weights_file(tmp_path / "a", 0), _weights_file(tmp_path / "b", 1)
+    a = load_searched_model("DARTS_V2", "cifar10", url_a, init_channels=4, layers=2)
+    b = load_searched_model("DARTS_V2", "cifar10", url_b, init_channels=4, layers=2)
+    assert_same_state(a.state_dict(), state_a)
+    assert_same_state(b.state_dict(), state_b)
+    cached = sorted((tmp_path / "torch" / "hub" / "checkpoints").iterdir())
+    assert len(cached) == 2 and all(p.name.endswith("-model.pt") for p in cached)
+    digest = file_sha256(tmp_path / "a" / "model.pt")
+    load_searched_model("DARTS_V2", "cifar10", url_a, init_channels=4, layers=2, sha256=digest)
+    with pytest.raises(CheckpointError) as info:
+        load_searched_model("DARTS_V2", "cifar10", url_a, init_channels=4, layers=2, sha256="0" * 64)
+    assert str(info.value) == (f"weights {url_a} have SHA-256 {digest}, not the expected {'0' * 64}: not the "
+                               "published file (removed from the cache)")
+    assert len(list((tmp_path / "torch" / "hub" / "checkpoints").iterdir())) == 1
+    # a digest the catalogue knows is checked without being asked
+    monkeypatch.setattr(hub, "PUBLISHED", [Published("DARTS_V2", "test", {"cifar10": "?"},
+                                                     {"cifar10": Weights(url_b, "model.pt", True, "f" * 64)})])
+    with pytest.raises(CheckpointError, match=f"not the expected {'f' * 64}"):
+        load_searched_model("DARTS_V2", "cifar10", url_b, init_channels=4, layers=2)
 
 
 def _original_weights(fixtures_dir):

@@ -1,6 +1,6 @@
 """Data sets read in their original on-disk formats.
 
-CIFAR-10/100 (python pickle batches), SVHN (.mat files), ImageNet and any `train/` + `val/` folder of class
+CIFAR-10/100 (python pickle batches, read by a restricted unpickler), SVHN (.mat files), ImageNet and any `train/` + `val/` folder of class
 subfolders, scikit-learn's 8x8 digits (the embedded default, no download) and `synthetic` (sizes only).
 Small data sets are returned in memory as uint8 (N, H, W, 3) arrays; image folders as sorted path lists.
 
@@ -16,12 +16,12 @@ Larger ones train with ImageNet's RandomResizedCrop, flip and colour jitter, and
 from __future__ import annotations
 
 import os
-import pickle
 from typing import NamedTuple, Union
 
 import numpy as np
 from PIL import Image
 
+from .. import safe_pickle
 from ..config import DATASETS
 
 
@@ -159,9 +159,11 @@ def _read_cifar(name, root, download):
             path = os.path.join(root, folder, f)
             try:
                 with open(path, "rb") as fh:
-                    entry = pickle.load(fh, encoding="latin1")
+                    entry = safe_pickle.load(fh, what=f"{name}: {path}", purpose="a CIFAR batch")
                 x = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
                 y = np.asarray(entry[label_key], dtype=np.int64).reshape(-1)
+            except safe_pickle.PickleRefused as exc:
+                raise DataError(str(exc)) from None
             except Exception as exc:  # a damaged pickle can raise almost anything
                 raise DataError(f"{name}: {path} is not a readable CIFAR batch ({one_line(exc)})") from None
             if len(x) != len(y):
