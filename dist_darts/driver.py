@@ -18,7 +18,7 @@ import torch
 
 from . import checkpoint as ckpt_io
 from . import config as config_io
-from .distributed import all_gather_object, barrier, world_size
+from .distributed import all_gather_object, average_buffers_, barrier, world_size
 from .engine import EpochHook, Job, Meter
 from .logs import Progress, log
 from .runfolder import atomic_write
@@ -49,6 +49,7 @@ class EpochEnd:
 
 class Task(Protocol):
     kind: str  # "search" or "retrain": the checkpoint's kind
+    model: torch.nn.Module  # the plain (unwrapped) network
     resume_keys: tuple  # config fields a resume must not change
     steps: int  # steps per epoch
     images_per_step: int  # over all ranks, for images/s
@@ -115,6 +116,7 @@ def run_epochs(job: Job, task: Task, on_epoch: EpochHook | None = None) -> dict:
 
     def save(path, epoch, step, meter):
         divergence.check(task.steps, last)  # never replace a good checkpoint with a diverged state
+        average_buffers_(task.model)  # BN running statistics drift apart per rank: checkpoint their mean
         state = task.state_dict()
         if not all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point()):
             raise Diverged(f"non-finite weights after epoch {epoch + 1 if step else epoch} step {step or task.steps} (the run "
@@ -151,6 +153,7 @@ def run_epochs(job: Job, task: Task, on_epoch: EpochHook | None = None) -> dict:
         start_step, meter_sums = 0, None
         divergence.check(task.steps, last)
 
+        average_buffers_(task.model)  # evaluation on every rank with the same BN statistics
         end = task.end_epoch(epoch, meter.global_averages())
         metrics = end.metrics
         history.append(end.row)

@@ -19,7 +19,7 @@ from . import genotype as gt
 from .architect import Architect
 from .config import SearchConfig
 from .data import build_loaders
-from .distributed import all_reduce_mean_
+from .distributed import all_reduce_mean_, seed_model_randomness
 from .driver import EpochEnd, StepOutput, run_epochs
 from .engine import EpochHook, Job, check_replicas, evaluate, prepare_job_model, run_job, to_memory_format
 from .logs import log, summary_table
@@ -102,6 +102,7 @@ class SearchTask:
     def __init__(self, job: Job, loaders):
         cfg, self.job, self.loaders = job.cfg, job, loaders
         model = Network(cfg.init_channels, loaders.num_classes, cfg.layers, partial_channels=cfg.partial_channels)
+        seed_model_randomness(cfg.seed, job.env.rank)  # identical weights, per-rank noise from here on
         self.model, self.train_model = prepare_job_model(model, job, exclude=tuple(model.arch_parameters()))
         self.criterion = nn.CrossEntropyLoss()
         self.w_opt = torch.optim.SGD(self.model.weights(), cfg.learning_rate, momentum=cfg.momentum,

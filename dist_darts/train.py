@@ -20,6 +20,7 @@ from . import checkpoint as ckpt_io
 from . import genotype as gt
 from .config import DATASETS, ConfigError, EvaluateConfig, RetrainConfig
 from .data import build_loaders
+from .distributed import average_buffers_, seed_model_randomness
 from .driver import EpochEnd, StepOutput, run_epochs
 from .engine import EpochHook, Job, evaluate, prepare_job_model, prepare_model, run_job, to_memory_format
 from .logs import log, summary_table
@@ -83,6 +84,7 @@ class RetrainTask:
         cfg, self.job, self.loaders, self.genotype = job.cfg, job, loaders, genotype
         net = build_network(genotype, loaders.num_classes, loaders.image_size, cfg.layers, cfg.init_channels,
                             cfg.auxiliary)
+        seed_model_randomness(cfg.seed, job.env.rank)  # identical weights, per-rank drop-path masks from here on
         self.model, self.train_model = prepare_job_model(net, job)
         self.params = count_parameters(self.model)
         lr = cfg.learning_rate
@@ -136,6 +138,8 @@ class RetrainTask:
     def end_epoch(self, epoch: int, train: dict) -> EpochEnd:
         cfg = self.job.cfg
         self.scheduler.step()
+        if self.ema is not None:
+            average_buffers_(self.ema.module)
         val = evaluate(self.ema.module if self.ema is not None else self.model, self.loaders.val, self.job.autocast,
                        channels_last=cfg.channels_last)
         is_best = val["top1"] > self.best_top1
