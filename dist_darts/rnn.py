@@ -82,12 +82,17 @@ class DARTSCell(nn.Module):
         # the input half of the first projection for all steps in one matrix product; the recurrent half per step
         x_proj = inputs.reshape(T * B, ninp).mm(self._W0[:ninp]).view(T, B, 2 * self.nhid)
         w_h = self._W0[ninp:]
+        cell_args = self.prepare(*cell_args)
         outputs = []
-        for t in range(T):
-            h = self.cell(x_proj[t], h, h_mask, w_h, *cell_args)
+        for x_t in x_proj.unbind(0):  # unbind: one gradient copy for all steps, where indexing makes one each
+            h = self.cell(x_t, h, h_mask, w_h, *cell_args)
             outputs.append(h)
         outputs = torch.stack(outputs)
         return outputs, outputs[-1].unsqueeze(0)
+
+    def prepare(self, *cell_args) -> tuple:
+        """What the cell needs at every time step, computed once per sequence."""
+        return cell_args
 
     def _init_state(self, x_proj, h_prev, h_mask, w_h):
         c0, h0 = torch.addmm(x_proj, h_prev if h_mask is None else h_prev * h_mask, w_h).split(self.nhid, dim=-1)
@@ -117,25 +122,31 @@ class DARTSCellSearch(DARTSCell):
         super().__init__(ninp, nhid, dropouth, dropoutx, genotype=None)
         self.bn = nn.BatchNorm1d(nhid, affine=False)
 
-    def cell(self, x_proj, h_prev, h_mask, w_h, probs):
+    def prepare(self, probs):
+        """Per node, its (inputs, 1, 1) weights of each activation and their total (the 'none' weight left out)."""
+        op_probs = probs[:, 1:]
+        total = op_probs.sum(-1)
+        per_node, offset = [], 0
+        for i in range(RNN_STEPS):
+            edges = slice(offset, offset + i + 1)
+            per_node.append((op_probs[edges].t().reshape(-1, i + 1, 1, 1).unbind(0), total[edges].view(-1, 1, 1)))
+            offset += i + 1
+        return (per_node,)
+
+    def cell(self, x_proj, h_prev, h_mask, w_h, per_node):
         s0 = self.bn(self._init_state(x_proj, h_prev, h_mask, w_h))
         states = s0.unsqueeze(0)
         masked = states if h_mask is None else states * h_mask
         B, nhid = s0.shape
         # sum over activations k of p_k * (s + c * (f_k(h) - s)) = P * s + c * (sum_k p_k f_k(h) - P * s),
         # P = sum_k p_k: the original's four blended terms folded into one (same value, a quarter of the work)
-        op_probs = probs[:, 1:]  # 'none' contributes nothing
-        total = op_probs.sum(-1)
-        offset = 0
-        for i in range(RNN_STEPS):
-            p = op_probs[offset:offset + i + 1].unsqueeze(-1).unsqueeze(-1)  # (i + 1, 4, 1, 1)
+        for i, ((p_tanh, p_relu, p_sigmoid, p_identity), total) in enumerate(per_node):
             c, h = masked.reshape(-1, nhid).mm(self._Ws[i]).view(i + 1, B, 2 * nhid).split(nhid, dim=-1)
-            mixed = (p[:, 0] * h.tanh() + p[:, 1] * h.relu() + p[:, 2] * h.sigmoid() + p[:, 3] * h)
-            held = total[offset:offset + i + 1].view(-1, 1, 1) * states
+            mixed = p_tanh * h.tanh() + p_relu * h.relu() + p_sigmoid * h.sigmoid() + p_identity * h
+            held = total * states
             s = self.bn((held + c.sigmoid() * (mixed - held)).sum(0))
             states = torch.cat([states, s.unsqueeze(0)])
             masked = states if h_mask is None else torch.cat([masked, (s * h_mask).unsqueeze(0)])
-            offset += i + 1
         return states[1:].mean(0)
 
 
