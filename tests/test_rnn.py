@@ -129,3 +129,28 @@ def test_ptb_size_has_the_originals_parameter_count():
 def test_cell_sizes_must_agree():
     with pytest.raises(ValueError, match="ninp == nhid == nhidlast"):
         RNNModel(10, 8, 8, 16)
+
+
+def test_functional_call_with_named_weights_keeps_the_tied_decoder():
+    """What dist_darts.architect does with a network: weights passed by name (the decoder's tied weight is not
+    among them); the first-order alpha gradient through detached weights equals the plain one."""
+    from torch.func import functional_call
+    torch.manual_seed(0)
+    model = RNNModelSearch(40, 8, 8, 8, 0.0, 0.0, 0.0, 0.0, 0.0).train()
+    x, y = torch.randint(0, 40, (6, 4)), torch.randint(0, 40, (24,))
+    names = [n for n, _ in model.named_weights()]
+    assert "decoder.weight" not in names
+    weights = {n: w.detach() for n, w in model.named_weights()}
+    weights["encoder.weight"] = weights["encoder.weight"] * 2  # the decoder must follow its tied embedding
+    with torch.no_grad():
+        moved, _ = functional_call(model, weights, (x, model.init_hidden(4)), strict=False)
+        model.encoder.weight.mul_(2)
+        direct, _ = model(x, model.init_hidden(4))
+        model.encoder.weight.div_(2)
+    assert torch.allclose(moved, direct, atol=1e-6)
+    detached = {n: w.detach() for n, w in model.named_weights()}
+    log_prob, _ = functional_call(model, detached, (x, model.init_hidden(4)), strict=False)
+    (g_detached,) = torch.autograd.grad(F.nll_loss(log_prob.view(-1, 40), y), model.arch_parameters())
+    log_prob, _ = model(x, model.init_hidden(4))
+    (g_plain,) = torch.autograd.grad(F.nll_loss(log_prob.view(-1, 40), y), model.arch_parameters())
+    assert torch.allclose(g_detached, g_plain, atol=1e-7) and g_plain.abs().sum() > 0
