@@ -206,3 +206,14 @@ def test_download_without_a_network_is_one_line(tmp_path, http_dir):
     with pytest.raises(DataError, match="cannot be downloaded"):
         text.fetch("text", str(tmp_path / "t"))
     assert set(text.DOWNLOADS) == {"ptb", "wt2"}
+
+
+def test_unigram_baseline_lies_between_a_perfect_and_a_uniform_guess():
+    corpus = text.embedded_corpus()
+    ntoken = len(corpus.dictionary)
+    baseline = text.unigram_perplexity(corpus.train, corpus.test, ntoken)
+    assert 100 < baseline < ntoken / 4
+    assert text.unigram_perplexity(torch.zeros(50, dtype=torch.int64), torch.zeros(5, dtype=torch.int64), 2) == \
+        pytest.approx(52 / 51)
+    uniform = text.unigram_perplexity(torch.arange(10), torch.arange(10), 10)
+    assert uniform == pytest.approx(10.0)

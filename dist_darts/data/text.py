@@ -290,3 +290,11 @@ def eval_batches(source: torch.Tensor, bptt: int) -> Iterator[tuple]:
     by source.size(0), the row count (one more than the rows that have targets)."""
     for i in range(0, source.size(0) - 1, bptt):
         yield get_batch(source, i, bptt)
+
+
+def unigram_perplexity(train: torch.Tensor, test: torch.Tensor, ntoken: int) -> float:
+    """Perplexity on `test` of word frequencies counted on `train` (add-one smoothed over the vocabulary): the
+    baseline a language model must beat; a uniform guess scores `ntoken`."""
+    counts = torch.bincount(train, minlength=ntoken).double() + 1.0
+    log_p = (counts / counts.sum()).log()
+    return float(torch.exp(-log_p[test].mean()))
