@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from . import genotype as gt
-from .genotype import PRIMITIVES, Genotype, steps_for_edges
+from .genotype import PRIMITIVES, RNN_PRIMITIVES, RNN_STEPS, Genotype, RecurrentGenotype, steps_for_edges
 
 FORMATS = ("png", "svg", "pdf")
 log = logging.getLogger("dist_darts")
@@ -51,7 +51,19 @@ def _node_name(index: int) -> str:
     return {0: "c_{k-2}", 1: "c_{k-1}"}.get(index, str(index - 2))
 
 
-def _cell_graph(edges, concat, title: str, fmt: str):
+NO_DOT = "drawing cells needs Graphviz's `dot` program: apt-get install graphviz"
+
+
+def _format(path: Path) -> str:
+    """The drawing format a file name asks for."""
+    fmt = path.suffix.lstrip(".").lower()
+    if fmt not in FORMATS:
+        raise DrawingError(f"cannot draw to {path}: use a .png, .svg or .pdf file name")
+    return fmt
+
+
+def _digraph(fmt: str):
+    """An empty left-to-right graph in the original's style."""
     graphviz = _graphviz()
     g = graphviz.Digraph(
         format=fmt,
@@ -61,6 +73,20 @@ def _cell_graph(edges, concat, title: str, fmt: str):
         engine="dot",
     )
     g.body.append("rankdir=LR")
+    return g
+
+
+def _render(g, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        g.render(outfile=str(path), cleanup=True)
+    except _graphviz().ExecutableNotFound:
+        raise DrawingError(NO_DOT) from None
+    return path
+
+
+def _cell_graph(edges, concat, title: str, fmt: str):
+    g = _digraph(fmt)
     if title:
         g.attr(label=title, fontsize="24", fontname="times")
     g.node("c_{k-2}", fillcolor="darkseagreen2")
@@ -76,22 +102,10 @@ def _cell_graph(edges, concat, title: str, fmt: str):
     return g
 
 
-NO_DOT = "drawing cells needs Graphviz's `dot` program: apt-get install graphviz"
-
-
 def draw_cell(edges, concat, path: str | os.PathLike, title: str = "") -> Path:
     """Render one cell; the format comes from the file suffix (.png, .svg or .pdf)."""
     path = Path(path)
-    fmt = path.suffix.lstrip(".").lower()
-    if fmt not in FORMATS:
-        raise DrawingError(f"cannot draw to {path}: use a .png, .svg or .pdf file name")
-    g = _cell_graph(edges, concat, title, fmt)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        g.render(outfile=str(path), cleanup=True)
-    except _graphviz().ExecutableNotFound:
-        raise DrawingError(NO_DOT) from None
-    return path
+    return _render(_cell_graph(edges, concat, title, _format(path)), path)
 
 
 def cell_image(edges, concat, title: str = "") -> Image.Image:
@@ -139,6 +153,28 @@ def draw_genotype(g: Genotype, prefix: str | os.PathLike, fmt: str = "png") -> l
 
 def edge_labels(steps: int = 4) -> list[str]:
     return [f"{_node_name(j)}→{i}" for i in range(steps) for j in range(2 + i)]
+
+
+def _heatmap(fig, ax, alphas: torch.Tensor, ops: list, rows: list, title: str) -> None:
+    """Softmaxed alphas (edge x op) as an annotated heat map on `ax`."""
+    w = torch.softmax(alphas.detach().float().cpu(), dim=-1).numpy()
+    im = ax.imshow(w, cmap="viridis", vmin=0.0, vmax=max(float(w.max()), 1e-6), aspect="auto")
+    ax.set_xticks(range(len(ops)), ops, rotation=45, ha="right")
+    ax.set_yticks(range(w.shape[0]), rows)
+    ax.set_title(title)
+    for (r, c), v in np.ndenumerate(w):
+        ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                color="black" if v > 0.6 * w.max() else "white")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+
+
+def _save(fig, plt, path: Path, title: str) -> Path:
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def picked_cells(edges, num_edges: int) -> list[tuple[int, int]]:
@@ -355,3 +391,44 @@ def plot_selection(seeds: list[int], top1: list[float], winner: int, path: str |
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def draw_recurrent_cell(g: RecurrentGenotype, path: str | os.PathLike, title: str = "") -> Path:
+    """Render a recurrent cell as the original's rnn/visualize.py: x_{t} and h_{t-1} into node 0, node i + 1
+    from its input by its activation, h_{t} from the averaged nodes (its concat; nodes 1..8 for DARTS cells)."""
+    path = Path(path)
+    d = _digraph(_format(path))
+    if title:
+        d.attr(label=title, fontsize="24", fontname="times")
+    d.node("x_{t}", fillcolor="darkseagreen2")
+    d.node("h_{t-1}", fillcolor="darkseagreen2")
+    d.node("0", fillcolor="lightblue")
+    d.edge("x_{t}", "0", fillcolor="gray")
+    d.edge("h_{t-1}", "0", fillcolor="gray")
+    for i in range(1, len(g.recurrent) + 1):
+        d.node(str(i), fillcolor="lightblue")
+    for i, (op, j) in enumerate(g.recurrent):
+        d.edge(str(j), str(i + 1), label=op, fillcolor="gray")
+    d.node("h_{t}", fillcolor="palegoldenrod")
+    for i in g.concat:
+        d.edge(str(i), "h_{t}", fillcolor="gray")
+    return _render(d, path)
+
+
+def recurrent_edge_labels(steps: int = RNN_STEPS) -> list[str]:
+    """Row names of the (36, 5) recurrent alphas: state j -> node i, for i = 1..steps and j < i."""
+    return [f"{j}→{i}" for i in range(1, steps + 1) for j in range(i)]
+
+
+def plot_recurrent_alphas(alphas: torch.Tensor, path: str | os.PathLike, title: str = "") -> Path:
+    """Heat map of the softmaxed recurrent alphas (36 edges x 5 activations), annotated with the weights."""
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    labels = recurrent_edge_labels()
+    if tuple(alphas.shape) != (len(labels), len(RNN_PRIMITIVES)):
+        raise DrawingError(f"recurrent alphas must have shape ({len(labels)}, {len(RNN_PRIMITIVES)}), "
+                           f"got {tuple(alphas.shape)}")
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(labels) + 2))
+    _heatmap(fig, ax, alphas, RNN_PRIMITIVES, labels, "recurrent cell")
+    return _save(fig, plt, path, title)
