@@ -59,8 +59,11 @@ class RunConfig:
     seed: int = opt(2, "random seed (model init and data split are identical on every rank)", "runtime")
     device: str = opt("auto", "auto = cuda:LOCAL_RANK when CUDA is available, else cpu", "runtime",
                       choices=("auto", "cpu", "cuda"))
-    precision: str = opt("auto", "autocast precision of forward and backward passes: auto = bf16 on GPU, fp32 on "
-                                 "CPU; fp16 (retrain only) uses a gradient scaler", "runtime", choices=PRECISIONS)
+    precision: str = opt("auto", "autocast precision of the weight step, the first-order alpha step and evaluation: "
+                                 "auto = bf16 on GPU, fp32 on CPU; fp16 (retrain only) uses a gradient scaler; the "
+                                 "second-order (--unrolled) alpha step always runs in fp32 (TF32 on GPUs): its "
+                                 "finite-difference Hessian term is below bf16's rounding", "runtime",
+                         choices=PRECISIONS)
     channels_last: bool = opt(True, "channels_last memory format for weights and activations (faster on GPU and "
                                     "CPU)", "runtime")
     compile: bool = opt(False, "torch.compile the network", "runtime")
