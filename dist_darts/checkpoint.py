@@ -23,7 +23,8 @@ from .runfolder import atomic_write
 FORMAT = "dist-darts-checkpoint-v1"
 DIGESTS = "sha256"  # the key of the digests: {tensor key path: hex digest, OTHER_VALUES: hex digest}
 OTHER_VALUES = "<all values that are not tensors>"
-_COMMON_KEYS = ("kind", "epoch", "step", "model", "world_size", "rng", "config", "meter")
+_COMMON_KEYS = ("kind", "epoch", "step", "model", "world_size", "rng", "config", "meters", "history", "identity",
+                "metrics")
 REQUIRED_KEYS = {
     "search": _COMMON_KEYS + ("w_optimizer", "a_optimizer", "scheduler"),
     "retrain": _COMMON_KEYS + ("optimizer", "scheduler", "scaler", "ema", "best", "genotype"),

@@ -22,7 +22,7 @@ def search_state(step: int) -> dict:
     return {"kind": "search", "epoch": 0, "step": step, "model": model.state_dict(), "w_optimizer": opt.state_dict(),
             "a_optimizer": opt.state_dict(), "scheduler": {"last_epoch": step}, "format": ckpt_io.FORMAT,
             "world_size": 1, "rng": [ckpt_io.rng_state()], "config": {"seed": 0, "learning_rate": 0.025},
-            "meter": torch.zeros(4, dtype=torch.float64), "metrics": {}}
+            "meters": [torch.zeros(4, dtype=torch.float64)], "metrics": {}, "history": [], "identity": {}}
 
 
 def flip_a_byte_of(path, tensor_index=0):
