@@ -45,9 +45,14 @@ def previous_path(path: str | os.PathLike) -> Path:
     return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
+def tensor_bytes(t: torch.Tensor) -> bytes:
+    """The exact bytes of a tensor's values, in any memory format."""
+    return t.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
 def _tensor_sha256(t: torch.Tensor) -> str:
     h = hashlib.sha256(f"{t.dtype} {tuple(t.shape)} ".encode())
-    h.update(t.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())  # any memory format
+    h.update(tensor_bytes(t))
     return h.hexdigest()
 
 

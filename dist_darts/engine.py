@@ -21,6 +21,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import config as config_io
+from .checkpoint import tensor_bytes
 from .distributed import DistEnv, all_gather_object, all_reduce_sum, barrier, close_distributed, init_distributed, \
     seed_everything
 from .logs import log, setup_logging
@@ -203,7 +204,7 @@ def replica_digest(tensors) -> str:
     """SHA-256 of the exact bytes of these tensors: equal digests mean bit-identical replicas."""
     h = hashlib.sha256()
     for t in tensors:
-        h.update(t.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())  # any memory format
+        h.update(tensor_bytes(t))
     return h.hexdigest()
 
 
