@@ -54,8 +54,10 @@ def opt(default, help: str, group: str, choices=None, **kw):
 @dataclass
 class RunConfig:
     """Where and how any job runs: run folder, seed, device, precision, memory format."""
+    run_kind = "job"
 
-    output: str = opt("runs/job", "run folder: config, logs, TensorBoard events, checkpoints, results", "runtime")
+    output: str | None = opt(None, "run folder: config, logs, TensorBoard events, checkpoints, results (default: a "
+                                   "new runs/KIND/DATE-TIME per run)", "runtime")
     seed: int = opt(2, "random seed (model init and data split are identical on every rank)", "runtime")
     device: str = opt("auto", "auto = cuda:LOCAL_RANK when CUDA is available, else cpu", "runtime",
                       choices=("auto", "cpu", "cuda"))
@@ -99,6 +101,8 @@ class JobConfig(DataConfig, RunConfig):
     in-epoch checkpoints."""
 
     resume: bool = opt(False, "continue from the latest checkpoint in the run folder", "runtime")
+    overwrite: bool = opt(False, "delete what an earlier run left in --output, then start over (a non-empty run "
+                                 "folder is refused otherwise)", "runtime")
     log_interval: int = opt(50, "steps between progress lines and TensorBoard step scalars", "runtime")
     sync_bn: bool | None = opt(None, "SyncBatchNorm across ranks (GPUs only); unset = on for NCCL jobs of several "
                                      "ranks with fewer than 32 images per rank", "distributed")
@@ -154,8 +158,10 @@ def check_types(cfg) -> None:
 @dataclass
 class SearchConfig(JobConfig):
     """DARTS search; defaults are the paper's CIFAR-10 settings."""
+    run_kind = "search"  # the default run folder is runs/search/DATE-TIME
 
-    output: str = opt("runs/search", "run folder: config, logs, TensorBoard events, checkpoints, genotypes", "runtime")
+    output: str | None = opt(None, "run folder: config, logs, TensorBoard events, checkpoints, genotypes (default: "
+                                   "a new runs/search/DATE-TIME per run)", "runtime")
     epochs: int = opt(50, "search epochs", "schedule")
     train_portion: float = opt(0.5, "share of the training set used for weights; the rest trains the alphas", "data")
     learning_rate: float = opt(0.025, "weights: initial SGD learning rate (cosine schedule)", "optimiser")
@@ -189,9 +195,10 @@ class SearchConfig(JobConfig):
 @dataclass
 class RetrainConfig(JobConfig):
     """Training a genotype from scratch; defaults are the paper's CIFAR-10 settings."""
+    run_kind = "retrain"
 
-    output: str = opt("runs/retrain", "run folder: config, logs, TensorBoard events, checkpoints, metrics.json",
-                      "runtime")
+    output: str | None = opt(None, "run folder: config, logs, TensorBoard events, checkpoints, metrics.json "
+                                   "(default: a new runs/retrain/DATE-TIME per run)", "runtime")
     genotype: str = opt("DARTS_V2", "published name, genotype JSON or NNI architecture-dict JSON", "model")
     epochs: int = opt(600, "training epochs", "schedule")
     batch_size: int = opt(96, "batch size per rank (the global batch is this times the world size)", "data")

@@ -24,6 +24,7 @@ class DistEnv:
     world_size: int
     local_rank: int
     device: torch.device
+    restart: int = 0  # torchrun's restart attempt (TORCHELASTIC_RESTART_COUNT): > 0 after a failed attempt
 
     @property
     def is_main(self) -> bool:
@@ -44,6 +45,7 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistEnv:
     (TORCHELASTIC_RESTART_COUNT), so ranks of a restarted attempt never meet stale keys of a failed one.
     """
     local_rank = _env_int("LOCAL_RANK", 0)
+    restart = _env_int("TORCHELASTIC_RESTART_COUNT", 0)
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
         raise ConfigError("device: cuda asked for, but this machine has no CUDA GPU PyTorch can use "
@@ -53,24 +55,23 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistEnv:
         torch.cuda.set_device(dev)
 
     if dist.is_available() and dist.is_initialized():  # e.g. Ray Train made the group already
-        return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, dev)
+        return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, dev, restart)
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     if world_size == 1:
-        return DistEnv(0, 1, local_rank, dev)
+        return DistEnv(0, 1, local_rank, dev, restart)
 
     host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
     timeout = datetime.timedelta(seconds=timeout_s)
     # torchrun's agent hosts the store itself; otherwise rank 0 does
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
     store = dist.TCPStore(host, port, world_size, is_master=(rank == 0 and not agent_store), timeout=timeout)
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    store = dist.PrefixStore(f"dist_darts/attempt_{attempt}", store)
+    store = dist.PrefixStore(f"dist_darts/attempt_{restart}", store)
     dist.init_process_group("nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world_size,
                             timeout=timeout)
     global _OWN_GROUP
     _OWN_GROUP = True
-    return DistEnv(rank, world_size, local_rank, dev)
+    return DistEnv(rank, world_size, local_rank, dev, restart)
 
 
 def close_distributed() -> None:

@@ -19,7 +19,7 @@ import torch
 from . import checkpoint as ckpt_io
 from . import config as config_io
 from .distributed import all_gather_object, average_buffers_, barrier, world_size
-from .engine import EpochHook, Job, Meter
+from .engine import EpochHook, Job, Meter, best_checkpoint_path, checkpoint_path
 from .logs import Progress, log
 from .runfolder import atomic_write
 
@@ -63,14 +63,6 @@ class Task(Protocol):
     def end_epoch(self, epoch: int, train_stats: dict) -> EpochEnd: ...
 
 
-def checkpoint_path(run_dir: Path) -> Path:
-    return run_dir / "checkpoints" / "last.pt"
-
-
-def best_checkpoint_path(run_dir: Path) -> Path:
-    return run_dir / "checkpoints" / "best.pt"
-
-
 class _Divergence:
     """The first step whose loss (or any step scalar) was not finite, tracked on the device: read only where
     the loop synchronises anyway (log intervals, checkpoints, epoch ends), and agreed on by every rank."""
@@ -112,6 +104,7 @@ def run_epochs(job: Job, task: Task, on_epoch: EpochHook | None = None) -> dict:
         meter_sums = state["meters"][env.rank] if start_step else None
         ckpt_io.set_rng_state(state["rng"][env.rank])
         log.info("resumed from %s at epoch %d step %d", last, start_epoch, start_step)
+    job.commit()
     divergence = _Divergence(env.device)
 
     def save(path, epoch, step, meter):

@@ -7,6 +7,7 @@ With a terminal, progress is a tqdm bar showing the running loss and the ETA of 
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,8 @@ log = logging.getLogger("dist_darts")
 
 
 def setup_logging(log_file: Path | None, is_main: bool) -> None:
-    """INFO to stdout (and to log_file) on the main process; other ranks only warn."""
+    """INFO to stdout (and to log_file) on the main process; other ranks only warn. Without log_file, the lines
+    are kept until log_to_file names one (a job writes no file before its checks have passed)."""
     log.handlers.clear()
     log.propagate = False
     log.setLevel(logging.INFO if is_main else logging.WARNING)
@@ -24,9 +26,20 @@ def setup_logging(log_file: Path | None, is_main: bool) -> None:
     stream.setFormatter(fmt)
     log.addHandler(stream)
     if is_main and log_file is not None:
-        file = logging.FileHandler(log_file)
-        file.setFormatter(fmt)
-        log.addHandler(file)
+        log_to_file(log_file)
+    elif is_main:
+        log.addHandler(logging.handlers.MemoryHandler(capacity=1 << 20, flushLevel=logging.CRITICAL + 1))
+
+
+def log_to_file(log_file: Path) -> None:
+    """From now on also write to log_file (appending), starting with the lines kept since setup_logging."""
+    file = logging.FileHandler(log_file)
+    file.setFormatter(log.handlers[0].formatter)
+    for kept in [h for h in log.handlers if isinstance(h, logging.handlers.MemoryHandler)]:
+        kept.setTarget(file)
+        kept.close()  # flushes the kept lines into the file
+        log.removeHandler(kept)
+    log.addHandler(file)
 
 
 def summary_table(rows: list[tuple[str, str]]) -> str:

@@ -204,13 +204,14 @@ def clear(folder: str | os.PathLike) -> None:
 
 
 def claim(folder: str | os.PathLike, resume: bool, overwrite: bool) -> tuple[RunFolderLock, list[str]]:
-    """On rank 0, as the job's last check: check the folder, lock it, clear it for --overwrite, remove leftover
-    temp files. Returns the held lock (release it at the end) and notes for the log. Raises RunFolderError."""
-    check_fresh(folder, resume, overwrite)
+    """On rank 0, as the job's last check: lock the folder (a running owner is named first: whatever else is wrong,
+    that run is the reason to wait), check it under the lock, clear it for --overwrite, remove leftover temp files.
+    Returns the held lock (release it at the end) and notes for the log. Raises RunFolderError; the lock file it
+    made is removed again then (the caller removes a folder that the lock created)."""
     lock = RunFolderLock(folder)
     notes = [lock.acquire()]
     try:
-        check_fresh(folder, resume, overwrite)  # again under the lock: a run may have finished there meanwhile
+        check_fresh(folder, resume, overwrite)
     except RunFolderError:
         lock.release()
         raise

@@ -204,6 +204,7 @@ def _evaluate(job: Job, arch: dict, weights: dict) -> dict:
     except RuntimeError as e:
         detail = " ".join(str(e).split())[:200]
         raise ckpt_io.CheckpointError(f"checkpoint {cfg.checkpoint} does not fit this network ({detail})") from None
+    job.commit()
     model = prepare_model(net, job.env.device, channels_last=cfg.channels_last, compile=cfg.compile)[0]
     stats = evaluate(model, loaders.val, job.autocast, channels_last=cfg.channels_last)
     metrics = {"top1": stats["top1"], "top5": stats["top5"], "loss": stats["loss"], "images": stats["count"],

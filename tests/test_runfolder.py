@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from helpers import env_for_subprocess
+from helpers import TINY_SEARCH, cli, env_for_subprocess
 
 from dist_darts.config import ConfigError
 from dist_darts.runfolder import (LOCK_NAME, RunFolderError, RunFolderLock, atomic_write, check_fresh, claim,
@@ -140,3 +140,73 @@ def test_default_output_is_new_per_run(tmp_path):
     os.makedirs(first)
     second = default_output("search", str(tmp_path))
     assert second != first and not os.path.exists(second)
+
+
+# --- the jobs: one owner per run folder, nothing written before every check passed --------------------------
+
+def test_a_second_search_into_a_running_ones_folder_is_refused_before_it_writes(tmp_path):
+    run = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "dist_darts", "search", *TINY_SEARCH, "--epochs", "50",
+                              "--output", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=env_for_subprocess())
+    try:
+        deadline = time.time() + 300
+        while not (run / "log.txt").is_file():
+            assert first.poll() is None and time.time() < deadline, "the first search did not start"
+            time.sleep(0.1)
+        config = (run / "config.yaml").read_bytes()
+        for extra in ((), ("--resume",), ("--overwrite",)):
+            second = cli("search", *TINY_SEARCH, "--epochs", "1", "--learning-rate", "0.5", "--output", str(run),
+                         *extra, check=False)
+            assert second.returncode == 2 and second.stdout == ""
+            assert second.stderr.startswith(f"dist-darts: error: run folder {run} is in use by pid {first.pid}")
+            assert second.stderr.count("\n") == 1
+            assert (run / "config.yaml").read_bytes() == config
+        assert first.poll() is None  # the first run goes on
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_finished_folders_are_refused_overwritten_or_resumed_and_refusals_change_nothing(tmp_path):
+    run = tmp_path / "run"
+    tiny = [*TINY_SEARCH, "--steps-per-epoch", "1", "--epochs", "1", "--output", str(run)]
+    cli("search", *tiny)
+    (run / "old_notes.txt").write_text("left by the earlier run")
+    before = snapshot(run)
+    refused = cli("search", *tiny, check=False)
+    assert refused.returncode == 2 and "is not empty" in refused.stderr and "--overwrite" in refused.stderr
+    changed = cli("search", *tiny[:-4], "--epochs", "2", "--output", str(run), "--resume", check=False)
+    assert changed.returncode == 2 and "has epochs=1 but this run has 2" in changed.stderr
+    assert snapshot(run) == before  # neither config.yaml nor log.txt nor anything else was touched
+    cli("search", *tiny, "--overwrite")
+    assert not (run / "old_notes.txt").exists() and (run / "genotype.json").is_file()
+    assert (run / "log.txt").read_text().count("search finished") == 1  # a new log, not the old one appended
+
+    missing = tmp_path / "never_made"
+    bad_data = cli("search", "--dataset", "cifar10", "--data-dir", str(tmp_path / "no_such_data"), "--output",
+                   str(missing), check=False)
+    assert bad_data.returncode == 2 and "cifar10" in bad_data.stderr
+    assert not missing.exists()  # a refused start leaves no folder behind
+
+
+def test_default_run_folders_are_new_per_run(tmp_path):
+    tiny = [*TINY_SEARCH, "--steps-per-epoch", "1", "--epochs", "1"]
+    for _ in range(2):
+        subprocess.run([sys.executable, "-m", "dist_darts", "search", *tiny], cwd=tmp_path, check=True,
+                       capture_output=True, env=env_for_subprocess())
+    runs = sorted((tmp_path / "runs" / "search").iterdir())
+    assert len(runs) == 2 and all((r / "genotype.json").is_file() for r in runs)
+
+
+def test_a_torchrun_restart_resumes_the_checkpoint_it_finds(tmp_path, monkeypatch, caplog):
+    from dist_darts import search
+    from dist_darts.config import SearchConfig
+    cfg = SearchConfig(dataset="digits", layers=3, init_channels=4, batch_size=16, workers=0, seed=0, epochs=1,
+                       steps_per_epoch=1, output=str(tmp_path / "run"))
+    first = search.run(cfg)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # what torchrun sets for the ranks of a second attempt
+    again = search.run(cfg)
+    assert again.genotype == first.genotype
+    log_text = (tmp_path / "run" / "log.txt").read_text()
+    assert "torchrun restart 1: resuming the checkpoint in" in log_text and "resumed from" in log_text
