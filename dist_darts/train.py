@@ -6,6 +6,7 @@ smoothing, cutout, cosine or step schedule with linear scaling and warm-up, opti
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -14,7 +15,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import checkpoint as ckpt_io
 from . import genotype as gt
@@ -74,6 +74,38 @@ def train_step(model: nn.Module, train_model: nn.Module, optimizer: torch.optim.
     return StepOutput(loss.detach(), logits, y, {"train/loss_step": loss.detach()})
 
 
+class WeightEMA(nn.Module):
+    """The exponential moving average of a network's parameters and floating-point buffers (integer buffers are
+    copied), evaluated instead of the network. The same average as torch's AveragedModel with use_buffers and
+    get_ema_multi_avg_fn, but its update counter lives on the host: AveragedModel keeps it on the device and reads
+    it at every update, two host-device synchronisations per step."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        super().__init__()
+        self.module = copy.deepcopy(model).requires_grad_(False)
+        self.decay = decay
+        self.updates = 0
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        ours = [*self.module.parameters(), *self.module.buffers()]
+        theirs = [*model.parameters(), *model.buffers()]
+        if self.updates == 0:
+            torch._foreach_copy_(ours, theirs)
+        else:
+            floating = [i for i, t in enumerate(ours) if t.is_floating_point()]
+            counters = [i for i, t in enumerate(ours) if not t.is_floating_point()]
+            torch._foreach_lerp_([ours[i] for i in floating], [theirs[i] for i in floating], 1.0 - self.decay)
+            torch._foreach_copy_([ours[i] for i in counters], [theirs[i] for i in counters])
+        self.updates += 1
+
+    def get_extra_state(self):
+        return {"updates": self.updates}
+
+    def set_extra_state(self, state) -> None:
+        self.updates = state["updates"]
+
+
 class RetrainTask:
     """An evaluation network of a genotype, its optimizer, schedule and (optional) EMA, as the driver's Task."""
 
@@ -95,8 +127,7 @@ class RetrainTask:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: lr_factor(cfg, e))
-        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) \
-            if cfg.ema_decay else None
+        self.ema = WeightEMA(self.model, cfg.ema_decay) if cfg.ema_decay else None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.steps = min(len(loaders.train), cfg.steps_per_epoch or len(loaders.train))
         self.images_per_step = global_batch

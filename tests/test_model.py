@@ -130,3 +130,30 @@ def test_compiled_network_does_not_recompile_when_drop_path_prob_changes():
     net.drop_path_prob = 0.0
     assert torch.equal(outputs[0], net(x)[0])  # the value is read at run time
     assert not torch.allclose(outputs[0], outputs[2])
+
+
+def test_weight_ema_is_torchs_ema_with_a_host_counter():
+    """train.WeightEMA against torch's AveragedModel(use_buffers=True, get_ema_multi_avg_fn): the same average of
+    every parameter and floating-point buffer, through a save and load of its state in the middle."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    from dist_darts.train import WeightEMA
+    torch.manual_seed(0)
+    net = NetworkCIFAR(8, 10, 4, False, gt.DARTS_V2)
+    reference = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    ema = WeightEMA(net, 0.9)
+    optimizer = torch.optim.SGD(net.parameters(), 0.1)
+    for step in range(4):
+        net(torch.randn(4, 3, 32, 32))[0].sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        reference.update_parameters(net)
+        ema.update_parameters(net)
+        if step == 1:
+            restored = WeightEMA(net, 0.9)
+            restored.load_state_dict(ema.state_dict())
+            ema = restored
+    assert ema.updates == 4
+    theirs = reference.module.state_dict()
+    for name, value in ema.module.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, theirs[name], rtol=0, atol=0)
