@@ -93,6 +93,8 @@ def serve(step, device: torch.device, images_per_step: int) -> None:
             if cuda:
                 torch.cuda.synchronize(device)
             _reply({"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0})
+        elif line.strip() == "syncs":
+            _reply({"syncs": count_host_syncs(step) if cuda else None})
         else:
             if cuda:
                 peak = torch.cuda.max_memory_allocated(device)
@@ -101,6 +103,21 @@ def serve(step, device: torch.device, images_per_step: int) -> None:
                 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
                 _reply({"peak_bytes": peak, "peak_delta_bytes": peak - base, "memory": "peak RSS"})
             return
+
+
+def count_host_syncs(step) -> int:
+    """Host-device synchronisations during one step, as torch's sync debug mode reports them (one warning each)."""
+    import warnings
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def _reply(obj) -> None:
@@ -146,6 +163,10 @@ class Worker:
             self.walls.append(r["wall"])
             self.cpus.append(r["cpu"])
         return r
+
+    def host_syncs(self) -> int | None:
+        self.send("syncs")
+        return self._read()["syncs"]
 
     def finish(self) -> dict:
         self.send("end")

@@ -38,7 +38,7 @@ def build(cfg, device):
     (the job's step function) on a network prepared as the job prepares it."""
     from dist_darts.config import RetrainConfig
     s = RetrainConfig(dataset="synthetic")  # the paper's optimiser settings
-    net = NETWORKS[cfg["network"]]
+    net = dict(NETWORKS[cfg["network"]], **cfg.get("size", {}))  # gpu_check's toy size overrides C and layers
     torch.manual_seed(cfg["seed"])
     if cfg["impl"] == "original":
         sys.path.insert(0, cfg["original"])
@@ -52,7 +52,9 @@ def build(cfg, device):
         from dist_darts.model import NetworkCIFAR, NetworkImageNet
         cls = NetworkCIFAR if cfg["network"] == "cifar" else NetworkImageNet
         model, train_model = prepare_model(cls(net["C"], net["classes"], net["layers"], True, DARTS_V2), device,
-                                           channels_last=cfg["channels_last"], compile=cfg["compile"])
+                                           channels_last=cfg["channels_last"], compile=cfg["compile"] is True)
+        if cfg["compile"] == "cuda-graphs":  # torch.compile's CUDA graphs: the step replays recorded kernels
+            train_model = torch.compile(train_model, mode="reduce-overhead")
         model.train()
         autocast, _ = autocast_factory(cfg["precision"], device)
     model.drop_path_prob = net["drop_path"]

@@ -8,6 +8,8 @@ import pytest
 from helpers import (TINY_RETRAIN, TINY_SEARCH, assert_same_state, checkpoint_step, cli, env_for_subprocess,
                      kill_when, model_state)
 
+pytestmark = pytest.mark.slow  # jobs killed and resumed in subprocesses
+
 JOBS = {
     "search-1st": ["search", *TINY_SEARCH],
     "search-2nd": ["search", *TINY_SEARCH, "--unrolled"],

@@ -144,6 +144,7 @@ def test_default_output_is_new_per_run(tmp_path):
 
 # --- the jobs: one owner per run folder, nothing written before every check passed --------------------------
 
+@pytest.mark.slow
 def test_a_second_search_into_a_running_ones_folder_is_refused_before_it_writes(tmp_path):
     run = tmp_path / "run"
     first = subprocess.Popen([sys.executable, "-m", "dist_darts", "search", *TINY_SEARCH, "--epochs", "50",
@@ -168,6 +169,7 @@ def test_a_second_search_into_a_running_ones_folder_is_refused_before_it_writes(
         first.wait()
 
 
+@pytest.mark.slow
 def test_finished_folders_are_refused_overwritten_or_resumed_and_refusals_change_nothing(tmp_path):
     run = tmp_path / "run"
     tiny = [*TINY_SEARCH, "--steps-per-epoch", "1", "--epochs", "1", "--output", str(run)]
@@ -190,6 +192,7 @@ def test_finished_folders_are_refused_overwritten_or_resumed_and_refusals_change
     assert not missing.exists()  # a refused start leaves no folder behind
 
 
+@pytest.mark.slow
 def test_default_run_folders_are_new_per_run(tmp_path):
     tiny = [*TINY_SEARCH, "--steps-per-epoch", "1", "--epochs", "1"]
     for _ in range(2):

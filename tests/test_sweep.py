@@ -13,6 +13,8 @@ import pytest
 from dist_darts.config import ConfigError, SweepConfig
 from helpers import checkpoint_step, env_for_subprocess
 
+pytestmark = pytest.mark.slow  # whole sweeps on a real Ray runtime
+
 pytest.importorskip("ray")
 
 TINY_SWEEP = ["sweep", "--seeds", "2", "--dataset", "digits", "--layers", "3", "--init-channels", "4",

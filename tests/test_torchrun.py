@@ -12,6 +12,8 @@ import pytest
 
 from helpers import TINY_SEARCH, checkpoint_step, cli, env_for_subprocess, free_port, torchrun
 
+pytestmark = pytest.mark.slow  # torchrun jobs of several processes
+
 
 @pytest.mark.parametrize("order", ["1st", "2nd"])
 def test_two_ranks_stay_bit_identical(tmp_path, order):

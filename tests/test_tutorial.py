@@ -18,6 +18,8 @@ from dist_darts.hub import build_searched_model
 from helpers import env_for_subprocess
 from test_data import write_image_folder
 
+pytestmark = pytest.mark.slow  # every block of the tutorial, end to end
+
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIAL = ROOT / "docs" / "tutorial.md"
 SHIM = Path(__file__).resolve().parent / "tutorial_shim.py"

@@ -1,0 +1,159 @@
+"""The first thing to run on a new GPU machine: is dist-darts right there, and how fast is it?
+
+    pip install --no-deps --no-build-isolation -e .        # a fresh clone; no network, Ray, DALI or graphviz needed
+    python benchmarks/gpu_check.py                          # about 5 minutes on one H100/H200
+    python benchmarks/gpu_check.py --original /tmp/darts/cnn   # also the original DARTS code, side by side
+    python benchmarks/gpu_check.py --device cpu --toy       # every part at toy size on the CPU (what CI runs)
+
+In order:
+1. the gpu-marked tests (no host sync in a search or retrain step, a one-rank NCCL group, the GPU data paths);
+2. a 20-step bf16 search and a 20-step bf16 retrain on the embedded digits data, through the CLI: both must end
+   with exit 0 and finite losses in history.json;
+3. the search step (1st and 2nd order, fp32 and bf16, batch 64 and 256) and the DARTS_V2 retrain step (batch 96;
+   eager, torch.compile, torch.compile with CUDA graphs) in images/s and peak memory, with the host-device
+   synchronisations of one step, and the original's steps when --original gives its cnn/ folder (unmodified on
+   CUDA). Each configuration runs in its own process (benchmarks/_bench.py).
+Prints one table and appends it to benchmarks/RESULTS.md (unless --no-record); exit code 1 if a check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _bench  # noqa: E402
+import torch  # noqa: E402
+
+SEARCH = Path(__file__).with_name("search_step.py")
+RETRAIN = Path(__file__).with_name("retrain_step.py")
+# the paper's sizes; --toy shrinks them so that every part runs in seconds on a CPU
+PAPER = {"search": dict(C=16, layers=8, batches=(64, 256)), "retrain": dict(C=36, layers=20, batch=96),
+         "job": ["--layers", "5", "--init-channels", "16", "--batch-size", "64"], "steps": 20}
+TOY = {"search": dict(C=4, layers=3, batches=(8, 16)), "retrain": dict(C=8, layers=4, batch=8),
+       "job": ["--layers", "3", "--init-channels", "4", "--batch-size", "8"], "steps": 2}
+
+
+def gpu_tests(device: str) -> tuple[bool, str]:
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+                           str(_bench.ROOT / "tests")], capture_output=True, text=True, cwd=_bench.ROOT,
+                          env=_bench.worker_env(None))
+    summary = (proc.stdout.strip().splitlines() or ["no output"])[-1].strip("= ")
+    if device == "cpu":
+        return proc.returncode in (0, 5), f"{summary} (no GPU: skipped)"
+    return proc.returncode == 0, summary
+
+
+def finite_job(kind: str, sizes: dict, device: str, precision: str) -> tuple[bool, str]:
+    """A short job through the CLI: exit 0, and every loss in its history.json finite."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / kind
+        args = [kind, "--dataset", "digits", "--workers", "0", "--epochs", "1", "--steps-per-epoch",
+                str(sizes["steps"]), "--device", device, "--precision", precision, "--output", str(out),
+                *sizes["job"]]
+        if kind == "retrain":
+            args += ["--genotype", "DARTS_V2", "--drop-path-prob", "0.2"]
+        started = time.time()
+        proc = subprocess.run([sys.executable, "-m", "dist_darts", *args], capture_output=True, text=True,
+                              env=_bench.worker_env(None), cwd=_bench.ROOT)
+        seconds = time.time() - started
+        if proc.returncode != 0:
+            return False, f"exit {proc.returncode}: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"
+        history = json.loads((out / "history.json").read_text())
+        losses = [v for row in history for k, v in row.items() if k.endswith("loss")]
+        ok = bool(losses) and all(math.isfinite(v) for v in losses)
+        return ok, (f"{sizes['steps']} steps in {seconds:.0f} s, losses " + ", ".join(f"{v:.3f}" for v in losses))
+
+
+def step_configs(args, sizes: dict) -> list[tuple[Path, dict, int]]:
+    """(script, worker config, images per step) of every timed configuration."""
+    s, r = sizes["search"], sizes["retrain"]
+    out = []
+    for batch in s["batches"]:
+        for order in (1, 2):
+            base = {"order": order, "batch": batch, "C": s["C"], "layers": s["layers"], "classes": 10,
+                    "image_size": 32, "device": args.device, "threads": None, "seed": 0, "partial_channels": 1,
+                    "compile": False, "ablate": [], "channels_last": True, "impl": "ours"}
+            for precision in ("fp32", "bf16"):
+                out.append((SEARCH, dict(base, precision=precision,
+                                         name=f"search order {order} batch {batch} {precision}"), batch))
+            if args.original:
+                out.append((SEARCH, dict(base, impl="original", original=str(Path(args.original).resolve()),
+                                         precision="fp32", channels_last=False,
+                                         name=f"original search order {order} batch {batch} fp32"), batch))
+    base = {"network": "cifar", "batch": r["batch"], "size": {"C": r["C"], "layers": r["layers"]},
+            "device": args.device, "threads": None, "seed": 0, "channels_last": True, "impl": "ours"}
+    for compile_mode, label in ((False, "eager"), (True, "torch.compile"), ("cuda-graphs", "compile + CUDA graphs")):
+        if compile_mode == "cuda-graphs" and args.device != "cuda":
+            continue  # CUDA graphs exist only on a GPU
+        out.append((RETRAIN, dict(base, compile=compile_mode, precision="bf16" if args.device == "cuda" else "fp32",
+                                  name=f"retrain DARTS_V2 batch {r['batch']} {label}"), r["batch"]))
+    if args.original:
+        out.append((RETRAIN, dict(base, impl="original", original=str(Path(args.original).resolve()), compile=False,
+                                  precision="fp32", channels_last=False,
+                                  name=f"original retrain DARTS_V2 batch {r['batch']} fp32"), r["batch"]))
+    return out
+
+
+def time_steps(args, sizes: dict) -> list[list[str]]:
+    rows = []
+    for script, cfg, images in step_configs(args, sizes):
+        print(f"timing {cfg['name']} ...", flush=True)
+        worker = _bench.Worker(str(script), cfg, _bench.worker_env(None))
+        for _ in range(args.warmup):
+            worker.step(timed=False)
+        for _ in range(args.steps):
+            worker.step(timed=True)
+        syncs = worker.host_syncs()
+        memory = worker.finish()
+        wall = _bench.med(worker.walls)
+        rows.append([cfg["name"], f"{wall:.3f}", f"{images / wall:.0f}", _bench.gib(memory["peak_delta_bytes"]),
+                     "n/a (CPU)" if syncs is None else str(syncs)])
+    return rows
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="(default cuda)")
+    p.add_argument("--toy", action="store_true", help="toy sizes (seconds on a CPU) instead of the paper's")
+    p.add_argument("--original", help="the original DARTS cnn/ folder: time its steps side by side")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per configuration (default 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    p.add_argument("--no-record", action="store_true", help="print only; leave benchmarks/RESULTS.md as it is")
+    args = p.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("gpu_check: no CUDA GPU here; use --device cpu --toy to check every part on the CPU")
+    sizes = TOY if args.toy else PAPER
+    precision = "bf16" if args.device == "cuda" else "fp32"
+
+    checks = [("gpu-marked tests", *gpu_tests(args.device))]
+    for kind in ("search", "retrain"):
+        checks.append((f"{sizes['steps']}-step {precision} {kind} stays finite",
+                       *finite_job(kind, sizes, args.device, precision)))
+    for name, ok, detail in checks:
+        print(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}", flush=True)
+    rows = time_steps(args, sizes)
+
+    text = (_bench.table(["check", "result", "detail"], [[n, "ok" if ok else "FAILED", d] for n, ok, d in checks],
+                         right_from=3)
+            + "\n\n" + _bench.table(["step", "s (median)", "images/s",
+                                     "peak GPU mem GiB" if args.device == "cuda" else "peak RSS delta GiB",
+                                     "host syncs / step"], rows))
+    print(text)
+    if not args.no_record:
+        size = "toy sizes" if args.toy else "the paper's sizes"
+        _bench.record("gpu_check", args.device, {"checks": checks, "steps": rows}, f"GPU check ({size})",
+                      f"Median of {args.steps} timed steps after {args.warmup} warm-up steps, each configuration in "
+                      f"its own process; the retrain network's drop path 0.2.\n\n{text}")
+    sys.exit(0 if all(ok for _, ok, _ in checks) else 1)
+
+
+if __name__ == "__main__":
+    main()
