@@ -21,8 +21,8 @@ from .config import SearchConfig
 from .data import build_loaders
 from .distributed import all_reduce_mean_, seed_model_randomness
 from .driver import EpochEnd, StepOutput, run_epochs
-from .engine import EpochHook, Job, affine_at, autocast_factory, check_memory, check_replicas, evaluate, prepare_job_model, \
-    run_job, saved_activation_bytes, step_memory, to_memory_format
+from .engine import EpochHook, Job, affine_at, autocast_factory, check_memory, check_replicas, evaluate, \
+    prepare_job_model, run_job, saved_activation_bytes, step_memory, to_memory_format
 from .logs import log, summary_table
 from .runfolder import atomic_write
 from .supernet import Network
