@@ -126,7 +126,8 @@ def test_trial_progress_lines_and_eta(monkeypatch):
     monkeypatch.setattr(tune.time, "time", lambda: now[0])
     lines = []
     progress = tune.TrialProgress("search", lines.append)
-    trial = SimpleNamespace(trial_id="t0", config={"trial": {"kind": "search", "name": "seed_3", "cfg": {"epochs": 10}}})
+    trial = SimpleNamespace(trial_id="t0", config={"trial": {"kind": "search", "name": "seed_3",
+                                                             "cfg": {"epochs": 10}}})
     progress.on_trial_start(0, [trial], trial)
     now[0] += 60  # resumed at epoch 4: its first report is epoch 5, one epoch after the start
     progress.on_trial_result(0, [trial], trial, {"epoch": 5, "val_top1": 41.256})
