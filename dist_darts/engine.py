@@ -297,8 +297,9 @@ def check_memory(job: Job, estimate: int, what: str) -> None:
     short = None
     for host, dev, free in ranks:
         sharing = sum(1 for h, d, _ in ranks if (h, d) == (host, dev)) if device.type == "cpu" else 1
-        if estimate * sharing > free and short is None:
+        if estimate * sharing > free:
             short = (host, dev, free, sharing)
+            break
     log.info("memory estimate: %s per rank for one %s step (batch %d, %d initial channels, %d layers); %s free on %s",
              gib(estimate), what, cfg.batch_size, cfg.init_channels, cfg.layers, gib(ranks[job.env.rank][2]), device)
     if short is not None:
@@ -306,7 +307,7 @@ def check_memory(job: Job, estimate: int, what: str) -> None:
         need = f"{gib(estimate * sharing)} for {sharing} ranks" if sharing > 1 else gib(estimate)
         raise MemoryEstimateError(
             f"memory: one {what} step needs about {need} (batch {cfg.batch_size}, {cfg.init_channels} initial "
-            f"channels, {cfg.layers} layers) but {dev} on {host} has {gib(free)} free: lower --batch-size, "
+            f"channels, {cfg.layers} layers) but {dev} on host {host} has only {gib(free)} free: lower --batch-size, "
             "--init-channels or --layers")
 
 

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -94,3 +95,17 @@ def test_a_step_that_cannot_fit_is_refused_with_one_line(tmp_path):
     assert "GiB" in lines[0] and "free" in lines[0] and "--batch-size" in lines[0], lines[0]
     assert "memory estimate" in proc.stdout
     assert not (out / "checkpoints").exists() and not (out / "history.json").exists()
+
+
+def test_cpu_ranks_of_one_host_share_its_memory(monkeypatch):
+    from dist_darts import engine
+    job = SimpleNamespace(cfg=SimpleNamespace(batch_size=64, init_channels=16, layers=8),
+                          env=SimpleNamespace(device=torch.device("cpu"), rank=0))
+    two_ranks = [("node1", "cpu", 3 * 2**30), ("node1", "cpu", 3 * 2**30)]
+    monkeypatch.setattr(engine, "all_gather_object", lambda mine: two_ranks)
+    engine.check_memory(job, 2**30, "search")  # 2 x 1 GiB of 3 GiB
+    with pytest.raises(engine.MemoryEstimateError, match=r"4\.00 GiB for 2 ranks .* node1 has only 3\.00 GiB"):
+        engine.check_memory(job, 2 * 2**30, "search")
+    one_each = [("node1", "cpu", 3 * 2**30), ("node2", "cpu", 3 * 2**30)]
+    monkeypatch.setattr(engine, "all_gather_object", lambda mine: one_each)
+    engine.check_memory(job, 2 * 2**30, "search")
