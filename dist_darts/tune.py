@@ -5,7 +5,7 @@ full retrain of the winner (the best selection accuracy), R times with different
 of k workers: a Tune function trial builds a Ray Train TorchTrainer (Ray Train V2) whose workers call the same
 `run(cfg)` as torchrun does. Workers report every epoch, rank 0 attaching its checkpoint; a failed trial is
 retried and resumes from that checkpoint. Trial names are stable, so `--resume` restores each stage's Tuner and
-skips finished trials.
+skips finished trials. Each report arriving in the driver is one progress line (TrialProgress) in sweep.log.
 """
 
 from __future__ import annotations
