@@ -1,5 +1,6 @@
 """What every job shares: set-up (process group, seeds, run folder, logging, precision), model preparation (device,
-memory format, SyncBN, DDP, compile), metrics and evaluation, checkpoint plumbing, replica checks.
+memory format, SyncBN, DDP, compile), the memory estimate before the first step, metrics and evaluation,
+checkpoint plumbing, replica checks.
 
 The pieces a benchmark or a notebook needs (autocast_factory, prepare_model, evaluate, Meter) take plain
 arguments, not a Job.
@@ -11,6 +12,8 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import os
+import socket
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -271,3 +274,99 @@ def check_replicas(tensors) -> str:
     if len(set(digests)) > 1:
         raise RuntimeError(f"ranks diverged: their weights/alphas differ (digests {sorted(set(digests))})")
     return digests[0]
+
+
+class MemoryEstimateError(config_io.ConfigError):
+    """A step that would not fit in the device's free memory: one line, exit code 2, before the first step."""
+
+
+# a step's peak over the bytes its forward saves for backward (gradients in flight, the optimizer's temporaries):
+# 1.13 to 1.32 measured on the CPU for supernets (first and second order, PC-DARTS), 1.10 for retrain networks
+ACTIVATION_PEAK = 1.3
+
+
+def saved_activation_bytes(build: Callable[[], nn.Module], image_size: int, half: bool = False) -> int:
+    """Bytes autograd keeps for the backward of one training-mode forward of one image through `build()`, counted
+    once per storage (views and tensors saved by several ops share one), on the CPU (under bf16 autocast with
+    `half`: 2-byte activations as under bf16 or fp16 on a GPU).
+
+    The global RNG is left as it was, so the job's own model is drawn from the same random state as without this.
+    """
+    storages = {}
+
+    def pack(t: torch.Tensor):
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.random.fork_rng(devices=[]):
+        model = build().train()
+        x = torch.zeros(2, 3, image_size, image_size)  # BN in training mode needs two values a channel
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=half), \
+                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(x)
+    return sum(storages.values()) // 2
+
+
+def affine_at(f: Callable[[int], float], x: int, x1: int, x2: int) -> float:
+    """f(x) for an f affine in x, from f(x1) and f(x2) when x > x2 (activations in the channel count: measuring
+    narrow networks is cheap); f(x) itself otherwise."""
+    if x <= x2:
+        return f(x)
+    y1, y2 = f(x1), f(x2)
+    return y1 + (x - x1) * (y2 - y1) / (x2 - x1)
+
+
+def step_memory(params: int, weight_copies: float, activations: float, batch_size: int, image_size: int) -> int:
+    """Estimated peak bytes of one training step on one rank: `weight_copies` fp32 copies of the `params`
+    parameters (weights, gradients, optimizer state, ...), the activations of a batch (`activations` bytes saved
+    per image) with the backward's overhead, and the two input batches a search step holds."""
+    return int(4 * params * weight_copies + ACTIVATION_PEAK * activations * batch_size
+               + 2 * 4 * batch_size * 3 * image_size ** 2)
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes this process can still allocate on `device`: the GPU's free memory plus what PyTorch's caching
+    allocator holds unused; on the CPU the kernel's MemAvailable, or the cgroup's remaining limit where lower
+    (Slurm and containers)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    available = None
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/meminfo") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    if available is None:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    with contextlib.suppress(OSError, ValueError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            available = min(available, int(limit) - used)
+    return available
+
+
+def check_memory(job: Job, estimate: int, what: str) -> None:
+    """Log the step's estimated peak memory per rank and refuse (MemoryEstimateError on every rank alike) when
+    a rank's device cannot hold it; CPU ranks on one host share its memory."""
+    cfg, device = job.cfg, job.env.device
+    ranks = all_gather_object((socket.gethostname(), str(device), available_memory(device)))
+    short = None
+    for host, dev, free in ranks:
+        sharing = sum(1 for h, d, _ in ranks if (h, d) == (host, dev)) if device.type == "cpu" else 1
+        if estimate * sharing > free:
+            short = (host, dev, free, sharing)
+            break
+    log.info("memory estimate: %s per rank for one %s step (batch %d, %d initial channels, %d layers); %s free on %s",
+             gib(estimate), what, cfg.batch_size, cfg.init_channels, cfg.layers, gib(ranks[job.env.rank][2]), device)
+    if short is not None:
+        host, dev, free, sharing = short
+        need = f"{gib(estimate * sharing)} for {sharing} ranks" if sharing > 1 else gib(estimate)
+        raise MemoryEstimateError(
+            f"memory: one {what} step needs about {need} (batch {cfg.batch_size}, {cfg.init_channels} initial "
+            f"channels, {cfg.layers} layers) but {dev} on host {host} has only {gib(free)} free: lower --batch-size, "
+            "--init-channels or --layers")
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"

@@ -21,7 +21,8 @@ from .config import SearchConfig
 from .data import build_loaders
 from .distributed import all_reduce_mean_, seed_model_randomness
 from .driver import EpochEnd, StepOutput, run_epochs
-from .engine import EpochHook, Job, check_replicas, evaluate, prepare_job_model, run_job, to_memory_format
+from .engine import EpochHook, Job, affine_at, autocast_factory, check_memory, check_replicas, evaluate, \
+    prepare_job_model, run_job, saved_activation_bytes, step_memory, to_memory_format
 from .logs import log, summary_table
 from .runfolder import atomic_write
 from .supernet import Network
@@ -75,6 +76,29 @@ def _draw(run_dir: Path, genotype: gt.Genotype, model: Network) -> list[str]:
     return paths
 
 
+def search_memory(cfg: SearchConfig, model: Network, num_classes: int, image_size: int, precision: str,
+                  world_size: int) -> int:
+    """Estimated peak bytes of one search step on one rank, from the activations of two narrow copies of the
+    supernet (4 and 8 channels, multiples of K with PC-DARTS) on images halved down to 32 px: activations are
+    affine in the channels and grow with the area (the supernet is fully convolutional)."""
+    K = cfg.partial_channels
+    narrow = K * math.ceil(4 / K)
+    probe_size = image_size
+    while probe_size > 32 and probe_size % 2 == 0:
+        probe_size //= 2
+    # the second-order alpha step runs in fp32 whatever the precision
+    half = precision in ("bf16", "fp16") and not cfg.unrolled
+
+    def activations(channels):
+        return saved_activation_bytes(lambda: Network(channels, num_classes, cfg.layers, partial_channels=K),
+                                      probe_size, half)
+
+    per_image = affine_at(activations, cfg.init_channels, narrow, 2 * narrow) * (image_size / probe_size) ** 2
+    # weights, gradients, momentum; the virtual step's gradients, unrolled and perturbed weights; DDP's buckets
+    copies = 3 + 4 * cfg.unrolled + (world_size > 1)
+    return step_memory(sum(p.numel() for p in model.parameters()), copies, per_image, cfg.batch_size, image_size)
+
+
 def search_step(model: Network, train_model: nn.Module, architect: Architect, w_optimizer: torch.optim.Optimizer,
                 criterion, batch, lr: float, grad_clip: float, autocast, channels_last: bool = True) -> StepOutput:
     """One DARTS step, as the original: the alphas' step on a validation batch (first or second order), then the
@@ -102,6 +126,9 @@ class SearchTask:
     def __init__(self, job: Job, loaders):
         cfg, self.job, self.loaders = job.cfg, job, loaders
         model = Network(cfg.init_channels, loaders.num_classes, cfg.layers, partial_channels=cfg.partial_channels)
+        check_memory(job, search_memory(cfg, model, loaders.num_classes, loaders.image_size,
+                                        autocast_factory(cfg.precision, job.env.device)[1], job.env.world_size),
+                     "search")
         seed_model_randomness(cfg.seed, job.env.rank)  # identical weights, per-rank noise from here on
         self.model, self.train_model = prepare_job_model(model, job, exclude=tuple(model.arch_parameters()))
         self.criterion = nn.CrossEntropyLoss()

@@ -22,7 +22,8 @@ from .config import DATASETS, ConfigError, EvaluateConfig, RetrainConfig
 from .data import build_loaders
 from .distributed import average_buffers_, seed_model_randomness
 from .driver import EpochEnd, StepOutput, run_epochs
-from .engine import EpochHook, Job, evaluate, prepare_job_model, prepare_model, run_job, to_memory_format
+from .engine import EpochHook, Job, affine_at, autocast_factory, check_memory, evaluate, prepare_job_model, \
+    prepare_model, run_job, saved_activation_bytes, step_memory, to_memory_format
 from .logs import log, summary_table
 from .hub import load_weights
 from .model import build_network, count_parameters, paper_size
@@ -50,6 +51,22 @@ def lr_factor(cfg: RetrainConfig, epoch: int) -> float:
         return cfg.lr_decay ** epoch
     floor = cfg.learning_rate_min / cfg.learning_rate if cfg.learning_rate else 0.0
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+
+
+def retrain_memory(cfg: RetrainConfig, net: nn.Module, genotype: gt.Genotype, num_classes: int, image_size: int,
+                   precision: str, world_size: int) -> int:
+    """Estimated peak bytes of one retrain step on one rank, from the activations of 4- and 8-channel copies of
+    the network at the job's image size: activations are affine in the channels."""
+
+    def activations(channels):
+        return saved_activation_bytes(
+            lambda: build_network(genotype, num_classes, image_size, cfg.layers, channels, cfg.auxiliary),
+            image_size, precision in ("bf16", "fp16"))
+
+    # weights, gradients, momentum; the EMA's copy; DDP's buckets
+    copies = 3 + bool(cfg.ema_decay) + (world_size > 1)
+    return step_memory(sum(p.numel() for p in net.parameters()), copies,
+                       affine_at(activations, cfg.init_channels, 4, 8), cfg.batch_size, image_size)
 
 
 def train_step(model: nn.Module, train_model: nn.Module, optimizer: torch.optim.Optimizer, scaler, criterion, batch,
@@ -116,6 +133,9 @@ class RetrainTask:
         cfg, self.job, self.loaders, self.genotype = job.cfg, job, loaders, genotype
         net = build_network(genotype, loaders.num_classes, loaders.image_size, cfg.layers, cfg.init_channels,
                             cfg.auxiliary)
+        check_memory(job, retrain_memory(cfg, net, genotype, loaders.num_classes, loaders.image_size,
+                                         autocast_factory(cfg.precision, job.env.device)[1], job.env.world_size),
+                     "retrain")
         seed_model_randomness(cfg.seed, job.env.rank)  # identical weights, per-rank drop-path masks from here on
         self.model, self.train_model = prepare_job_model(net, job)
         self.params = count_parameters(self.model)

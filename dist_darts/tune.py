@@ -5,7 +5,7 @@ full retrain of the winner (the best selection accuracy), R times with different
 of k workers: a Tune function trial builds a Ray Train TorchTrainer (Ray Train V2) whose workers call the same
 `run(cfg)` as torchrun does. Workers report every epoch, rank 0 attaching its checkpoint; a failed trial is
 retried and resumes from that checkpoint. Trial names are stable, so `--resume` restores each stage's Tuner and
-skips finished trials.
+skips finished trials. Each report arriving in the driver is one progress line (TrialProgress) in sweep.log.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from . import config as config_io
 from . import genotype as gt
 from .config import ConfigError, RetrainConfig, SearchConfig, SweepConfig
-from .logs import log as logger, setup_logging, summary_table
+from .logs import duration, log as logger, setup_logging, summary_table
 from .runfolder import atomic_write
 
 try:
@@ -29,9 +29,11 @@ try:
     import ray.tune
     from ray._private import ray_constants
     from ray.train.torch import TorchTrainer
+    from ray.tune import Callback
     from ray.tune.integration.ray_train import TuneReportCallback
 except ImportError:  # the rest of dist-darts works without Ray
     ray = None
+    Callback = object  # TrialProgress stays definable; a sweep refuses to start without Ray
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -89,6 +91,42 @@ def _trial(config: dict) -> None:
 
 # --- stages -----------------------------------------------------------------------------------------------
 
+class TrialProgress(Callback):
+    """One log line per trial report (every epoch): stage, trial, epoch of epochs, its metric, ETA; on the console
+    and in sweep.log, in place of Tune's status tables. Runs in the driver, from the results Tune receives."""
+
+    def __init__(self, stage: str, log):
+        self.stage, self.log = stage, log
+        self.started = {}  # trial id -> (the epoch it (re)started from, when)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started[trial.trial_id] = (None, time.time())
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.log(f"{self.stage} {trial.config['trial']['name']}: failed, retried from its last checkpoint")
+        self.started[trial.trial_id] = (None, time.time())  # the retry's rate is measured anew
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "epoch" not in result:
+            return
+        spec, epoch = trial.config["trial"], result["epoch"]
+        epochs = spec["cfg"]["epochs"]
+        first, since = self.started.get(trial.trial_id, (None, time.time()))
+        if first is None:  # every epoch is reported: the first report after a (re)start is one epoch in
+            first = epoch - 1
+            self.started[trial.trial_id] = (first, since)
+        per_epoch = (time.time() - since) / max(epoch - first, 1)
+        if spec["kind"] == "search":
+            shown = f"val top-1 {result['val_top1']:.2f} %"
+        else:
+            shown = f"top-1 {result['top1']:.2f} % (best {result['best_top1']:.2f} %)"
+        self.log(f"{self.stage} {spec['name']}: epoch {epoch}/{epochs} | {shown} | "
+                 f"ETA {duration(per_epoch * (epochs - epoch))}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.log(f"{self.stage} {trial.config['trial']['name']}: failed, no retries left")
+
+
 def _stage(name: str, trials: list[dict], sweep: SweepConfig, root: Path, log) -> dict:
     """Run one stage's trials; returns each trial's last metrics by trial name.
 
@@ -112,7 +150,8 @@ def _stage(name: str, trials: list[dict], sweep: SweepConfig, root: Path, log) -
                 max_concurrent_trials=sweep.max_concurrent_trials or None,
                 trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
             run_config=ray.tune.RunConfig(name=name, storage_path=storage, verbose=0,
-                                          failure_config=ray.tune.FailureConfig(max_failures=sweep.max_failures)),
+                                          failure_config=ray.tune.FailureConfig(max_failures=sweep.max_failures),
+                                          callbacks=[TrialProgress(name, log)]),
         )
         grid = tuner.fit()
     results, failed = {}, []

@@ -92,3 +92,12 @@ def test_example_configs_are_valid(name, cls):
     c = config.build(cls, config.load_yaml(str(path)), source=str(path))
     if name.startswith("cifar10_search"):
         assert c == config.build(SearchConfig, {}, {"data_dir": "data/cifar10", "output": "runs/cifar10_search"})
+
+
+def test_the_sweep_hands_the_search_method_on_without_a_yaml():
+    sweep = _parse(config.SweepConfig, ["--dataset", "digits", "--unrolled", "--partial-channels", "4", "--layers", "5"])
+    search = config.build(SearchConfig, sweep.passed_on(SearchConfig), source="sweep search settings")
+    assert (search.unrolled, search.partial_channels, search.layers) == (True, 4, 5)
+    assert "unrolled" not in sweep.passed_on(RetrainConfig)  # only fields a retrain has reach it
+    unset = config.build(SearchConfig, _parse(config.SweepConfig, ["--dataset", "digits"]).passed_on(SearchConfig))
+    assert not unset.unrolled and unset.partial_channels == 1  # unset flags keep the search's defaults

@@ -2,11 +2,13 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -94,6 +96,55 @@ def test_sweep_survives_a_killed_worker_and_a_killed_driver(tmp_path):
     md = (out / "report.md").read_text()
     assert "| seed |" in md and "**winner**" in md
     assert (out / "winner_normal.png").exists() and (out / "selection.png").exists()
+
+
+@pytest.mark.slow
+def test_sweep_shows_each_trial_report_as_it_arrives(tmp_path):
+    out = tmp_path / "sweep"
+    args = list(TINY_SWEEP)
+    for flag, value in (("--seeds", "1"), ("--repeats", "1"), ("--checkpoint-steps", "0")):
+        args[args.index(flag) + 1] = value
+    proc = subprocess.run([sys.executable, "-m", "dist_darts", *args, "--output", str(out)], capture_output=True,
+                          text=True, env=env_for_subprocess(), timeout=900, start_new_session=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = (out / "sweep.log").read_text()
+    expected = [r"search seed_0: epoch 1/2 \| val top-1 [\d.]+ % \| ETA \d+:\d\d:\d\d",
+                r"search seed_0: epoch 2/2 \| val top-1 [\d.]+ % \| ETA 0:00:00",
+                r"select seed_0: epoch 1/1 \| top-1 [\d.]+ % \(best [\d.]+ %\) \| ETA 0:00:00",
+                r"final repeat_0: epoch 1/1 \| top-1 [\d.]+ % \(best [\d.]+ %\) \| ETA 0:00:00"]
+    for pattern in expected:
+        assert re.search(pattern, log), pattern
+        assert re.search(pattern, proc.stdout), pattern
+    # in the order the reports arrived, between the stage lines, and no Tune status tables
+    positions = [re.search(p, log).start() for p in expected]
+    assert positions == sorted(positions)
+    assert log.index("stage 1/3") < positions[0] < log.index("stage 2/3") < positions[2] < log.index("stage 3/3")
+    assert "Trial status" not in proc.stdout and "\r" not in log
+
+
+def test_trial_progress_lines_and_eta(monkeypatch):
+    from dist_darts import tune
+    now = [1000.0]
+    monkeypatch.setattr(tune.time, "time", lambda: now[0])
+    lines = []
+    progress = tune.TrialProgress("search", lines.append)
+    trial = SimpleNamespace(trial_id="t0", config={"trial": {"kind": "search", "name": "seed_3",
+                                                             "cfg": {"epochs": 10}}})
+    progress.on_trial_start(0, [trial], trial)
+    now[0] += 60  # resumed at epoch 4: its first report is epoch 5, one epoch after the start
+    progress.on_trial_result(0, [trial], trial, {"epoch": 5, "val_top1": 41.256})
+    now[0] += 30
+    progress.on_trial_result(0, [trial], trial, {"epoch": 6, "val_top1": 43.0})
+    progress.on_trial_result(0, [trial], trial, {"training_iteration": 7})  # not an epoch report: no line
+    assert lines == ["search seed_3: epoch 5/10 | val top-1 41.26 % | ETA 0:05:00",
+                     "search seed_3: epoch 6/10 | val top-1 43.00 % | ETA 0:03:00"]
+    retrain = SimpleNamespace(trial_id="t1", config={"trial": {"kind": "retrain", "name": "repeat_0",
+                                                               "cfg": {"epochs": 2}}})
+    progress.stage = "final"
+    progress.on_trial_start(0, [retrain], retrain)
+    now[0] += 100
+    progress.on_trial_result(0, [retrain], retrain, {"epoch": 1, "top1": 90.0, "best_top1": 91.5})
+    assert lines[-1] == "final repeat_0: epoch 1/2 | top-1 90.00 % (best 91.50 %) | ETA 0:01:40"
 
 
 @pytest.mark.parametrize("seeds,expected", [("3", [0, 1, 2]), ("5,7", [5, 7]), ("11,", [11])])
