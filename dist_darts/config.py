@@ -173,6 +173,9 @@ class SearchConfig(JobConfig):
     unrolled: bool = opt(False, "second-order DARTS (unrolled virtual step); default first order",
                          "architecture search")
     partial_channels: int = opt(1, "PC-DARTS channel proportion K (1 = off; PC-DARTS uses 4)", "architecture search")
+    hessian_every: int = opt(0, "every N epochs, estimate the dominant eigenvalue of the validation loss's Hessian "
+                                "in the alphas (RobustDARTS' collapse signal; 20 power-iteration steps of 2 "
+                                "forward/backward passes on one validation batch); 0 = off", "architecture search")
 
     def __post_init__(self):
         super().__post_init__()
@@ -181,6 +184,7 @@ class SearchConfig(JobConfig):
         if not 0.0 < self.train_portion < 1.0:
             raise ConfigError(f"train-portion: must be between 0 and 1, got {self.train_portion}")
         check_ranges(self, minimum=1, names=("partial_channels",))
+        check_ranges(self, minimum=0, names=("hessian_every",))
         check_ranges(self, minimum=0, names=("learning_rate_min", "arch_weight_decay"))
         if self.arch_learning_rate <= 0:
             raise ConfigError(f"arch-learning-rate: must be > 0, got {self.arch_learning_rate}")

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from . import collapse
 from . import genotype as gt
 from .architect import Architect
 from .config import SearchConfig
@@ -62,7 +63,7 @@ def alphas_of(model: Network) -> dict:
 
 def _draw(run_dir: Path, genotype: gt.Genotype, model: Network) -> list[str]:
     """Cell drawings and the alpha plot; a machine without Graphviz or matplotlib gets a warning, not a crash."""
-    from .visualize import DrawingError, draw_genotype, plot_alphas
+    from .visualize import DrawingError, draw_genotype, plot_alphas, plot_collapse
     paths = []
     try:
         paths += [str(p) for p in draw_genotype(genotype, run_dir / "genotype", "png")]
@@ -73,6 +74,11 @@ def _draw(run_dir: Path, genotype: gt.Genotype, model: Network) -> list[str]:
                                      "softmax(alphas) at the end of the search", genotype)))
     except DrawingError as e:
         log.warning("no alpha plot: %s", e)
+    try:
+        history = json.loads((run_dir / "history.json").read_text())
+        paths.append(str(plot_collapse(history, run_dir / "collapse.png")))
+    except DrawingError as e:
+        log.warning("no collapse plot: %s", e)
     return paths
 
 
@@ -144,16 +150,19 @@ class SearchTask:
         self.steps = min(len(loaders.train), len(loaders.val), cfg.steps_per_epoch or len(loaders.train))
         self.images_per_step = cfg.batch_size * job.env.world_size
         self.metrics = {"train_top1": math.nan, "val_top1": math.nan}
+        self.eigenvalues = []  # every --hessian-every estimate so far, for the growth warning
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "w_optimizer": self.w_opt.state_dict(),
-                "a_optimizer": self.a_opt.state_dict(), "scheduler": self.scheduler.state_dict()}
+                "a_optimizer": self.a_opt.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "hessian_eigenvalues": list(self.eigenvalues)}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.w_opt.load_state_dict(state["w_optimizer"])
         self.a_opt.load_state_dict(state["a_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.eigenvalues = list(state["hessian_eigenvalues"])
 
     def identity(self) -> dict:
         return {}
@@ -178,18 +187,41 @@ class SearchTask:
         genotype = model.genotype()  # identical on every rank: the alphas are
         if self.job.env.is_main:
             _save_epoch_outputs(model, genotype, self.job.run_dir, epoch)
+        collapse_row, collapse_text = self._collapse_signs(epoch, genotype)
         scalars = {f"search/{k}": v for k, v in [("lr", self.lr), ("train_loss", train["loss"]),
                                                   ("train_top1", train["top1"]), ("val_loss", val["loss"]),
                                                   ("val_top1", val["top1"])]}
+        scalars.update({f"collapse/{k}": v for k, v in collapse_row.items() if v is not None})
         return EpochEnd(
             metrics={"epoch": epoch + 1, "train_top1": train["top1"], "val_top1": val["top1"],
                      "val_loss": val["loss"], "genotype": json.dumps(gt.to_dict(genotype))},
             row={"epoch": epoch + 1, "lr": self.lr, "train_loss": train["loss"], "train_top1": train["top1"],
-                 "val_loss": val["loss"], "val_top1": val["top1"], "genotype": gt.to_dict(genotype)},
+                 "val_loss": val["loss"], "val_top1": val["top1"], **collapse_row, "genotype": gt.to_dict(genotype)},
             scalars={**scalars, **alpha_statistics(model)},
             line=f"epoch {epoch + 1}/{cfg.epochs} lr {self.lr:.5f} | train loss {train['loss']:.4f} top1 "
-                 f"{train['top1']:.2f}% | val loss {val['loss']:.4f} top1 {val['top1']:.2f}% | "
+                 f"{train['top1']:.2f}% | val loss {val['loss']:.4f} top1 {val['top1']:.2f}% | {collapse_text} | "
                  f"{gt.format_genotype(genotype)}")
+
+    def _collapse_signs(self, epoch: int, genotype: gt.Genotype) -> tuple[dict, str]:
+        """This epoch's collapse monitor: the history.json keys, a short text for the log line, and warnings."""
+        cfg = self.job.cfg
+        counts = collapse.cell_counts(genotype)
+        eigenvalue = None
+        if cfg.hessian_every and (epoch + 1) % cfg.hessian_every == 0:
+            self.loaders.val.set_epoch(0)  # the same fixed validation batch every time
+            x, y = next(iter(self.loaders.val))
+            eigenvalue = collapse.hessian_eigenvalue(self.model, self.criterion, to_memory_format(x, cfg.channels_last),
+                                                     y, average=all_reduce_mean_, seed=cfg.seed)
+            self.eigenvalues.append(eigenvalue)
+        edges = len(genotype.normal)
+        text = f"param-free ops normal {counts['param_free_normal']}/{edges} reduce {counts['param_free_reduce']}/{edges}"
+        if eigenvalue is not None:
+            text += f" | Hessian eigenvalue {eigenvalue:.4g}"
+        if self.job.env.is_main:
+            for warning in collapse.warnings_for(counts, self.eigenvalues if eigenvalue is not None else []):
+                log.warning("collapse warning at epoch %d: %s", epoch + 1, warning)
+        return {"param_free_normal": counts["param_free_normal"], "param_free_reduce": counts["param_free_reduce"],
+                "hessian_eigenvalue": eigenvalue}, text
 
 
 def run(cfg: SearchConfig, on_epoch: EpochHook | None = None) -> SearchResult:

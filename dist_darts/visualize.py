@@ -274,6 +274,38 @@ def _alphas_folder(path: str | os.PathLike) -> Path:
     return folder
 
 
+def plot_collapse(history: list[dict], output: str | os.PathLike) -> Path:
+    """The collapse monitor of a search over its epochs (its history.json rows): parameter-free ops in the derived
+    normal and reduction cells, and the alphas' Hessian eigenvalue where it was estimated (--hessian-every)."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [row["epoch"] for row in history]
+    measured = [(row["epoch"], row["hessian_eigenvalue"]) for row in history
+                if row.get("hessian_eigenvalue") is not None]
+    fig, axes = plt.subplots(1, 2 if measured else 1, figsize=(12 if measured else 6.5, 4), squeeze=False)
+    ax = axes[0][0]
+    for cell in ("normal", "reduce"):
+        ax.plot(epochs, [row[f"param_free_{cell}"] for row in history], marker="o", label=f"{cell} cell")
+    ax.set_ylim(-0.3, 8.3)
+    ax.set_title("parameter-free ops in the derived cells (of 8)")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend()
+    if measured:
+        ax = axes[0][1]
+        ax.plot(*zip(*measured), marker="o", color="tab:red")
+        ax.set_title("dominant Hessian eigenvalue of L_val in the alphas")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=110)
+    plt.close(fig)
+    return output
+
+
 def plot_alpha_history(alphas_dir: str | os.PathLike, output: str | os.PathLike) -> Path:
     """One image over the epochs of a search: each op's share of the softmaxed alphas (mean over the edges)
     per epoch, for the normal and the reduction cell. `alphas_dir` is RUN/alphas or RUN itself."""
