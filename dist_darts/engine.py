@@ -44,6 +44,7 @@ class Job:
     created: bool = False  # whether this run made the run folder (a refused start removes it again)
     writer: object = None
     committed: bool = False
+    resolved: dict = field(default_factory=dict)  # values the task derived at start, config.yaml's resolved section
     started: float = field(default_factory=time.time)
 
     def commit(self) -> None:
@@ -53,7 +54,7 @@ class Job:
             return
         self.committed = True
         if self.env.is_main:
-            atomic_write(self.run_dir / "config.yaml", config_io.dump(self.cfg))
+            atomic_write(self.run_dir / "config.yaml", config_io.dump(self.cfg, self.resolved))
             log_to_file(self.run_dir / "log.txt")
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
