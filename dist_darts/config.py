@@ -105,8 +105,9 @@ class JobConfig(DataConfig, RunConfig):
     overwrite: bool = opt(False, "delete what an earlier run left in --output, then start over (a non-empty run "
                                  "folder is refused otherwise)", "runtime")
     log_interval: int = opt(50, "steps between progress lines and TensorBoard step scalars", "runtime")
-    sync_bn: bool | None = opt(None, "SyncBatchNorm across ranks (GPUs only); unset = on for NCCL jobs of several "
-                                     "ranks with fewer than 32 images per rank", "distributed")
+    sync_bn: bool | None = opt(None, "SyncBatchNorm across ranks (GPUs only); unset = on for NCCL searches of "
+                                     "several ranks, and for other NCCL jobs of several ranks with fewer than 32 "
+                                     "images per rank", "distributed")
 
     epochs: int = opt(50, "epochs", "schedule")
     layers: int = opt(8, "cells (the search's supernet or the evaluation network)", "model")

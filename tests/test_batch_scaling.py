@@ -220,3 +220,17 @@ def test_the_sweep_hands_the_rules_to_its_searches_only():
                                                  arch_lr_scaling="sqrt", arch_warmup_epochs=3, accumulate=2)
     # the retrain's own --base-batch-size and --warmup-epochs keep the retrain's settings
     assert sweep.passed_on(config.RetrainConfig) == {}
+
+
+def test_sync_bn_is_on_by_default_for_multi_gpu_searches():
+    from dist_darts.distributed import DistEnv
+    from dist_darts.engine import use_sync_bn
+    gpus = lambda n: DistEnv(0, n, 0, torch.device("cuda", 0))
+    search_cfg = SearchConfig(dataset="digits", batch_size=256)
+    retrain_cfg = config.RetrainConfig(dataset="digits", batch_size=256)
+    assert use_sync_bn(search_cfg, gpus(2))  # whatever the per-rank batch: one BN batch however it is split
+    assert not use_sync_bn(search_cfg, gpus(1))
+    assert not use_sync_bn(search_cfg, DistEnv(0, 2, 0, torch.device("cpu")))  # gloo: PyTorch has no CPU SyncBN
+    assert not use_sync_bn(retrain_cfg, gpus(2))  # a retrain keeps the small-batch rule
+    assert use_sync_bn(config.RetrainConfig(dataset="digits", batch_size=16), gpus(2))
+    assert not use_sync_bn(SearchConfig(dataset="digits", sync_bn=False), gpus(8))
