@@ -87,7 +87,8 @@ def search_step(model: Network, train_model: nn.Module, architect: Architect, w_
     update_alphas (the alphas' warm-up) only the weights move."""
     (x_train, y_train), (x_val, y_val) = batch
     if len(y_train) % accumulate or len(y_val) % accumulate:
-        raise ValueError(f"batches of {len(y_train)} and {len(y_val)} do not split into {accumulate} equal micro-batches")
+        raise ValueError(f"batches of {len(y_train)} and {len(y_val)} do not split into {accumulate} equal "
+                         "micro-batches")
     x_train, x_val = to_memory_format(x_train, channels_last), to_memory_format(x_val, channels_last)
     scalars = {}
     if update_alphas:
@@ -186,7 +187,8 @@ class SearchTask:
     def end_epoch(self, epoch: int, train: dict) -> EpochEnd:
         cfg, model = self.job.cfg, self.model
         for group in self.w_opt.param_groups:
-            group["lr"] = self.scheduler.get_last_lr()[0]  # the cosine schedule steps from its own rate, not the warm one
+            # the cosine schedule steps from its own rate, not the warmed-up one
+            group["lr"] = self.scheduler.get_last_lr()[0]
         self.scheduler.step()  # after the epoch: the original's order shifts every epoch's rate under modern PyTorch
         check_replicas(model.parameters())  # NNI users under DDP got a different cell per rank; never here
         val = evaluate(model, self.loaders.val, self.job.autocast, self.steps * cfg.accumulate, cfg.channels_last)
