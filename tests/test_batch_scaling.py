@@ -118,6 +118,8 @@ def test_rule_fields_at_their_defaults_equal_explicit_none(tmp_path):
     written = yaml.safe_load((tmp_path / "defaults" / "config.yaml").read_text())["resolved"]
     assert written == {"global_batch": 8, "learning_rate": 0.025, "learning_rate_min": 0.001,
                        "arch_learning_rate": 3e-4}
+    assert "global batch 8 (8 per rank x 1 rank(s) x accumulate 1) | weights lr 0.025 (none) | alphas lr 0.0003 " \
+           "(none)" in (tmp_path / "defaults" / "log.txt").read_text()
 
 
 def test_alpha_warmup_freezes_the_alphas_for_k_epochs_then_moves_them(tmp_path, monkeypatch):
