@@ -59,22 +59,32 @@ class Architect:
             tensors.update(buffers)
         return functional_call(self.model, tensors, (x,), strict=False)
 
-    def step(self, x_train, y_train, x_val, y_val, lr: float) -> torch.Tensor:
+    def step(self, x_train, y_train, x_val, y_val, lr: float, micro_batches: int = 1) -> torch.Tensor:
         """One Adam step of the alphas; returns the validation loss (a tensor, not synced to the host)."""
-        grads, loss = self.alpha_gradients(x_train, y_train, x_val, y_val, lr)
+        grads, loss = self.alpha_gradients(x_train, y_train, x_val, y_val, lr, micro_batches)
         for p, g in zip(self.arch_params, grads):
             p.grad = g
         self.arch_optimizer.step()
         self.arch_optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
-    def alpha_gradients(self, x_train, y_train, x_val, y_val, lr: float):
+    def alpha_gradients(self, x_train, y_train, x_val, y_val, lr: float, micro_batches: int = 1):
+        """The alphas' gradients (averaged over ranks) and the validation loss. With micro_batches N (first order
+        only) the batches are split into N equal parts whose gradients are averaged: the whole batch's gradient in
+        N passes of a smaller memory footprint."""
         if not self.unrolled:
             # detached weights: autograd then skips every weight gradient, custom Functions' included (their
             # ctx.needs_input_grad would otherwise ask for the depthwise convs' weight gradients)
-            loss = self._loss(x_val, y_val, [w.detach() for w in self.weights])
-            grads = list(torch.autograd.grad(loss, self.arch_params))
-            return self.average(grads), loss
+            weights = [w.detach() for w in self.weights]
+            grads, loss = None, 0.0
+            for x, y in zip(x_val.chunk(micro_batches), y_val.chunk(micro_batches)):
+                part = self._loss(x, y, weights) / micro_batches
+                g = torch.autograd.grad(part, self.arch_params)
+                grads = list(g) if grads is None else [a + b for a, b in zip(grads, g)]
+                loss = loss + part.detach()
+            return self.average(grads), loss  # one all-reduce per step, whatever N
+        if micro_batches > 1:
+            raise ValueError("second-order DARTS has no gradient accumulation (its three passes share one batch)")
         with torch.autocast(x_train.device.type, enabled=False):  # the backward passes too
             return self._unrolled_gradients(x_train, y_train, x_val, y_val, lr)
 

@@ -39,6 +39,7 @@ DATASETS = {
 }
 DATA_BACKENDS = ("auto", "torch", "dali-cpu", "dali-gpu", "synthetic")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SCALING_RULES = ("none", "linear", "sqrt")
 
 
 GROUPS = ("data", "model", "optimiser", "schedule", "augmentation", "architecture search", "distributed",
@@ -104,8 +105,9 @@ class JobConfig(DataConfig, RunConfig):
     overwrite: bool = opt(False, "delete what an earlier run left in --output, then start over (a non-empty run "
                                  "folder is refused otherwise)", "runtime")
     log_interval: int = opt(50, "steps between progress lines and TensorBoard step scalars", "runtime")
-    sync_bn: bool | None = opt(None, "SyncBatchNorm across ranks (GPUs only); unset = on for NCCL jobs of several "
-                                     "ranks with fewer than 32 images per rank", "distributed")
+    sync_bn: bool | None = opt(None, "SyncBatchNorm across ranks (GPUs only); unset = on for NCCL searches of "
+                                     "several ranks, and for other NCCL jobs of several ranks with fewer than 32 "
+                                     "images per rank", "distributed")
 
     epochs: int = opt(50, "epochs", "schedule")
     layers: int = opt(8, "cells (the search's supernet or the evaluation network)", "model")
@@ -130,6 +132,22 @@ class JobConfig(DataConfig, RunConfig):
             raise ConfigError("sync-bn: SyncBatchNorm needs GPUs (PyTorch refuses CPU modules)")
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"momentum: must be in [0, 1), got {self.momentum}")
+
+
+def scaling_factor(rule: str, global_batch: int, base_batch: int) -> float:
+    """The learning-rate multiplier of a scaling rule: 1, global/base, or its square root."""
+    ratio = global_batch / base_batch
+    return {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[rule]
+
+
+def search_rates(cfg: SearchConfig, world_size: int) -> dict:
+    """The global batch and the learning rates a search runs with on world_size ranks (config.yaml's resolved
+    section)."""
+    global_batch = cfg.batch_size * world_size * cfg.accumulate
+    w = scaling_factor(cfg.lr_scaling, global_batch, cfg.base_batch_size)
+    a = scaling_factor(cfg.arch_lr_scaling, global_batch, cfg.base_batch_size)
+    return {"global_batch": global_batch, "learning_rate": cfg.learning_rate * w,
+            "learning_rate_min": cfg.learning_rate_min * w, "arch_learning_rate": cfg.arch_learning_rate * a}
 
 
 def check_ranges(cfg, minimum, names) -> None:
@@ -176,9 +194,28 @@ class SearchConfig(JobConfig):
     hessian_every: int = opt(0, "every N epochs, estimate the dominant eigenvalue of the validation loss's Hessian "
                                 "in the alphas (RobustDARTS' collapse signal; 20 power-iteration steps of 2 "
                                 "forward/backward passes on one validation batch); 0 = off", "architecture search")
+    base_batch_size: int = opt(64, "global batch the learning rates are meant for (the paper's 64); the scaling "
+                                   "rules compare the global batch (batch size x world size x accumulate) with it",
+                               "schedule")
+    lr_scaling: str = opt("none", "weights: how the learning rate (and its cosine floor) follow global batch / "
+                                  "base batch: none (the paper's), linear, sqrt; the study that would pick a "
+                                  "default is not run yet", "optimiser", choices=SCALING_RULES)
+    warmup_epochs: int = opt(0, "weights: linear learning-rate warm-up epochs, multiplied onto the cosine "
+                                "schedule", "schedule")
+    arch_lr_scaling: str = opt("none", "alphas: how the Adam learning rate follows global batch / base batch: none "
+                                       "(the paper's), linear, sqrt", "architecture search", choices=SCALING_RULES)
+    arch_warmup_epochs: int = opt(0, "alphas: frozen for the first K epochs while the weights train (PC-DARTS)",
+                                  "architecture search")
+    accumulate: int = opt(1, "micro-batches per step: the gradients of N batches of --batch-size are averaged "
+                             "into one step (first order only; BatchNorm normalises each micro-batch)", "optimiser")
 
     def __post_init__(self):
         super().__post_init__()
+        check_ranges(self, minimum=1, names=("base_batch_size", "accumulate"))
+        check_ranges(self, minimum=0, names=("warmup_epochs", "arch_warmup_epochs"))
+        if self.unrolled and self.accumulate > 1:  # the unrolled step's three gradient passes are not split yet
+            raise ConfigError("accumulate: second-order DARTS (--unrolled) runs without gradient accumulation; use "
+                              "--accumulate 1 or first order")
         if self.precision == "fp16":
             raise ConfigError("precision: fp16 is for retraining; search with bf16 (GPU) or fp32")
         if not 0.0 < self.train_portion < 1.0:
@@ -268,11 +305,13 @@ class EvaluateConfig(DataConfig, RunConfig):
             self.output = os.path.join(run_dir, "evaluate", os.path.splitext(os.path.basename(self.checkpoint))[0])
 
 
+SEARCH_SCALING = ("base_batch_size", "lr_scaling", "warmup_epochs", "arch_lr_scaling", "arch_warmup_epochs",
+                  "accumulate")
 # Settings of `sweep` handed on to the searches and retrains it runs: the shared runtime and data fields (less
 # the run folder, resume and seed, which the sweep sets per trial), the network size, the search method.
 SWEEP_PASSED = tuple(f.name for f in dataclasses.fields(DataConfig) + dataclasses.fields(RunConfig)
                      if f.name not in ("output", "resume", "seed")) + (
-    "layers", "init_channels", "steps_per_epoch", "checkpoint_steps", "unrolled", "partial_channels")
+    "layers", "init_channels", "steps_per_epoch", "checkpoint_steps", "unrolled", "partial_channels") + SEARCH_SCALING
 
 
 @dataclass
@@ -322,7 +361,8 @@ class SweepSettings:
 
     def passed_on(self, cls) -> dict:
         """The settings handed on to each job of type cls (unset ones keep the job's YAML value or default)."""
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cls)} - (set() if cls is SearchConfig else set(SEARCH_SCALING))
+        # the retrain's own base-batch-size and warm-up mean something else: the search's rules stay with searches
         return {k: getattr(self, k) for k in SWEEP_PASSED if k in names and getattr(self, k) is not None}
 
 
@@ -330,7 +370,8 @@ def _passed_field(name: str):
     """The sweep's optional copy of a search (or shared) field: same type, help and group, default unset."""
     f = {f.name: f for f in dataclasses.fields(SearchConfig)}[name]
     kind = _field_type(SearchConfig, f)
-    meta = dict(f.metadata, help=f.metadata["help"] + " (handed on to the trials)")
+    meta = dict(f.metadata, help=f.metadata["help"] + (" (handed on to the search trials)" if name in SEARCH_SCALING
+                                                       else " (handed on to the trials)"))
     return name, kind | None, field(default=None, metadata=meta)
 
 
@@ -378,6 +419,7 @@ def load_yaml(path: str) -> dict:
         raise ConfigError(f"config file {path}: bad YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping of keys to values")
+    data.pop(RESOLVED, None)  # what a run derived (a run folder's config.yaml), not a setting
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
@@ -407,9 +449,12 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def dump(cfg) -> str:
-    """The resolved configuration as YAML (what config.yaml holds)."""
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+RESOLVED = "resolved"  # config.yaml's section of values derived at start (e.g. the search's scaled rates)
+
+
+def dump(cfg, resolved: dict | None = None) -> str:
+    """The resolved configuration as YAML (what config.yaml holds), with the derived values in their own section."""
+    return yaml.safe_dump({**to_dict(cfg), **({RESOLVED: resolved} if resolved else {})}, sort_keys=False)
 
 
 def save(cfg, path: str) -> None:

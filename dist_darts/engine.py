@@ -47,6 +47,7 @@ class Job:
     created: bool = False  # whether this run made the run folder (a refused start removes it again)
     writer: object = None
     committed: bool = False
+    resolved: dict = field(default_factory=dict)  # values the task derived at start, config.yaml's resolved section
     started: float = field(default_factory=time.time)
 
     def commit(self) -> None:
@@ -56,7 +57,7 @@ class Job:
             return
         self.committed = True
         if self.env.is_main:
-            atomic_write(self.run_dir / "config.yaml", config_io.dump(self.cfg))
+            atomic_write(self.run_dir / "config.yaml", config_io.dump(self.cfg, self.resolved))
             log_to_file(self.run_dir / "log.txt")
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
@@ -159,12 +160,15 @@ def _claim(run_dir: Path, env: DistEnv, resume: bool, overwrite: bool) -> tuple[
 
 
 def use_sync_bn(cfg, env: DistEnv) -> bool:
-    """--sync-bn as given, else on for NCCL jobs of several ranks whose per-rank batch is small."""
+    """--sync-bn as given, else on for NCCL searches of several ranks (the search then normalises over the global
+    batch however it is split over GPUs, so the scaling rules see one batch) and for other NCCL jobs of several
+    ranks whose per-rank batch is small."""
     if cfg.sync_bn is not None:
         if cfg.sync_bn and env.device.type != "cuda":
             raise config_io.ConfigError("sync-bn: SyncBatchNorm needs GPUs (PyTorch refuses CPU modules)")
         return cfg.sync_bn
-    return env.device.type == "cuda" and env.world_size > 1 and cfg.batch_size < SYNC_BN_BELOW
+    several_gpus = env.device.type == "cuda" and env.world_size > 1
+    return several_gpus and (cfg.run_kind == "search" or cfg.batch_size < SYNC_BN_BELOW)
 
 
 def prepare_job_model(model: nn.Module, job: Job, exclude: tuple = ()) -> tuple[nn.Module, nn.Module]:

@@ -6,6 +6,7 @@ training batch, as in the original. Genotype and softmaxed alphas are saved ever
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -18,7 +19,7 @@ import torch.nn as nn
 from . import collapse
 from . import genotype as gt
 from .architect import Architect
-from .config import SearchConfig
+from .config import ConfigError, SearchConfig, search_rates
 from .data import build_loaders
 from .distributed import all_reduce_mean_, seed_model_randomness
 from .driver import EpochEnd, StepOutput, run_epochs
@@ -30,7 +31,7 @@ from .supernet import Network
 
 # settings that define the search; a resume with any of them changed is refused
 RESUME_KEYS = ("dataset", "layers", "init_channels", "batch_size", "train_portion", "unrolled", "partial_channels",
-               "epochs", "seed")
+               "epochs", "seed", "accumulate")
 @dataclass
 class SearchResult:
     genotype: gt.Genotype
@@ -106,25 +107,49 @@ def search_memory(cfg: SearchConfig, model: Network, num_classes: int, image_siz
 
 
 def search_step(model: Network, train_model: nn.Module, architect: Architect, w_optimizer: torch.optim.Optimizer,
-                criterion, batch, lr: float, grad_clip: float, autocast, channels_last: bool = True) -> StepOutput:
+                criterion, batch, lr: float, grad_clip: float, autocast, channels_last: bool = True,
+                accumulate: int = 1, update_alphas: bool = True) -> StepOutput:
     """One DARTS step, as the original: the alphas' step on a validation batch (first or second order), then the
-    weights' step on a training batch (forward, backward, gradient-norm clip, SGD)."""
+    weights' step on a training batch (forward, backward, gradient-norm clip, SGD).
+
+    With accumulate N, both batches are split into N equal micro-batches whose gradients are averaged into the one
+    step: the same step as the whole batch at once, up to BatchNorm normalising over each micro-batch. Without
+    update_alphas (the alphas' warm-up) only the weights move."""
     (x_train, y_train), (x_val, y_val) = batch
+    if len(y_train) % accumulate or len(y_val) % accumulate:
+        raise ValueError(f"batches of {len(y_train)} and {len(y_val)} do not split into {accumulate} equal "
+                         "micro-batches")
     x_train, x_val = to_memory_format(x_train, channels_last), to_memory_format(x_val, channels_last)
-    arch_loss = architect.step(x_train, y_train, x_val, y_val, lr)
+    scalars = {}
+    if update_alphas:
+        scalars["search/arch_loss_step"] = architect.step(x_train, y_train, x_val, y_val, lr, accumulate)
     w_optimizer.zero_grad(set_to_none=True)
-    with autocast():
-        logits = train_model(x_train).float()
-    loss = criterion(logits, y_train)
-    loss.backward()
+    losses, logits = [], []
+    micro = list(zip(x_train.chunk(accumulate), y_train.chunk(accumulate)))
+    for i, (x, y) in enumerate(micro):
+        # DDP all-reduces the weights' gradients once, on the last micro-batch's backward
+        syncs = i == len(micro) - 1 or not hasattr(train_model, "no_sync")
+        with contextlib.nullcontext() if syncs else train_model.no_sync():
+            with autocast():
+                out = train_model(x).float()
+            loss = criterion(out, y)
+            (loss / accumulate).backward()
+        losses.append(loss.detach())
+        logits.append(out.detach())
     nn.utils.clip_grad_norm_(architect.weights, grad_clip)
     w_optimizer.step()
-    return StepOutput(loss.detach(), logits, y_train, {"search/train_loss_step": loss.detach(),
-                                                       "search/arch_loss_step": arch_loss})
+    loss = torch.stack(losses).mean()
+    return StepOutput(loss, torch.cat(logits), y_train, {"search/train_loss_step": loss, **scalars})
+
+
+def _join(pairs):
+    """One ((x_train, y_train), (x_val, y_val)) batch of several consecutive loader pairs."""
+    return tuple(tuple(torch.cat(parts) for parts in zip(*halves)) for halves in zip(*pairs))
 
 
 class SearchTask:
-    """The supernet, its two optimizers and the weights' schedule, as the driver's Task."""
+    """The supernet, its two optimizers and the weights' schedule, as the driver's Task. The batch-size rules
+    (scaled rates, warm-ups, accumulation) are fixed by the config and the epoch: a resume needs no state for them."""
 
     kind = "search"
     resume_keys = RESUME_KEYS
@@ -138,17 +163,26 @@ class SearchTask:
         seed_model_randomness(cfg.seed, job.env.rank)  # identical weights, per-rank noise from here on
         self.model, self.train_model = prepare_job_model(model, job, exclude=tuple(model.arch_parameters()))
         self.criterion = nn.CrossEntropyLoss()
-        self.w_opt = torch.optim.SGD(self.model.weights(), cfg.learning_rate, momentum=cfg.momentum,
+        self.rates = job.resolved = search_rates(cfg, job.env.world_size)
+        log.info("global batch %d (%d per rank x %d rank(s) x accumulate %d) | weights lr %.6g (%s) | alphas lr %.6g "
+                 "(%s) | base batch %d", self.rates["global_batch"], cfg.batch_size, job.env.world_size,
+                 cfg.accumulate, self.rates["learning_rate"], cfg.lr_scaling, self.rates["arch_learning_rate"],
+                 cfg.arch_lr_scaling, cfg.base_batch_size)
+        self.w_opt = torch.optim.SGD(self.model.weights(), self.rates["learning_rate"], momentum=cfg.momentum,
                                      weight_decay=cfg.weight_decay)
-        self.a_opt = torch.optim.Adam(self.model.arch_parameters(), cfg.arch_learning_rate,
+        self.a_opt = torch.optim.Adam(self.model.arch_parameters(), self.rates["arch_learning_rate"],
                                       betas=(cfg.arch_beta1, cfg.arch_beta2), weight_decay=cfg.arch_weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs,
-                                                                    eta_min=cfg.learning_rate_min)
+                                                                    eta_min=self.rates["learning_rate_min"])
         self.architect = Architect(self.model, self.criterion, self.a_opt, self.w_opt, cfg.momentum,
                                    cfg.weight_decay, unrolled=cfg.unrolled, average=all_reduce_mean_,
                                    autocast=job.autocast)
-        self.steps = min(len(loaders.train), len(loaders.val), cfg.steps_per_epoch or len(loaders.train))
-        self.images_per_step = cfg.batch_size * job.env.world_size
+        batches = min(len(loaders.train), len(loaders.val))
+        if batches < cfg.accumulate:
+            raise ConfigError(f"accumulate: {cfg.accumulate} micro-batches per step, but an epoch has only {batches} "
+                              "batches per rank")
+        self.steps = min(batches // cfg.accumulate, cfg.steps_per_epoch or batches)
+        self.images_per_step = self.rates["global_batch"]
         self.metrics = {"train_top1": math.nan, "val_top1": math.nan}
         self.eigenvalues = []  # every --hessian-every estimate so far, for the growth warning
 
@@ -168,27 +202,40 @@ class SearchTask:
         return {}
 
     def begin_epoch(self, epoch: int, start_step: int):
-        self.lr = self.scheduler.get_last_lr()[0]
-        self.loaders.train.set_epoch(epoch, start_step)
-        self.loaders.val.set_epoch(epoch, start_step)
+        cfg = self.job.cfg
+        # the warm-up is a factor on the cosine schedule derived from the epoch, so a resume needs no extra state
+        warm = (epoch + 1) / cfg.warmup_epochs if epoch < cfg.warmup_epochs else 1.0
+        self.lr = self.scheduler.get_last_lr()[0] * warm
+        for group in self.w_opt.param_groups:
+            group["lr"] = self.lr
+        self.update_alphas = epoch >= cfg.arch_warmup_epochs
+        self.loaders.train.set_epoch(epoch, start_step * cfg.accumulate)
+        self.loaders.val.set_epoch(epoch, start_step * cfg.accumulate)
         self.model.train()
-        return zip(self.loaders.train, self.loaders.val)
+        pairs = zip(self.loaders.train, self.loaders.val)
+        return (_join(group) for group in zip(*[pairs] * cfg.accumulate))  # accumulate consecutive pairs per step
 
     def step(self, batch) -> StepOutput:
         cfg = self.job.cfg
         return search_step(self.model, self.train_model, self.architect, self.w_opt, self.criterion, batch, self.lr,
-                           cfg.grad_clip, self.job.autocast, cfg.channels_last)
+                           cfg.grad_clip, self.job.autocast, cfg.channels_last, cfg.accumulate, self.update_alphas)
 
     def end_epoch(self, epoch: int, train: dict) -> EpochEnd:
         cfg, model = self.job.cfg, self.model
+        for group in self.w_opt.param_groups:
+            # the cosine schedule steps from its own rate, not the warmed-up one
+            group["lr"] = self.scheduler.get_last_lr()[0]
         self.scheduler.step()  # after the epoch: the original's order shifts every epoch's rate under modern PyTorch
         check_replicas(model.parameters())  # NNI users under DDP got a different cell per rank; never here
-        val = evaluate(model, self.loaders.val, self.job.autocast, self.steps, cfg.channels_last)
+        val = evaluate(model, self.loaders.val, self.job.autocast, self.steps * cfg.accumulate, cfg.channels_last)
         genotype = model.genotype()  # identical on every rank: the alphas are
         if self.job.env.is_main:
             _save_epoch_outputs(model, genotype, self.job.run_dir, epoch)
         collapse_row, collapse_text = self._collapse_signs(epoch, genotype)
-        scalars = {f"search/{k}": v for k, v in [("lr", self.lr), ("train_loss", train["loss"]),
+        arch_lr = self.rates["arch_learning_rate"] if self.update_alphas else 0.0
+        scalars = {f"search/{k}": v for k, v in [("lr", self.lr), ("arch_lr", arch_lr),
+                                                  ("global_batch", self.rates["global_batch"]),
+                                                  ("train_loss", train["loss"]),
                                                   ("train_top1", train["top1"]), ("val_loss", val["loss"]),
                                                   ("val_top1", val["top1"])]}
         scalars.update({f"collapse/{k}": v for k, v in collapse_row.items() if v is not None})

@@ -1,0 +1,269 @@
+"""The search's large-batch rules: scaled learning rates, warm-ups, gradient accumulation (also under DDP on gloo)."""
+
+import json
+import math
+import os
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn as nn
+import yaml
+
+from dist_darts import config, search
+from dist_darts.architect import Architect
+from dist_darts.config import ConfigError, SearchConfig
+from dist_darts.distributed import all_reduce_mean_, close_distributed, init_distributed
+from dist_darts.engine import prepare_model
+from dist_darts.search import search_step
+from dist_darts.supernet import Network
+from helpers import TINY_SEARCH, cli, free_port
+
+TINY = dict(dataset="digits", layers=3, init_channels=4, batch_size=8, workers=0, seed=0, log_interval=1)
+
+
+@pytest.mark.parametrize("batch, world, accumulate, rule, factor", [
+    (64, 1, 1, "linear", 1.0),  # the paper's batch: every rule is the paper's
+    (64, 1, 1, "sqrt", 1.0),
+    (64, 4, 1, "none", 1.0),
+    (64, 4, 1, "linear", 4.0),  # UNAS and PC-DARTS's weights: linear in the global batch
+    (64, 4, 1, "sqrt", 2.0),  # PC-DARTS's CIFAR alphas: 2x the rate for a 4x batch
+    (32, 2, 4, "linear", 4.0),  # accumulation counts into the global batch
+    (8, 8, 1, "linear", 1.0),  # the paper-exact split of 64 over 8 GPUs
+    (128, 8, 1, "sqrt", 4.0),
+])
+def test_each_rule_resolves_to_the_documented_rates(batch, world, accumulate, rule, factor):
+    cfg = SearchConfig(dataset="digits", batch_size=batch, accumulate=accumulate, lr_scaling=rule,
+                       arch_lr_scaling=rule)
+    rates = config.search_rates(cfg, world)
+    assert rates["global_batch"] == batch * world * accumulate
+    assert rates["learning_rate"] == pytest.approx(0.025 * factor)
+    assert rates["learning_rate_min"] == pytest.approx(0.001 * factor)
+    assert rates["arch_learning_rate"] == pytest.approx(3e-4 * factor)
+    # the two rules are independent: linear weights with the paper's alpha rate
+    mixed = config.search_rates(SearchConfig(dataset="digits", batch_size=batch, accumulate=accumulate,
+                                             lr_scaling=rule), world)
+    assert mixed["learning_rate"] == rates["learning_rate"] and mixed["arch_learning_rate"] == 3e-4
+
+
+def test_bad_rule_values_are_refused():
+    for bad in (dict(lr_scaling="cubic"), dict(base_batch_size=0), dict(accumulate=0), dict(warmup_epochs=-1),
+                dict(arch_warmup_epochs=-1), dict(unrolled=True, accumulate=2)):
+        with pytest.raises(ConfigError):
+            SearchConfig(dataset="digits", **bad)
+
+
+def test_unrolled_with_accumulation_is_one_line_exit_2():
+    proc = cli("search", *TINY_SEARCH, "--unrolled", "--accumulate", "2", check=False, timeout=120)
+    assert proc.returncode == 2 and "--accumulate 1" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def _no_autocast():
+    return torch.autocast("cpu", enabled=False)
+
+
+def _tiny_supernet():
+    torch.manual_seed(0)
+    return Network(4, 10, 3).train()
+
+
+def _batch(n, seed, shape=(3, 16, 16), classes=10):
+    g = torch.Generator().manual_seed(seed)
+    return ((torch.randn(n, *shape, generator=g), torch.randint(0, classes, (n,), generator=g)),
+            (torch.randn(n, *shape, generator=g), torch.randint(0, classes, (n,), generator=g)))
+
+
+def _parts(model, lr=0.025):
+    w_opt = torch.optim.SGD(model.weights(), lr, momentum=0.9, weight_decay=3e-4)
+    a_opt = torch.optim.Adam(model.arch_parameters(), 3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
+    return w_opt, Architect(model, nn.CrossEntropyLoss(), a_opt, w_opt, 0.9, 3e-4)
+
+
+def _todays_step(model, architect, w_opt, batch, lr):
+    """The search step before the batch rules, written out: alphas on the validation batch, then the weights."""
+    (xt, yt), (xv, yv) = batch
+    architect.step(xt, yt, xv, yv, lr)
+    w_opt.zero_grad(set_to_none=True)
+    loss = nn.CrossEntropyLoss()(model(xt).float(), yt)
+    loss.backward()
+    nn.utils.clip_grad_norm_(architect.weights, 5.0)
+    w_opt.step()
+
+
+def test_default_rules_leave_the_step_bit_identical_to_todays():
+    torch.set_num_threads(1)
+    ref, new = _tiny_supernet(), _tiny_supernet()
+    (ref_w, ref_arch), (new_w, new_arch) = _parts(ref), _parts(new)
+    for step in range(2):
+        _todays_step(ref, ref_arch, ref_w, _batch(8, step), 0.025)
+        search_step(new, new, new_arch, new_w, nn.CrossEntropyLoss(), _batch(8, step), 0.025, 5.0,
+                    _no_autocast, channels_last=False)
+    for a, b in zip(ref.state_dict().values(), new.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_rule_fields_at_their_defaults_equal_explicit_none(tmp_path):
+    torch.set_num_threads(1)
+    runs = {}
+    for name, extra in (("defaults", {}), ("explicit", dict(base_batch_size=8, lr_scaling="none", warmup_epochs=0,
+                                                           arch_lr_scaling="none", arch_warmup_epochs=0,
+                                                           accumulate=1))):
+        cfg = SearchConfig(**TINY, epochs=1, steps_per_epoch=2, output=str(tmp_path / name), **extra)
+        search.run(cfg)
+        runs[name] = torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=False)["model"]
+    for key, value in runs["defaults"].items():
+        assert torch.equal(value, runs["explicit"][key]), key
+    resolved = config.load_yaml(str(tmp_path / "defaults" / "config.yaml"))  # the resolved section is no setting
+    assert "resolved" not in resolved and resolved["lr_scaling"] == "none"
+    written = yaml.safe_load((tmp_path / "defaults" / "config.yaml").read_text())["resolved"]
+    assert written == {"global_batch": 8, "learning_rate": 0.025, "learning_rate_min": 0.001,
+                       "arch_learning_rate": 3e-4}
+    assert "global batch 8 (8 per rank x 1 rank(s) x accumulate 1) | weights lr 0.025 (none) | alphas lr 0.0003 " \
+           "(none)" in (tmp_path / "defaults" / "log.txt").read_text()
+
+
+def test_alpha_warmup_freezes_the_alphas_for_k_epochs_then_moves_them(tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    initial = {}
+
+    class Recording(Network):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            initial.update({n: p.detach().clone() for n, p in zip(self.arch_parameter_names(),
+                                                                  self.arch_parameters())})
+
+    monkeypatch.setattr(search, "Network", Recording)
+    cfg = SearchConfig(**TINY, epochs=3, steps_per_epoch=1, arch_warmup_epochs=2, warmup_epochs=2,
+                       output=str(tmp_path / "run"))
+    search.run(cfg)
+    per_epoch = [torch.load(tmp_path / "run" / "alphas" / f"epoch_{e:03d}.pt") for e in range(3)]
+    for epoch in (0, 1):
+        assert all(torch.equal(per_epoch[epoch][n], initial[n]) for n in initial), epoch
+    assert all(not torch.equal(per_epoch[2][n], initial[n]) for n in initial)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    # the weights' warm-up: half the cosine rate in epoch 1, the full cosine rate after epoch 2
+    assert history[0]["lr"] == pytest.approx(0.025 * 0.5)
+    assert history[2]["lr"] == pytest.approx(0.001 + 0.024 * (1 + math.cos(math.pi * 2 / 3)) / 2)
+
+
+class Smooth(nn.Module):
+    """No batch statistics: micro-batches and shards must give exactly the whole batch's step."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(6, 4)
+        self.alphas = nn.Parameter(torch.randn(3))
+
+    def forward(self, x):
+        w = torch.softmax(self.alphas, 0)
+        return self.lin(w[0] * torch.tanh(x) + w[1] * torch.sin(x) + w[2] * x)
+
+    def arch_parameters(self):
+        return [self.alphas]
+
+    def named_weights(self):
+        return list(self.lin.named_parameters(prefix="lin"))
+
+    def weights(self):
+        return list(self.lin.parameters())
+
+
+def _smooth_batch(step, rows=slice(None)):
+    (xt, yt), (xv, yv) = _batch(8, step, shape=(6,), classes=4)
+    return (xt.double()[rows], yt[rows]), (xv.double()[rows], yv[rows])
+
+
+def _smooth_run(accumulate, rows=slice(None), wrap=lambda m: m, average=lambda t: t):
+    model = Smooth().double()
+    w_opt = torch.optim.SGD(model.weights(), 0.1, momentum=0.9, weight_decay=3e-4)
+    a_opt = torch.optim.Adam(model.arch_parameters(), 0.05, betas=(0.5, 0.999), weight_decay=1e-3)
+    architect = Architect(model, nn.CrossEntropyLoss(), a_opt, w_opt, 0.9, 3e-4, average=average)
+    train_model = wrap(model)
+    for step in range(2):
+        search_step(model, train_model, architect, w_opt, nn.CrossEntropyLoss(), _smooth_batch(step, rows), 0.1,
+                    5.0, _no_autocast, channels_last=False, accumulate=accumulate)
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_accumulate_two_equals_the_whole_batch_at_once():
+    whole, accumulated = _smooth_run(1), _smooth_run(2)
+    for a, b in zip(whole, accumulated):  # weights and alphas, after two steps with momentum and Adam state
+        assert torch.allclose(a, b, atol=1e-12, rtol=1e-10), (a, b)
+    assert not torch.equal(whole[0], Smooth().double().alphas)  # the alphas did move
+
+
+def _ddp_worker(rank, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    init_distributed("cpu")
+    wrap = lambda m: prepare_model(m, torch.device("cpu"), channels_last=False, world_size=2,
+                                   exclude=tuple(m.arch_parameters()))[1]
+    params = _smooth_run(2, slice(rank * 4, rank * 4 + 4), wrap, all_reduce_mean_)
+    torch.save(params, os.path.join(out, f"rank{rank}.pt"))
+    close_distributed()
+
+
+def test_two_gloo_ranks_at_half_batch_with_accumulation_equal_one_process(tmp_path):
+    """2 ranks x 4 images x accumulate 2 micro-batches of 2 = one process's batch of 8 (DDP syncs the weights'
+    gradients on the last micro-batch only; the alphas' gradients are averaged once per step)."""
+    mp.spawn(_ddp_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    assert all(torch.equal(a, b) for a, b in zip(r0, r1))
+    for a, b in zip(r0, _smooth_run(1)):
+        assert torch.allclose(a, b, atol=1e-12, rtol=1e-10), (a, b)
+
+
+def test_the_sweep_hands_the_rules_to_its_searches_only():
+    sweep = config.SweepConfig(lr_scaling="linear", arch_lr_scaling="sqrt", base_batch_size=32, warmup_epochs=2,
+                               arch_warmup_epochs=3, accumulate=2)
+    assert sweep.passed_on(SearchConfig) == dict(base_batch_size=32, lr_scaling="linear", warmup_epochs=2,
+                                                 arch_lr_scaling="sqrt", arch_warmup_epochs=3, accumulate=2)
+    # the retrain's own --base-batch-size and --warmup-epochs keep the retrain's settings
+    assert sweep.passed_on(config.RetrainConfig) == {}
+
+
+def test_sync_bn_is_on_by_default_for_multi_gpu_searches():
+    from dist_darts.distributed import DistEnv
+    from dist_darts.engine import use_sync_bn
+    gpus = lambda n: DistEnv(0, n, 0, torch.device("cuda", 0))
+    search_cfg = SearchConfig(dataset="digits", batch_size=256)
+    retrain_cfg = config.RetrainConfig(dataset="digits", batch_size=256)
+    assert use_sync_bn(search_cfg, gpus(2))  # whatever the per-rank batch: one BN batch however it is split
+    assert not use_sync_bn(search_cfg, gpus(1))
+    assert not use_sync_bn(search_cfg, DistEnv(0, 2, 0, torch.device("cpu")))  # gloo: PyTorch has no CPU SyncBN
+    assert not use_sync_bn(retrain_cfg, gpus(2))  # a retrain keeps the small-batch rule
+    assert use_sync_bn(config.RetrainConfig(dataset="digits", batch_size=16), gpus(2))
+    assert not use_sync_bn(SearchConfig(dataset="digits", sync_bn=False), gpus(8))
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_resume_inside_the_warm_ups_with_accumulation_is_exact(tmp_path, monkeypatch):
+    """The warm-ups are derived from the epoch: a run stopped inside them resumes to the uninterrupted result."""
+    torch.set_num_threads(1)
+    settings = dict(TINY, epochs=2, steps_per_epoch=2, checkpoint_steps=1, accumulate=2, warmup_epochs=2,
+                    arch_warmup_epochs=1, lr_scaling="linear", arch_lr_scaling="sqrt")
+    search.run(SearchConfig(**settings, output=str(tmp_path / "straight")))
+    step, calls = search.SearchTask.step, []
+
+    def stop_at_the_second_step(self, batch):
+        calls.append(1)
+        if len(calls) == 2:  # after the checkpoint of epoch 0 step 1, inside both warm-ups
+            raise _Stop
+        return step(self, batch)
+
+    monkeypatch.setattr(search.SearchTask, "step", stop_at_the_second_step)
+    with pytest.raises(_Stop):
+        search.run(SearchConfig(**settings, output=str(tmp_path / "stopped")))
+    monkeypatch.setattr(search.SearchTask, "step", step)
+    search.run(SearchConfig(**settings, output=str(tmp_path / "stopped"), resume=True))
+    straight, resumed = (torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=False)
+                         for name in ("straight", "stopped"))
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    assert straight["w_optimizer"]["param_groups"][0]["lr"] == resumed["w_optimizer"]["param_groups"][0]["lr"]
+    assert straight["history"] == resumed["history"]
