@@ -29,14 +29,33 @@ def _bad_input_errors():
 
 # --- jobs -------------------------------------------------------------------------------------------------
 
+# the config class of each job in each search space
+JOB_CONFIGS = {
+    "cnn": {"search": config.SearchConfig, "retrain": config.RetrainConfig, "evaluate": config.EvaluateConfig,
+            "sweep": config.SweepConfig},
+    "rnn": {"search": config.RecurrentSearchConfig, "retrain": config.RecurrentRetrainConfig,
+            "evaluate": config.RecurrentEvaluateConfig},
+}
+
+
 def cmd_search(args):
-    from . import search
-    search.run(config.from_args(config.SearchConfig, args))
+    cfg = config.from_args(JOB_CONFIGS[args.space]["search"], args)
+    if args.space == "rnn":
+        from . import rnn_jobs
+        rnn_jobs.search(cfg)
+    else:
+        from . import search
+        search.run(cfg)
 
 
 def cmd_retrain(args):
-    from . import train
-    train.run(config.from_args(config.RetrainConfig, args))
+    cfg = config.from_args(JOB_CONFIGS[args.space]["retrain"], args)
+    if args.space == "rnn":
+        from . import rnn_jobs
+        rnn_jobs.retrain(cfg)
+    else:
+        from . import train
+        train.run(cfg)
 
 
 def cmd_sweep(args):
@@ -45,8 +64,13 @@ def cmd_sweep(args):
 
 
 def cmd_evaluate(args):
-    from . import train
-    train.evaluate_checkpoint(config.from_args(config.EvaluateConfig, args))
+    cfg = config.from_args(JOB_CONFIGS[args.space]["evaluate"], args)
+    if args.space == "rnn":
+        from . import rnn_jobs
+        rnn_jobs.evaluate_checkpoint(cfg)
+    else:
+        from . import train
+        train.evaluate_checkpoint(cfg)
 
 
 # --- genotype ---------------------------------------------------------------------------------------------
@@ -172,7 +196,23 @@ def cmd_hub_list(args):
 
 # --- parser -----------------------------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_space(parser: argparse.ArgumentParser, space: str) -> None:
+    parser.add_argument("--space", choices=[s for s in config.SPACES if s in JOB_CONFIGS and
+                                            parser.prog.split()[-1] in JOB_CONFIGS[s]], default=space,
+                        help="search space: cnn (convolutional cells on images) or rnn (recurrent cells on text, the "
+                             "original's rnn/ code); it also picks the options listed here (default: cnn)")
+
+
+def requested_space(argv) -> str:
+    """The --space an argument list asks for (cnn when none): it decides which options the job parser has."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--space", default="cnn")
+    return pre.parse_known_args(argv)[0].space
+
+
+def build_parser(space: str = "cnn") -> argparse.ArgumentParser:
+    """The parser; `space` picks the option set of the jobs (search, retrain, evaluate)."""
+    jobs = JOB_CONFIGS.get(space, JOB_CONFIGS["cnn"])
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="dist-darts", description="Distributed Differentiable Architecture "
                                      "Search (DARTS): search, retrain, evaluate, sweep, genotypes, models and the "
@@ -183,20 +223,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="DARTS architecture search (1st/2nd order, PC-DARTS), one or many ranks",
                        description="Search a cell with DARTS. Under torchrun every rank runs this; the run folder "
                                    "ends with genotype.json, alphas.pt, drawings, history.json and checkpoints.")
-    config.add_arguments(p, config.SearchConfig)
+    _add_space(p, space)
+    config.add_arguments(p, jobs["search"])
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("retrain", help="train a genotype from scratch (auxiliary loss, drop path, cutout, EMA)",
                        description="Train an evaluation network of a genotype. The run folder ends with "
                                    "metrics.json (top1, top5, params), checkpoints/last.pt and best.pt.")
-    config.add_arguments(p, config.RetrainConfig)
+    _add_space(p, space)
+    config.add_arguments(p, jobs["retrain"])
     p.set_defaults(func=cmd_retrain)
 
     p = sub.add_parser("evaluate", help="top-1/top-5 and parameters of a checkpoint",
                        description="Evaluate a retrain checkpoint (or an original DARTS state dict with --genotype) "
                                    "on the test split; prints top-1/top-5 and writes metrics.json into "
                                    "evaluate/NAME/ of the checkpoint's run folder.")
-    config.add_arguments(p, config.EvaluateConfig)
+    _add_space(p, space)
+    config.add_arguments(p, jobs["evaluate"])
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("sweep", help="seeded searches, selection retrains and the winner's retrain with Ray Tune",
@@ -269,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(requested_space(sys.argv[1:] if argv is None else argv)).parse_args(argv)
     from .driver import Diverged
     try:
         args.func(args)
