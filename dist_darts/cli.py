@@ -76,13 +76,21 @@ def cmd_evaluate(args):
 # --- genotype ---------------------------------------------------------------------------------------------
 
 def cmd_genotype_list(args):
-    width = max(map(len, gt.GENOTYPES))
+    width = max(map(len, [*gt.GENOTYPES, *gt.RNN_GENOTYPES]))
     for name, g in gt.GENOTYPES.items():
         print(f"{name:<{width}}  {gt.format_genotype(g)}")
+    print("recurrent cells (--space rnn):")
+    for name, g in gt.RNN_GENOTYPES.items():
+        print(f"{name:<{width}}  {gt.format_recurrent(g)}")
 
 
 def cmd_genotype_show(args):
-    g = gt.load(args.genotype)
+    g = gt.load_any(args.genotype)
+    if isinstance(g, gt.RecurrentGenotype):
+        if args.format == "nni":
+            raise UsageError("--format nni: NNI has no recurrent cells; use text or json")
+        print(json.dumps(gt.recurrent_to_dict(g), indent=2) if args.format == "json" else gt.format_recurrent(g))
+        return
     if args.format == "json":
         print(json.dumps(gt.to_dict(g), indent=2))
     elif args.format == "nni":
@@ -92,7 +100,11 @@ def cmd_genotype_show(args):
 
 
 def cmd_genotype_draw(args):
-    from .visualize import draw_genotype, draw_side_by_side
+    from .visualize import draw_genotype, draw_recurrent_cell, draw_side_by_side
+    g = gt.load_any(args.genotype)
+    if isinstance(g, gt.RecurrentGenotype):  # one cell: PREFIX.FMT
+        print(draw_recurrent_cell(g, f"{args.output}.{args.format}", args.genotype))
+        return
     if args.side_by_side:  # NNI's picture: both cells in one image
         print(draw_side_by_side(gt.load(args.genotype), f"{args.output}.png", args.genotype))
         return

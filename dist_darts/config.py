@@ -358,8 +358,8 @@ class RecurrentRetrainConfig(RecurrentJobConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        check_ranges(self, minimum=0, names=("nonmono", "max_seq_len_delta"))
-        check_ranges(self, minimum=1, names=("test_batch_size",))
+        check_ranges(self, minimum=0, names=("max_seq_len_delta",))
+        check_ranges(self, minimum=1, names=("test_batch_size", "nonmono"))
 
 
 @dataclass

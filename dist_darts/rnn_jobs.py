@@ -478,7 +478,7 @@ def read_model_file(cfg: RecurrentEvaluateConfig) -> tuple[dict, dict, Recurrent
     try:
         obj = ckpt_io.read(cfg.checkpoint)
     except ckpt_io.CheckpointCorrupted as e:  # a whole pickled model is no weights-only file
-        from .safe_pickle import read_torch_model
+        from .original_rnn import read_torch_model
         model_args, weights = read_torch_model(cfg.checkpoint, reason=str(e))
         return model_args, weights, with_checkpoint_data(cfg, None)
     ckpt = ckpt_io.verify(obj, cfg.checkpoint, "rnn_retrain")
