@@ -111,25 +111,26 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, corpus_dir, job):
 
 
 def test_bad_inputs_are_one_line(tmp_path, corpus_dir):
+    run = ["--output", str(tmp_path / "run")]
     missing = tmp_path / "empty"
     missing.mkdir()
     _one_line_error(cli("search", "--space", "rnn", "--dataset", "ptb", "--data-dir", str(missing), *TINY,
-                        check=False), "train.txt")
+                        *run, check=False), "train.txt")
     bad = tmp_path / "bad"
     bad.mkdir()
     for split in ("train", "valid", "test"):
         (bad / f"{split}.txt").write_bytes(b"\xff\xfe not utf-8 \x80\n")
     _one_line_error(cli("retrain", "--space", "rnn", "--dataset", "text", "--data-dir", str(bad), *TINY,
-                        check=False), "UTF-8")
-    _one_line_error(cli("search", "--space", "rnn", "--dataset", "text", *TINY, check=False), "data-dir")
-    _one_line_error(cli("search", "--space", "rnn", "--emsize", "32", "--nhid", "16", check=False), "emsize")
-    _one_line_error(cli("search", "--space", "rnn", "--bptt", "0", check=False), "bptt")
-    _one_line_error(cli("retrain", "--space", "rnn", "--dropout", "1.5", check=False), "dropout")
+                        *run, check=False), "UTF-8")
+    _one_line_error(cli("search", "--space", "rnn", "--dataset", "text", *TINY, *run, check=False), "data-dir")
+    _one_line_error(cli("search", "--space", "rnn", "--emsize", "32", "--nhid", "16", *run, check=False), "emsize")
+    _one_line_error(cli("search", "--space", "rnn", "--bptt", "0", *run, check=False), "bptt")
+    _one_line_error(cli("retrain", "--space", "rnn", "--dropout", "1.5", *run, check=False), "dropout")
     _one_line_error(cli("retrain", "--space", "rnn", *_data(corpus_dir), "--genotype", "DARTS_V2", *TINY,
-                        check=False), "convolutional")
-    proc = cli("search", "--space", "rnn", "--layers", "3", check=False)  # argparse: usage, then the error
+                        *run, check=False), "convolutional")
+    proc = cli("search", "--space", "rnn", "--layers", "3", *run, check=False)  # argparse: usage, then the error
     assert proc.returncode == 2 and "unrecognized arguments: --layers" in proc.stderr, proc.stderr
-    _one_line_error(cli("evaluate", "--space", "rnn", "--checkpoint", str(tmp_path / "none.pt"), check=False),
+    _one_line_error(cli("evaluate", "--space", "rnn", "--checkpoint", str(tmp_path / "none.pt"), *run, check=False),
                     "does not exist")
 
 
