@@ -93,10 +93,6 @@ def _steps_per_epoch(rows: int, cfg, variable: bool, max_seq_len_delta: int = 20
     return min(longest, cfg.steps_per_epoch or longest)
 
 
-def _zero_hidden(model: RNNModel, columns: int) -> list:
-    return model.init_hidden(columns)
-
-
 def _gathered_hidden(hidden: list) -> list:
     """Every rank's hidden state (rank order), for the checkpoint that rank 0 writes."""
     return all_gather_object([h.cpu() for h in hidden])
@@ -168,8 +164,8 @@ class RecurrentSearchTask:
                                       weight_decay=cfg.arch_weight_decay)
         self.architect = RecurrentArchitect(self.model, self.a_opt, cfg.weight_decay, cfg.grad_clip,
                                             unrolled=cfg.unrolled, average=all_reduce_mean_, autocast=job.autocast)
-        self.hidden = _zero_hidden(self.model, self.columns)
-        self.hidden_valid = _zero_hidden(self.model, self.columns)
+        self.hidden = self.model.init_hidden(self.columns)
+        self.hidden_valid = self.model.init_hidden(self.columns)
         self.steps = _steps_per_epoch(self.train_data.size(0), cfg, variable=False)
         self.images_per_step = cfg.batch_size * cfg.bptt  # tokens
         self.metrics = {"train_loss": math.nan, "val_loss": math.nan}
@@ -191,8 +187,8 @@ class RecurrentSearchTask:
 
     def begin_epoch(self, epoch: int, start_step: int):
         if start_step == 0:  # the original starts every epoch from zero states
-            self.hidden = _zero_hidden(self.model, self.columns)
-            self.hidden_valid = _zero_hidden(self.model, self.columns)
+            self.hidden = self.model.init_hidden(self.columns)
+            self.hidden_valid = self.model.init_hidden(self.columns)
         self.model.train()
         return search_batches(self.train_data, self.search_data, self.job.cfg.bptt, self.job.cfg.seed, epoch,
                               start_step)
@@ -317,7 +313,7 @@ class RecurrentRetrainTask:
         self.params = count_parameters(self.model)
         self.asgd = False
         self.optimizer = self._optimizer()
-        self.hidden = _zero_hidden(self.model, self.columns)
+        self.hidden = self.model.init_hidden(self.columns)
         self.best = math.inf  # the best validation loss: the original's stored_loss
         self.val_losses = []  # the SGD phase's validation losses: the original's best_val_loss
         self.steps = _steps_per_epoch(self.train_data.size(0), cfg, True, cfg.max_seq_len_delta)
@@ -359,7 +355,7 @@ class RecurrentRetrainTask:
     def begin_epoch(self, epoch: int, start_step: int):
         cfg = self.job.cfg
         if start_step == 0:
-            self.hidden = _zero_hidden(self.model, self.columns)
+            self.hidden = self.model.init_hidden(self.columns)
         self.model.train()
         return train_batches(self.train_data, cfg.bptt, cfg.seed, epoch, start_step, cfg.max_seq_len_delta)
 
