@@ -234,14 +234,18 @@ def build_parser(space: str = "cnn") -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="DARTS architecture search (1st/2nd order, PC-DARTS), one or many ranks",
                        description="Search a cell with DARTS. Under torchrun every rank runs this; the run folder "
-                                   "ends with genotype.json, alphas.pt, drawings, history.json and checkpoints.")
+                                   "ends with genotype.json, alphas.pt, drawings, history.json and checkpoints. "
+                                   "--space rnn searches a recurrent cell on text (the original's rnn/ code; "
+                                   "--space rnn --help lists its options).")
     _add_space(p, space)
     config.add_arguments(p, jobs["search"])
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("retrain", help="train a genotype from scratch (auxiliary loss, drop path, cutout, EMA)",
                        description="Train an evaluation network of a genotype. The run folder ends with "
-                                   "metrics.json (top1, top5, params), checkpoints/last.pt and best.pt.")
+                                   "metrics.json (top1, top5, params), checkpoints/last.pt and best.pt. --space rnn "
+                                   "trains a recurrent cell on text (metrics.json: val_perplexity, "
+                                   "test_perplexity, params).")
     _add_space(p, space)
     config.add_arguments(p, jobs["retrain"])
     p.set_defaults(func=cmd_retrain)
@@ -249,7 +253,9 @@ def build_parser(space: str = "cnn") -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="top-1/top-5 and parameters of a checkpoint",
                        description="Evaluate a retrain checkpoint (or an original DARTS state dict with --genotype) "
                                    "on the test split; prints top-1/top-5 and writes metrics.json into "
-                                   "evaluate/NAME/ of the checkpoint's run folder.")
+                                   "evaluate/NAME/ of the checkpoint's run folder. --space rnn gives the test "
+                                   "perplexity of a recurrent checkpoint or of the original's pickled "
+                                   "ptb_model.pt.")
     _add_space(p, space)
     config.add_arguments(p, jobs["evaluate"])
     p.set_defaults(func=cmd_evaluate)
