@@ -39,6 +39,7 @@ def _pickled_model(original_modules, path, legacy):
     return net
 
 
+@pytest.mark.filterwarnings("ignore:Couldn't retrieve source code")  # the stand-in classes have no source file
 @pytest.mark.parametrize("legacy", [True, False], ids=["legacy-container", "zip-container"])
 def test_pickled_model_reads_into_the_same_network(tmp_path, original_modules, legacy):
     path = tmp_path / "ptb_model.pt"
