@@ -217,6 +217,8 @@ def from_dict(d: dict) -> Genotype:
         raise GenotypeError(f"genotype: expected a JSON object, got {type(d).__name__}")
     if any(str(k).startswith(("normal/", "reduce/")) for k in d):
         return from_nni_dict(d)
+    if is_recurrent_dict(d):
+        raise GenotypeError("genotype: this is a recurrent cell (it has 'recurrent' edges): use it with --space rnn")
     for field in Genotype._fields:
         if field not in d:
             raise GenotypeError(f"genotype field '{field}' is missing")
