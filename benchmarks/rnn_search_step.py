@@ -9,7 +9,8 @@ Dropouts are train_search.py's (0.75, 0.25, 0.75, 0.2, 0). The batches are real 
 
 `--original PATH` is the original's rnn/ folder, extracted outside this repository and made to run on the CPU
 with the edits tests/fixtures/README.md lists (no `.cuda()`, the legacy embedding backend replaced by
-F.embedding); ours: dist_darts.rnn.RNNModelSearch, its alpha gradient by torch.autograd.grad on the alphas only.
+F.embedding); ours: the recurrent search job's own step (dist_darts.architect.RecurrentArchitect, first order,
+then dist_darts.rnn_jobs.weight_step) on dist_darts.rnn.RNNModelSearch.
 Each code runs in its own worker process (benchmarks/_bench.py), alternating step by step; the median of
 `--steps` timed steps after `--warmup` is reported. Appends to benchmarks/results.jsonl and RESULTS.md.
 
@@ -59,24 +60,26 @@ def weight_step(model, optimizer, hidden, x, y, ntoken):
 
 
 def build_ours(cfg):
-    from dist_darts.rnn import RNNModelSearch, detach_hidden
+    """The library's own step: RecurrentArchitect (first order) then rnn_jobs.weight_step, as the search job runs."""
+    import contextlib
+
+    from dist_darts.architect import RecurrentArchitect
+    from dist_darts.rnn import RNNModelSearch
+    from dist_darts.rnn_jobs import weight_step as library_weight_step
     ntoken, nhid = cfg["ntoken"], cfg["nhid"]
     torch.manual_seed(0)
     model = RNNModelSearch(ntoken, nhid, nhid, nhid, *DROPOUTS).train()
     optimizer = torch.optim.SGD(model.weights(), LR, weight_decay=WDECAY)
     arch_optimizer = torch.optim.Adam(model.arch_parameters(), ARCH_LR, weight_decay=ARCH_WDECAY)
+    architect = RecurrentArchitect(model, arch_optimizer, WDECAY, CLIP)
+    job = SimpleNamespace(alpha=0.0, beta=BETA, grad_clip=CLIP)
     (x, y), (xv, yv) = batches(cfg)
     state = {"train": model.init_hidden(cfg["batch"]), "valid": model.init_hidden(cfg["batch"])}
 
     def step():
-        log_prob, hidden_valid = model(xv, detach_hidden(state["valid"]))
-        loss = F.nll_loss(log_prob.view(-1, ntoken), yv.reshape(-1))
-        (model.alphas.grad,) = torch.autograd.grad(loss, [model.alphas])
-        arch_optimizer.step()
-        arch_optimizer.zero_grad(set_to_none=True)
-        state["valid"] = hidden_valid
-        optimizer.zero_grad(set_to_none=True)
-        state["train"] = weight_step(model, optimizer, detach_hidden(state["train"]), x, y, ntoken)
+        _, state["valid"] = architect.step(state["train"], x, y, state["valid"], xv, yv, LR)
+        _, _, state["train"] = library_weight_step(model, model, optimizer, model.weights(), state["train"], x, y,
+                                                   LR, job, contextlib.nullcontext)
     return step
 
 

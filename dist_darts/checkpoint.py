@@ -28,6 +28,9 @@ _COMMON_KEYS = ("kind", "epoch", "step", "model", "world_size", "rng", "config",
 REQUIRED_KEYS = {
     "search": _COMMON_KEYS + ("w_optimizer", "a_optimizer", "scheduler"),
     "retrain": _COMMON_KEYS + ("optimizer", "scheduler", "scaler", "ema", "best", "genotype"),
+    "rnn_search": _COMMON_KEYS + ("w_optimizer", "a_optimizer", "hidden"),
+    "rnn_retrain": _COMMON_KEYS + ("optimizer", "asgd", "averaged", "hidden", "best", "val_losses", "genotype",
+                                   "ntoken"),
 }
 
 
@@ -140,7 +143,8 @@ def verify(obj, path: str | os.PathLike, kind: str | None = None) -> dict:
     if kind and obj.get("kind") != kind:
         raise CheckpointError(f"checkpoint {path} is a {obj.get('kind')} checkpoint, not a {kind} one")
     if obj.get("kind") not in REQUIRED_KEYS:
-        raise CheckpointError(f"checkpoint {path} has kind {obj.get('kind')!r}, neither search nor retrain")
+        raise CheckpointError(f"checkpoint {path} has kind {obj.get('kind')!r}, none of "
+                              f"{', '.join(REQUIRED_KEYS)}")
     missing = [k for k in REQUIRED_KEYS[obj["kind"]] if k not in obj]
     if missing:
         raise CheckpointError(f"checkpoint {path} is a {obj['kind']} checkpoint without {', '.join(missing)}: "

@@ -29,14 +29,33 @@ def _bad_input_errors():
 
 # --- jobs -------------------------------------------------------------------------------------------------
 
+# the config class of each job in each search space
+JOB_CONFIGS = {
+    "cnn": {"search": config.SearchConfig, "retrain": config.RetrainConfig, "evaluate": config.EvaluateConfig,
+            "sweep": config.SweepConfig},
+    "rnn": {"search": config.RecurrentSearchConfig, "retrain": config.RecurrentRetrainConfig,
+            "evaluate": config.RecurrentEvaluateConfig},
+}
+
+
 def cmd_search(args):
-    from . import search
-    search.run(config.from_args(config.SearchConfig, args))
+    cfg = config.from_args(JOB_CONFIGS[args.space]["search"], args)
+    if args.space == "rnn":
+        from . import rnn_jobs
+        rnn_jobs.search(cfg)
+    else:
+        from . import search
+        search.run(cfg)
 
 
 def cmd_retrain(args):
-    from . import train
-    train.run(config.from_args(config.RetrainConfig, args))
+    cfg = config.from_args(JOB_CONFIGS[args.space]["retrain"], args)
+    if args.space == "rnn":
+        from . import rnn_jobs
+        rnn_jobs.retrain(cfg)
+    else:
+        from . import train
+        train.run(cfg)
 
 
 def cmd_sweep(args):
@@ -45,20 +64,33 @@ def cmd_sweep(args):
 
 
 def cmd_evaluate(args):
-    from . import train
-    train.evaluate_checkpoint(config.from_args(config.EvaluateConfig, args))
+    cfg = config.from_args(JOB_CONFIGS[args.space]["evaluate"], args)
+    if args.space == "rnn":
+        from . import rnn_jobs
+        rnn_jobs.evaluate_checkpoint(cfg)
+    else:
+        from . import train
+        train.evaluate_checkpoint(cfg)
 
 
 # --- genotype ---------------------------------------------------------------------------------------------
 
 def cmd_genotype_list(args):
-    width = max(map(len, gt.GENOTYPES))
+    width = max(map(len, [*gt.GENOTYPES, *gt.RNN_GENOTYPES]))
     for name, g in gt.GENOTYPES.items():
         print(f"{name:<{width}}  {gt.format_genotype(g)}")
+    print("recurrent cells (--space rnn):")
+    for name, g in gt.RNN_GENOTYPES.items():
+        print(f"{name:<{width}}  {gt.format_recurrent(g)}")
 
 
 def cmd_genotype_show(args):
-    g = gt.load(args.genotype)
+    g = gt.load_any(args.genotype)
+    if isinstance(g, gt.RecurrentGenotype):
+        if args.format == "nni":
+            raise UsageError("--format nni: NNI has no recurrent cells; use text or json")
+        print(json.dumps(gt.recurrent_to_dict(g), indent=2) if args.format == "json" else gt.format_recurrent(g))
+        return
     if args.format == "json":
         print(json.dumps(gt.to_dict(g), indent=2))
     elif args.format == "nni":
@@ -68,7 +100,11 @@ def cmd_genotype_show(args):
 
 
 def cmd_genotype_draw(args):
-    from .visualize import draw_genotype, draw_side_by_side
+    from .visualize import draw_genotype, draw_recurrent_cell, draw_side_by_side
+    g = gt.load_any(args.genotype)
+    if isinstance(g, gt.RecurrentGenotype):  # one cell: PREFIX.FMT
+        print(draw_recurrent_cell(g, f"{args.output}.{args.format}", args.genotype))
+        return
     if args.side_by_side:  # NNI's picture: both cells in one image
         print(draw_side_by_side(gt.load(args.genotype), f"{args.output}.png", args.genotype))
         return
@@ -172,7 +208,23 @@ def cmd_hub_list(args):
 
 # --- parser -----------------------------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_space(parser: argparse.ArgumentParser, space: str) -> None:
+    parser.add_argument("--space", choices=[s for s in config.SPACES if s in JOB_CONFIGS and
+                                            parser.prog.split()[-1] in JOB_CONFIGS[s]], default=space,
+                        help="search space: cnn (convolutional cells on images) or rnn (recurrent cells on text, the "
+                             "original's rnn/ code); it also picks the options listed here (default: cnn)")
+
+
+def requested_space(argv) -> str:
+    """The --space an argument list asks for (cnn when none): it decides which options the job parser has."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--space", default="cnn")
+    return pre.parse_known_args(argv)[0].space
+
+
+def build_parser(space: str = "cnn") -> argparse.ArgumentParser:
+    """The parser; `space` picks the option set of the jobs (search, retrain, evaluate)."""
+    jobs = JOB_CONFIGS.get(space, JOB_CONFIGS["cnn"])
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="dist-darts", description="Distributed Differentiable Architecture "
                                      "Search (DARTS): search, retrain, evaluate, sweep, genotypes, models and the "
@@ -182,21 +234,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="DARTS architecture search (1st/2nd order, PC-DARTS), one or many ranks",
                        description="Search a cell with DARTS. Under torchrun every rank runs this; the run folder "
-                                   "ends with genotype.json, alphas.pt, drawings, history.json and checkpoints.")
-    config.add_arguments(p, config.SearchConfig)
+                                   "ends with genotype.json, alphas.pt, drawings, history.json and checkpoints. "
+                                   "--space rnn searches a recurrent cell on text (the original's rnn/ code; "
+                                   "--space rnn --help lists its options).")
+    _add_space(p, space)
+    config.add_arguments(p, jobs["search"])
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("retrain", help="train a genotype from scratch (auxiliary loss, drop path, cutout, EMA)",
                        description="Train an evaluation network of a genotype. The run folder ends with "
-                                   "metrics.json (top1, top5, params), checkpoints/last.pt and best.pt.")
-    config.add_arguments(p, config.RetrainConfig)
+                                   "metrics.json (top1, top5, params), checkpoints/last.pt and best.pt. --space rnn "
+                                   "trains a recurrent cell on text (metrics.json: val_perplexity, "
+                                   "test_perplexity, params).")
+    _add_space(p, space)
+    config.add_arguments(p, jobs["retrain"])
     p.set_defaults(func=cmd_retrain)
 
     p = sub.add_parser("evaluate", help="top-1/top-5 and parameters of a checkpoint",
                        description="Evaluate a retrain checkpoint (or an original DARTS state dict with --genotype) "
                                    "on the test split; prints top-1/top-5 and writes metrics.json into "
-                                   "evaluate/NAME/ of the checkpoint's run folder.")
-    config.add_arguments(p, config.EvaluateConfig)
+                                   "evaluate/NAME/ of the checkpoint's run folder. --space rnn gives the test "
+                                   "perplexity of a recurrent checkpoint or of the original's pickled "
+                                   "ptb_model.pt.")
+    _add_space(p, space)
+    config.add_arguments(p, jobs["evaluate"])
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("sweep", help="seeded searches, selection retrains and the winner's retrain with Ray Tune",
@@ -269,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(requested_space(sys.argv[1:] if argv is None else argv)).parse_args(argv)
     from .driver import Diverged
     try:
         args.func(args)

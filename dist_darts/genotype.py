@@ -217,6 +217,8 @@ def from_dict(d: dict) -> Genotype:
         raise GenotypeError(f"genotype: expected a JSON object, got {type(d).__name__}")
     if any(str(k).startswith(("normal/", "reduce/")) for k in d):
         return from_nni_dict(d)
+    if is_recurrent_dict(d):
+        raise GenotypeError("genotype: this is a recurrent cell (it has 'recurrent' edges): use it with --space rnn")
     for field in Genotype._fields:
         if field not in d:
             raise GenotypeError(f"genotype field '{field}' is missing")
@@ -237,6 +239,9 @@ def load(path_or_name) -> Genotype:
     key = str(path_or_name)
     if key in GENOTYPES:
         return GENOTYPES[key]
+    if key in RNN_GENOTYPES:
+        raise GenotypeError(f"genotype {key!r} is a recurrent cell (--space rnn); convolutional cells are "
+                            f"{', '.join(GENOTYPES)}")
     if not os.path.exists(key):
         raise GenotypeError(f"genotype {key!r}: neither a known name ({', '.join(GENOTYPES)}) nor an existing file")
     return _read_file(key, from_dict)
@@ -411,6 +416,16 @@ def derive_recurrent(alphas: torch.Tensor) -> RecurrentGenotype:
     return RecurrentGenotype(gene, list(range(1, RNN_STEPS + 1)))
 
 
+def load_any(path_or_name) -> Genotype | RecurrentGenotype:
+    """A convolutional or recurrent genotype, whichever the name or JSON file holds."""
+    key = str(path_or_name)
+    if key in RNN_GENOTYPES:
+        return RNN_GENOTYPES[key]
+    if key not in GENOTYPES and os.path.isfile(key):
+        return _read_file(key, lambda d: recurrent_from_dict(d) if is_recurrent_dict(d) else from_dict(d))
+    return load(key)
+
+
 def recurrent_to_dict(g: RecurrentGenotype) -> dict:
     return {"recurrent": [[op, i] for op, i in g.recurrent], "concat": list(g.concat)}
 
@@ -435,11 +450,7 @@ def is_recurrent_dict(d) -> bool:
 
 def save_recurrent(g: RecurrentGenotype, path: str | os.PathLike) -> None:
     """Write a recurrent genotype as JSON (atomically: a reader never sees half a file)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(recurrent_to_dict(validate_recurrent(g)), f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(recurrent_to_dict(validate_recurrent(g)), indent=2) + "\n")
 
 
 def load_recurrent(path_or_name) -> RecurrentGenotype:

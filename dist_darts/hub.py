@@ -62,6 +62,34 @@ PUBLISHED = [
 BY_NAME = {p.name: p for p in PUBLISHED}
 
 
+@dataclass(frozen=True)
+class RecurrentSize:
+    """A language-modelling setting of the original rnn/ code: its vocabulary and units (emsize = nhid)."""
+    words: int
+    units: int
+
+
+# the original train.py's settings: PTB's 10,000 words at 850 units, WikiText-2's 33,278 at 700
+RECURRENT_SIZES = {"ptb": RecurrentSize(10000, 850), "wt2": RecurrentSize(33278, 700)}
+RECURRENT_PUBLISHED = [
+    Published("RNN_DARTS_V1", "DARTS, first order (Liu et al., ICLR 2019)", {"ptb": "57.6 test perplexity"}),
+    Published("RNN_DARTS_V2", "DARTS, second order (Liu et al., ICLR 2019)",
+              {"ptb": "55.7 test perplexity (released ptb_model.pt: 55.68)",
+               "wt2": "69.6 test perplexity (the PTB cell transferred)"},
+              {"ptb": Weights("https://drive.google.com/file/d/1Mt_o6fZOlG-VDF3Q5ModgnAJ9W6f_av2", "ptb_model.pt",
+                              direct=False)}),
+    Published("RNN_ENAS", "ENAS (Pham et al., ICML 2018), trained in the DARTS setting",
+              {"ptb": "58.6 test perplexity", "wt2": "70.4 test perplexity"}),
+]
+
+
+def build_recurrent_model(name: str, dataset: str = "ptb") -> nn.Module:
+    """The untrained RNNModel of a recurrent genotype at the original train.py's size for `dataset`."""
+    from .rnn import RNNModel
+    size = RECURRENT_SIZES[dataset]
+    return RNNModel(size.words, size.units, size.units, size.units, genotype=gt.load_recurrent(name))
+
+
 def _dataset(dataset: str):
     info = DATASETS.get(dataset)
     if info is None or info.num_classes == 0 or dataset == "synthetic":
@@ -197,6 +225,14 @@ def catalogue() -> list[dict]:
                          "network": f"C={C}, {cells} cells",
                          "params": count_parameters(net), "reported_error": error, "source": p.source,
                          **_weights_columns(p.weights.get(dataset))})
+    for p in RECURRENT_PUBLISHED:
+        for dataset, reported in p.reported.items():
+            size = RECURRENT_SIZES[dataset]
+            with torch.device("meta"):
+                net = build_recurrent_model(p.name, dataset)
+            rows.append({"name": p.name, "dataset": dataset, "input": f"{size.words:,} words",
+                         "network": f"recurrent, {size.units} units", "params": count_parameters(net),
+                         "reported_error": reported, "source": p.source, **_weights_columns(p.weights.get(dataset))})
     return rows
 
 

@@ -24,12 +24,21 @@ def test_catalogue_counts_parameters_at_the_papers_sizes():
     assert {p.name for p in PUBLISHED} == set(gt.GENOTYPES) - {"DARTS"}  # DARTS is DARTS_V2's alias
 
 
+def test_recurrent_rows_count_the_original_sizes():
+    rows = {(r["name"], r["dataset"]): r for r in catalogue()}
+    assert rows["RNN_DARTS_V1", "ptb"]["params"] == rows["RNN_DARTS_V2", "ptb"]["params"] == 22_960_000
+    assert rows["RNN_ENAS", "ptb"]["params"] == 27_295_000
+    assert rows["RNN_DARTS_V2", "wt2"]["params"] == 33_127_878 and rows["RNN_ENAS", "wt2"]["params"] == 36_067_878
+    assert "55.68" in rows["RNN_DARTS_V2", "ptb"]["reported_error"]
+    assert not set(r["name"] for r in rows.values()) & set(gt.GENOTYPES) & set(gt.RNN_GENOTYPES)
+
+
 def test_hub_list_cli():
     out = cli("hub", "list").stdout
     assert all(p.name in out for p in PUBLISHED) and "3,349,342" in out and "2.76 +/- 0.09 %" in out
     rows = json.loads(cli("hub", "list", "--json").stdout)
     released = [r for r in rows if r["weights"]]
-    assert {r["weights_file"] for r in released} == {"cifar10_model.pt", "imagenet_model.pt"}
+    assert {r["weights_file"] for r in released} == {"cifar10_model.pt", "imagenet_model.pt", "ptb_model.pt"}
     # the authors' files are on Google Drive pages, which no program downloads: the catalogue says so
     assert all(r["weights_download"].startswith("manual: a web page") for r in released)
 

@@ -83,5 +83,5 @@ def test_unknown_and_convolutional_names():
         gt.load_recurrent("RNN_NOPE")
     with pytest.raises(GenotypeError, match="'DARTS_V2' is a convolutional cell"):
         gt.load_recurrent("DARTS_V2")
-    with pytest.raises(GenotypeError, match="field 'normal' is missing"):  # the CNN loader is unchanged
+    with pytest.raises(GenotypeError, match="recurrent cell.*--space rnn"):  # the CNN loader points to the space
         gt.load(gt.recurrent_to_dict(gt.RNN_DARTS_V2))

@@ -33,7 +33,7 @@ def test_the_tutorial_has_every_step():
     text = "\n".join(code for _, code in blocks())
     for needed in ("hub list", "load_searched_model", "evaluate", "search", "--unrolled", "torchrun --standalone",
                    "genotype draw", "genotype convert", "retrain", "--drop-path-prob", "--cutout", "sweep",
-                   "--nnodes=2", "imagenet"):
+                   "--nnodes=2", "imagenet", "--space rnn"):
         assert needed in text, needed
 
 

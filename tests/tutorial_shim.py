@@ -25,10 +25,21 @@ TOY = {
 }
 
 
+# recurrent jobs: the embedded corpus (evaluate reads the checkpoint's), a 16-unit cell, 2 steps
+RNN_TOY = {
+    "search": ["--dataset", "pydoc", "--batch-size", "4", "--bptt", "10", "--emsize", "16", "--nhid", "16",
+               "--epochs", "1", "--steps-per-epoch", "2", "--log-interval", "1"],
+    "evaluate": ["--bptt", "70"],
+}
+RNN_TOY["retrain"] = RNN_TOY["search"] + ["--test-batch-size", "4"]
+
+
 def toy(args: list[str]) -> list[str]:
     """A dist_darts command line with the toy data and sizes appended (later flags win)."""
     if not args or args[0] not in TOY:
         return args
+    if "rnn" in args and args[args.index("rnn") - 1] == "--space":
+        return args + RNN_TOY[args[0]]
     data = (["--data-dir", os.environ["TOY_IMAGENET"]] if any("imagenet" in a for a in args)
             else ["--dataset", "digits"])
     return args + data + TOY[args[0]]

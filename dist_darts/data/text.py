@@ -24,14 +24,14 @@ from typing import Iterator, NamedTuple
 import numpy as np
 import torch
 
+from ..config import TEXT_DATASETS
 from .datasets import DataError, one_line
 
 EOS = "<eos>"
 UNK = "<unk>"
 SPLITS = ("train", "valid", "test")
-FOLDER_DATASETS = ("ptb", "wt2", "text")
 EMBEDDED = "pydoc"
-TEXT_DATASETS = FOLDER_DATASETS + (EMBEDDED,)
+FOLDER_DATASETS = tuple(d for d in TEXT_DATASETS if d != EMBEDDED)
 MAX_SEQ_LEN_DELTA = 20  # the original's --max_seq_len_delta: a drawn sequence is at most bptt + 20 long
 SCHEDULE_STREAM = 7  # seed stream of the sequence-length draws, apart from the image loaders' streams
 
