@@ -16,3 +16,13 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def fixtures_dir():
     return FIXTURES
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny recurrent networks run thousands of small ops; on a loaded machine, OpenMP threads waiting for
+    each other make them up to 70x slower than one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -11,7 +11,8 @@ from dist_darts.checkpoint import CheckpointError
 from dist_darts.genotype import RNN_DARTS_V2
 from dist_darts.original_rnn import read_torch_model
 from dist_darts.rnn import DARTSCell, RNNModel
-from test_rnn import one_thread  # noqa: F401 (autouse: one torch thread)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -8,14 +8,7 @@ from dist_darts import genotype as gt
 from dist_darts.rnn import RNNModel, RNNModelSearch, detach_hidden
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny recurrent networks run thousands of small ops; on a loaded machine, OpenMP threads waiting for
-    each other make them up to 70x slower than one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _load(fixtures_dir, name):

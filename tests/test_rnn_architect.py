@@ -14,7 +14,8 @@ import torch
 
 from dist_darts.architect import RecurrentArchitect
 from dist_darts.rnn import RNNModelSearch
-from test_rnn import one_thread  # noqa: F401 (autouse: one torch thread)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
