@@ -96,30 +96,15 @@ def test_sweep_survives_a_killed_worker_and_a_killed_driver(tmp_path):
     md = (out / "report.md").read_text()
     assert "| seed |" in md and "**winner**" in md
     assert (out / "winner_normal.png").exists() and (out / "selection.png").exists()
-
-
-@pytest.mark.slow
-def test_sweep_shows_each_trial_report_as_it_arrives(tmp_path):
-    out = tmp_path / "sweep"
-    args = list(TINY_SWEEP)
-    for flag, value in (("--seeds", "1"), ("--repeats", "1"), ("--checkpoint-steps", "0")):
-        args[args.index(flag) + 1] = value
-    proc = subprocess.run([sys.executable, "-m", "dist_darts", *args, "--output", str(out)], capture_output=True,
-                          text=True, env=env_for_subprocess(), timeout=900, start_new_session=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    log = (out / "sweep.log").read_text()
-    expected = [r"search seed_0: epoch 1/2 \| val top-1 [\d.]+ % \| ETA \d+:\d\d:\d\d",
-                r"search seed_0: epoch 2/2 \| val top-1 [\d.]+ % \| ETA 0:00:00",
-                r"select seed_0: epoch 1/1 \| top-1 [\d.]+ % \(best [\d.]+ %\) \| ETA 0:00:00",
-                r"final repeat_0: epoch 1/1 \| top-1 [\d.]+ % \(best [\d.]+ %\) \| ETA 0:00:00"]
-    for pattern in expected:
-        assert re.search(pattern, log), pattern
-        assert re.search(pattern, proc.stdout), pattern
-    # in the order the reports arrived, between the stage lines, and no Tune status tables
-    positions = [re.search(p, log).start() for p in expected]
-    assert positions == sorted(positions)
-    assert log.index("stage 1/3") < positions[0] < log.index("stage 2/3") < positions[2] < log.index("stage 3/3")
-    assert "Trial status" not in proc.stdout and "\r" not in log
+    # each trial's reports as they arrived: one line each, in the sweep's log and on its console, no Tune tables
+    log_text = (out / "sweep.log").read_text()
+    for pattern in (r"search seed_[01]: epoch \d+/\d+ \| val top-1 [\d.]+ % \| ETA \d+:\d\d:\d\d",
+                    r"select seed_[01]: epoch \d+/\d+ \| top-1 [\d.]+ % \(best [\d.]+ %\) \| ETA \d+:\d\d:\d\d",
+                    r"final repeat_[01]: epoch \d+/\d+ \| top-1 [\d.]+ % \(best [\d.]+ %\) \| ETA \d+:\d\d:\d\d"):
+        assert re.search(pattern, log_text), pattern
+    assert re.search(r"final repeat_[01]: epoch", resumed.stdout)
+    assert log_text.index("stage 2/3") < re.search("select seed_", log_text).start() < log_text.index("stage 3/3")
+    assert "Trial status" not in resumed.stdout and "\r" not in log_text
 
 
 def test_trial_progress_lines_and_eta(monkeypatch):
