@@ -612,7 +612,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
         flag = f"--{f.name.replace('_', '-')}"
         default = "unset" if f.default is None else f.default
         choices = f.metadata.get("choices")
-        help_text = f"{f.metadata['help']} (default: {default})"
+        help_text = f.metadata["help"]
+        if "(default:" not in help_text:  # some say what an unset default means themselves
+            help_text += f" (default: {default})"
         if kind is bool:
             kw = dict(action=argparse.BooleanOptionalAction)
         elif f.name == "cutout":  # the original's bare --cutout switch still works
