@@ -298,12 +298,9 @@ def plot_collapse(history: list[dict], output: str | os.PathLike) -> Path:
         ax.set_title("dominant Hessian eigenvalue of L_val in the alphas")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=110)
-    plt.close(fig)
-    return output
+    return _save(fig, plt, output, "")
 
 
 def plot_alpha_history(alphas_dir: str | os.PathLike, output: str | os.PathLike) -> Path:
@@ -330,12 +327,9 @@ def plot_alpha_history(alphas_dir: str | os.PathLike, output: str | os.PathLike)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_ylabel("mean softmax(alpha) over the edges")
     axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
-    fig.tight_layout()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=110)
-    plt.close(fig)
-    return output
+    return _save(fig, plt, output, "")
 
 
 def _fit(image: Image.Image, width: int, height: int) -> Image.Image:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 # tiny but real: the embedded digits data, a 3-cell network
 TINY_SEARCH = ["--dataset", "digits", "--layers", "3", "--init-channels", "4", "--batch-size", "16",
@@ -77,3 +78,27 @@ def assert_same_state(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+class Smooth(nn.Module):
+    """No batch statistics: a batch split into micro-batches or over ranks must give exactly the whole batch's
+    gradients and step."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(6, 4)
+        self.alphas = nn.Parameter(torch.randn(3))
+
+    def forward(self, x):
+        w = torch.softmax(self.alphas, 0)
+        return self.lin(w[0] * torch.tanh(x) + w[1] * torch.sin(x) + w[2] * x)
+
+    def arch_parameters(self):
+        return [self.alphas]
+
+    def named_weights(self):
+        return list(self.lin.named_parameters(prefix="lin"))
+
+    def weights(self):
+        return list(self.lin.parameters())

@@ -17,7 +17,7 @@ from dist_darts.distributed import all_reduce_mean_, close_distributed, init_dis
 from dist_darts.engine import prepare_model
 from dist_darts.search import search_step
 from dist_darts.supernet import Network
-from helpers import TINY_SEARCH, cli, free_port
+from helpers import Smooth, TINY_SEARCH, cli, free_port
 
 TINY = dict(dataset="digits", layers=3, init_channels=4, batch_size=8, workers=0, seed=0, log_interval=1)
 
@@ -145,29 +145,6 @@ def test_alpha_warmup_freezes_the_alphas_for_k_epochs_then_moves_them(tmp_path, 
     # the weights' warm-up: half the cosine rate in epoch 1, the full cosine rate after epoch 2
     assert history[0]["lr"] == pytest.approx(0.025 * 0.5)
     assert history[2]["lr"] == pytest.approx(0.001 + 0.024 * (1 + math.cos(math.pi * 2 / 3)) / 2)
-
-
-class Smooth(nn.Module):
-    """No batch statistics: micro-batches and shards must give exactly the whole batch's step."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.lin = nn.Linear(6, 4)
-        self.alphas = nn.Parameter(torch.randn(3))
-
-    def forward(self, x):
-        w = torch.softmax(self.alphas, 0)
-        return self.lin(w[0] * torch.tanh(x) + w[1] * torch.sin(x) + w[2] * x)
-
-    def arch_parameters(self):
-        return [self.alphas]
-
-    def named_weights(self):
-        return list(self.lin.named_parameters(prefix="lin"))
-
-    def weights(self):
-        return list(self.lin.parameters())
 
 
 def _smooth_batch(step, rows=slice(None)):

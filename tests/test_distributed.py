@@ -13,7 +13,7 @@ from dist_darts import ops
 from dist_darts.distributed import (all_reduce_mean_, average_buffers_, close_distributed, init_distributed,
                                     seed_everything, seed_model_randomness)
 from dist_darts.model import NetworkCIFAR
-from helpers import TINY_SEARCH, cli
+from helpers import Smooth, TINY_SEARCH, cli
 
 
 def free_port() -> int:
@@ -21,25 +21,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
-
-class Smooth(nn.Module):
-    """No batch statistics, so a batch split over ranks must give exactly the full-batch gradients."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.lin = nn.Linear(6, 4)
-        self.alphas = nn.Parameter(torch.randn(3))
-
-    def forward(self, x):
-        w = torch.softmax(self.alphas, 0)
-        return self.lin(w[0] * torch.tanh(x) + w[1] * torch.sin(x) + w[2] * x)
-
-    def arch_parameters(self):
-        return [self.alphas]
-
-    def named_weights(self):
-        return list(self.lin.named_parameters(prefix="lin"))
 
 
 def _alpha_grads(rank, world_size, unrolled, average):
