@@ -48,7 +48,8 @@ def atomic_write(path: str | os.PathLike, data: Data, *, verify: Callable[[Path]
     `data` is text (UTF-8), bytes, or a function that writes to a binary file (`lambda f: torch.save(obj, f)`).
     The new content goes to a temp file in the same folder, is flushed and fsynced, checked by `verify(temp path)`
     if given (an exception there leaves `path` untouched), and renamed over `path`; then the folder is fsynced.
-    With `previous`, the old `path` (if any) is first renamed to `previous`, so the last good file is kept.
+    With `previous`, the old `path` (if any) is first kept as `previous`, so the last good file survives; `path`
+    itself exists throughout (a reader never finds it missing).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,12 +66,27 @@ def atomic_write(path: str | os.PathLike, data: Data, *, verify: Callable[[Path]
         if verify is not None:
             verify(tmp)
         if previous is not None and path.exists():
-            os.replace(path, previous)
+            _keep_copy(path, Path(previous))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_folder(path.parent)
+
+
+def _keep_copy(path: Path, previous: Path) -> None:
+    """Atomically make `previous` a copy of `path`, leaving `path` in place: a hard link renamed into place (no bytes
+    copied), or a real copy on file systems without hard links."""
+    tmp = previous.with_name(f".{previous.name}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    try:
+        try:
+            os.link(path, tmp)
+        except OSError:
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, previous)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def remove_leftover_temps(folder: str | os.PathLike) -> list[Path]:

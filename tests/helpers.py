@@ -62,6 +62,48 @@ def kill_when(proc: subprocess.Popen, ready, timeout=300, sig=signal.SIGKILL) ->
     proc.wait()
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (read from /proc)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue  # a process that ended while we looked
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def kill_tree(proc: subprocess.Popen, timeout=60) -> None:
+    """SIGKILL a process and all its descendants at once, as a crashed machine would, and wait until none is left.
+
+    torchrun starts each rank in a session of its own, so killing the agent's process group would leave the ranks
+    running: the tree is frozen (SIGSTOP, so nothing new is started), then killed.
+    """
+    os.kill(proc.pid, signal.SIGSTOP)
+    tree = [proc.pid]
+    for _ in range(3):  # a child forked just before its parent stopped shows up on the next look
+        for parent in list(tree):
+            for pid in children(parent):
+                if pid not in tree:
+                    tree.append(pid)
+                    os.kill(pid, signal.SIGSTOP)
+    for pid in tree:
+        os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + timeout
+    while any(_alive(pid) for pid in tree):
+        assert time.time() < deadline, "killed processes did not end"
+        time.sleep(0.05)
+
+
 def checkpoint_step(path: Path):
     """(epoch, step) of a checkpoint, or None while there is none."""
     if not path.is_file():

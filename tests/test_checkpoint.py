@@ -55,11 +55,11 @@ def test_a_flipped_byte_in_a_tensor_is_caught_and_the_previous_checkpoint_used(t
     assert ckpt_io.load_latest(used, "search")[2] is None
 
 
-def test_a_write_interrupted_between_its_renames_resumes_from_the_previous(tmp_path):
+def test_a_lost_last_checkpoint_resumes_from_the_previous(tmp_path):
     last = tmp_path / "last.pt"
     ckpt_io.save_atomic(search_state(1), last, keep_previous=True)
     ckpt_io.save_atomic(search_state(2), last, keep_previous=True)
-    last.unlink()  # what a kill after `last -> last.prev` and before `temp -> last` leaves
+    last.unlink()  # lost by hand, or on a file system that lost it
     state, used, note = ckpt_io.load_latest(last, "search")
     assert state["step"] == 1 and "does not exist" in note
 

@@ -73,6 +73,24 @@ def test_verify_and_previous(tmp_path):
     assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
 
 
+def test_keeping_the_previous_never_leaves_the_target_missing(tmp_path, monkeypatch):
+    """A reader polling last.pt while it is replaced (a test waiting for a checkpoint, a monitor) always finds it."""
+    target = tmp_path / "last.pt"
+    atomic_write(target, b"first")
+    seen = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        seen.append(target.is_file())
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    atomic_write(target, b"second", previous=tmp_path / "last.prev.pt")
+    assert seen and all(seen)
+    assert target.read_bytes() == b"second" and (tmp_path / "last.prev.pt").read_bytes() == b"first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.prev.pt", "last.pt"]
+
+
 def _umask():
     mask = os.umask(0)
     os.umask(mask)

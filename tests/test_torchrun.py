@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TINY_SEARCH, checkpoint_step, cli, env_for_subprocess, free_port, torchrun
+from helpers import (TINY_SEARCH, checkpoint_step, children, cli, env_for_subprocess, free_port, kill_tree,
+                     torchrun)
 
 pytestmark = pytest.mark.slow  # torchrun jobs of several processes
 
@@ -29,18 +30,6 @@ def test_two_ranks_stay_bit_identical(tmp_path, order):
     assert bad.returncode == 2 and "written by 2 ranks but this run has 1" in bad.stderr
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    kids.append(int(entry.name))
-            except (OSError, IndexError):
-                pass
-    return kids
-
-
 def test_max_restarts_survives_a_killed_rank(tmp_path):
     args = ["search", *TINY_SEARCH, "--epochs", "2", "--steps-per-epoch", "4", "--checkpoint-steps", "1",
             "--output", str(tmp_path), "--resume"]
@@ -53,7 +42,7 @@ def test_max_restarts_survives_a_killed_rank(tmp_path):
     while (checkpoint_step(ckpt) or (0, 0))[1] < 1:
         assert agent.poll() is None and time.time() < deadline, "run ended before a rank could be killed"
         time.sleep(0.05)
-    workers = _children(agent.pid)
+    workers = children(agent.pid)
     assert len(workers) == 2
     os.kill(workers[1], signal.SIGKILL)
     output, _ = agent.communicate(timeout=600)
@@ -71,15 +60,13 @@ def test_two_ranks_killed_mid_epoch_then_resumed_report_the_uninterrupted_histor
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
            f"--master-port={free_port()}", "-m", "dist_darts", *args, "--output", str(out)]
-    agent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env_for_subprocess(),
-                             start_new_session=True)
+    agent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env_for_subprocess())
     ckpt = out / "checkpoints" / "last.pt"
     deadline = time.time() + 300
     while (checkpoint_step(ckpt) or (0, 0))[1] < 2:
         assert agent.poll() is None and time.time() < deadline, "run ended before it could be killed"
         time.sleep(0.05)
-    os.killpg(agent.pid, signal.SIGKILL)  # the agent and both ranks at once
-    agent.wait()
+    kill_tree(agent)  # the agent and both ranks at once
     assert checkpoint_step(ckpt)[0] == 0  # killed inside the epoch
     torchrun(2, *args, "--output", str(out), "--resume")
     straight = json.loads((tmp_path / "straight" / "history.json").read_text())
