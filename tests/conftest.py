@@ -1,7 +1,34 @@
+import logging
+import os
+
 import pytest
 import torch
 
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures"
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (the default: `-n 2` in pyproject.toml), the workers share the cores: each gets its share
+    of torch threads instead of all of them, and so do the ranks its tests spawn (oversubscribed OpenMP threads
+    spin waiting for each other: a 2-rank gloo test ran 8x slower)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, torch.get_num_threads() // workers)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+@pytest.fixture(autouse=True)
+def default_logger():
+    """A job run in this process sets up the dist_darts logger (its own handlers, no propagation to the root):
+    each test starts from the default again, so caplog sees its lines whatever ran before it in this worker."""
+    yield
+    log = logging.getLogger("dist_darts")
+    for handler in log.handlers:
+        handler.close()
+    log.handlers.clear()
+    log.propagate = True
+    log.setLevel(logging.NOTSET)
 
 
 def pytest_collection_modifyitems(config, items):

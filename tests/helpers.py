@@ -62,16 +62,29 @@ def kill_when(proc: subprocess.Popen, ready, timeout=300, sig=signal.SIGKILL) ->
     proc.wait()
 
 
-def children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (read from /proc)."""
-    kids = []
+def _children_of_every_process() -> dict[int, list[int]]:
+    kids = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                kids.append(int(stat.parent.name))
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             continue  # a process that ended while we looked
+        kids.setdefault(parent, []).append(int(stat.parent.name))
     return kids
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (read from /proc)."""
+    return _children_of_every_process().get(pid, [])
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (read from /proc)."""
+    kids, found, todo = _children_of_every_process(), [], [pid]
+    while todo:
+        found.append(todo.pop())
+        todo += kids.get(found[-1], [])
+    return found
 
 
 def _alive(pid: int) -> bool:
@@ -90,11 +103,10 @@ def kill_tree(proc: subprocess.Popen, timeout=60) -> None:
     os.kill(proc.pid, signal.SIGSTOP)
     tree = [proc.pid]
     for _ in range(3):  # a child forked just before its parent stopped shows up on the next look
-        for parent in list(tree):
-            for pid in children(parent):
-                if pid not in tree:
-                    tree.append(pid)
-                    os.kill(pid, signal.SIGSTOP)
+        for pid in process_tree(proc.pid):
+            if pid not in tree:
+                tree.append(pid)
+                os.kill(pid, signal.SIGSTOP)
     for pid in tree:
         os.kill(pid, signal.SIGKILL)
     proc.wait()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import env_for_subprocess
+from helpers import env_for_subprocess, process_tree
 
 import dist_darts.cli
 from dist_darts import config
@@ -401,21 +401,6 @@ ray.shutdown()
 """
 
 
-def _descendants(pid: int) -> list[int]:
-    children = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError):
-            continue
-        children.setdefault(parent, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        found.append(todo.pop())
-        todo += children.get(found[-1], [])
-    return found
-
-
 def test_the_sweeps_private_runtime_listens_on_loopback_only():
     if not Path("/proc/net/tcp").is_file():
         pytest.skip("lists sockets through /proc (Linux)")
@@ -428,7 +413,7 @@ def test_the_sweeps_private_runtime_listens_on_loopback_only():
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert driver.stdout.readline().strip() == "up"
-        sockets = listening_sockets(_descendants(driver.pid))
+        sockets = listening_sockets(process_tree(driver.pid))
         # the runtime's own servers are among them (how many agents are up yet depends on the machine's load)
         assert any("gcs" in exe for _, exe, _, _ in sockets) and any("ray/rayle" in exe for _, exe, _, _ in sockets), sockets
         assert not exposed(sockets), exposed(sockets)
