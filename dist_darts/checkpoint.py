@@ -159,7 +159,8 @@ def load(path: str | os.PathLike, kind: str | None = None) -> dict:
 
 def load_latest(path: str | os.PathLike, kind: str | None = None) -> tuple[dict, Path, str | None]:
     """Like load, falling back to previous_path(path) when `path` is corrupted or missing (deleted or lost by
-    hand: atomic_write never leaves it missing). Returns (checkpoint, the file it came from, a note for the log or None)."""
+    hand: atomic_write never leaves it missing). Returns (checkpoint, the file it came from, a note for the log or
+    None)."""
     path = Path(path)
     previous = previous_path(path)
     try:

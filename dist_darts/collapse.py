@@ -36,15 +36,17 @@ def cell_counts(genotype: Genotype) -> dict:
             "skip_normal": sum(op == "skip_connect" for op, _ in genotype.normal)}
 
 
-def warnings_for(counts: dict, eigenvalues: list) -> list[str]:
-    """The collapse warnings of one epoch; eigenvalues: every estimate so far, this epoch's last."""
-    out = []
+def signals(counts: dict, eigenvalues: list) -> dict[str, str]:
+    """This epoch's collapse signals, by the --early-stop rule that acts on each ("skips", "eigenvalue"), as a
+    message; eigenvalues: every estimate so far, this epoch's last (empty when none was made this epoch)."""
+    out = {}
     if counts["skip_normal"] > MAX_SKIPS:
-        out.append(f"the normal cell holds {counts['skip_normal']} skip_connects (DARTS+ calls more than "
-                   f"{MAX_SKIPS} collapse)")
+        out["skips"] = (f"the normal cell holds {counts['skip_normal']} skip_connects (DARTS+ calls more than "
+                        f"{MAX_SKIPS} collapse)")
     if len(eigenvalues) > 1 and eigenvalues[-1] > EIGENVALUE_GROWTH * min(eigenvalues[:-1]) > 0:
-        out.append(f"the alphas' Hessian eigenvalue grew to {eigenvalues[-1]:.4g}, {eigenvalues[-1] / min(eigenvalues[:-1]):.2f}x "
-                   "its minimum (RobustDARTS: the search is degenerating)")
+        out["eigenvalue"] = (f"the alphas' Hessian eigenvalue grew to {eigenvalues[-1]:.4g}, "
+                             f"{eigenvalues[-1] / min(eigenvalues[:-1]):.2f}x its minimum (RobustDARTS: the search is "
+                             "degenerating)")
     return out
 
 

@@ -196,6 +196,14 @@ class SearchConfig(JobConfig):
     hessian_every: int = opt(0, "every N epochs, estimate the dominant eigenvalue of the validation loss's Hessian "
                                 "in the alphas (RobustDARTS' collapse signal; 20 power-iteration steps of 2 "
                                 "forward/backward passes on one validation batch); 0 = off", "architecture search")
+    early_stop: str = opt("none", "end the search at the first epoch where a collapse rule fires, keeping the "
+                                  "previous epoch's genotype: skips (DARTS+: more than 2 skip_connects in the "
+                                  "normal cell of the original rule), eigenvalue (RobustDARTS: the Hessian "
+                                  "eigenvalue above 1.3x its minimum; needs --hessian-every), none",
+                          "architecture search", choices=("none", "skips", "eigenvalue"))
+    max_skip: int | None = opt(None, "derive the normal cell with at most N skip_connects (P-DARTS's rule: the "
+                                     "kept skip_connect of least weight is struck off and the cell derived again, "
+                                     "until N remain); unset = the original's rule", "architecture search")
     base_batch_size: int = opt(64, "global batch the learning rates are meant for (the paper's 64); the scaling "
                                    "rules compare the global batch (batch size x world size x accumulate) with it",
                                "schedule")
@@ -223,7 +231,10 @@ class SearchConfig(JobConfig):
         if not 0.0 < self.train_portion < 1.0:
             raise ConfigError(f"train-portion: must be between 0 and 1, got {self.train_portion}")
         check_ranges(self, minimum=1, names=("partial_channels",))
-        check_ranges(self, minimum=0, names=("hessian_every",))
+        check_ranges(self, minimum=0, names=("hessian_every", "max_skip"))
+        if self.early_stop == "eigenvalue" and not self.hessian_every:
+            raise ConfigError("early-stop: the eigenvalue rule needs the estimates: give --hessian-every N (1 = "
+                              "every epoch)")
         check_ranges(self, minimum=0, names=("learning_rate_min", "arch_weight_decay"))
         if self.arch_learning_rate <= 0:
             raise ConfigError(f"arch-learning-rate: must be > 0, got {self.arch_learning_rate}")
@@ -448,7 +459,9 @@ SEARCH_SCALING = ("base_batch_size", "lr_scaling", "warmup_epochs", "arch_lr_sca
 # the run folder, resume and seed, which the sweep sets per trial), the network size, the search method.
 SWEEP_PASSED = tuple(f.name for f in dataclasses.fields(DataConfig) + dataclasses.fields(RunConfig)
                      if f.name not in ("output", "resume", "seed")) + (
-    "layers", "init_channels", "steps_per_epoch", "checkpoint_steps", "unrolled", "partial_channels") + SEARCH_SCALING
+    "layers", "init_channels", "steps_per_epoch", "checkpoint_steps", "unrolled", "partial_channels", "max_skip",
+    "early_stop", "hessian_every") + (
+    SEARCH_SCALING)
 
 
 @dataclass

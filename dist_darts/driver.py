@@ -45,6 +45,7 @@ class EpochEnd:
     scalars: dict  # TensorBoard tag -> value at this epoch
     line: str  # the epoch's log line
     is_best: bool = False  # also write checkpoints/best.pt
+    stop: str | None = None  # why the job ends after this epoch (an --early-stop rule fired), else None
 
 
 class Task(Protocol):
@@ -95,12 +96,12 @@ def run_epochs(job: Job, task: Task, on_epoch: EpochHook | None = None) -> dict:
     of the last epoch."""
     cfg, env = job.cfg, job.env
     last = checkpoint_path(job.run_dir)
-    start_epoch, start_step, metrics, history, meter_sums = 0, 0, task.metrics, [], None
+    start_epoch, start_step, metrics, history, meter_sums, stopped = 0, 0, task.metrics, [], None, None
     state = resume_state(job, task)
     if state is not None:
         task.load_state_dict(state)
         start_epoch, start_step, metrics = state["epoch"], state["step"], state.get("metrics") or metrics
-        history = state["history"]
+        history, stopped = state["history"], state.get("stopped")
         meter_sums = state["meters"][env.rank] if start_step else None
         ckpt_io.set_rng_state(state["rng"][env.rank])
         log.info("resumed from %s at epoch %d step %d", last, start_epoch, start_step)
@@ -118,12 +119,13 @@ def run_epochs(job: Job, task: Task, on_epoch: EpochHook | None = None) -> dict:
         meters = all_gather_object(None if meter is None else meter.sums.cpu())
         if env.is_main:
             ckpt_io.save_atomic(dict(state, kind=task.kind, epoch=epoch, step=step, metrics=metrics,
-                                     history=history, identity=task.identity(), format=ckpt_io.FORMAT,
-                                     world_size=env.world_size, rng=rngs, meters=meters,
+                                     history=history, stopped=stopped, identity=task.identity(),
+                                     format=ckpt_io.FORMAT, world_size=env.world_size, rng=rngs, meters=meters,
                                      config=config_io.to_dict(cfg)), path, keep_previous=path == last)
         barrier()
 
-    for epoch in range(start_epoch, cfg.epochs):
+    final_epoch = start_epoch if stopped else cfg.epochs  # a run that its --early-stop ended is finished
+    for epoch in range(start_epoch, final_epoch):
         meter = Meter(env.device, meter_sums)
         progress = Progress(task.kind, epoch, cfg.epochs, task.steps, start_step, task.images_per_step,
                             cfg.log_interval, env.is_main)
@@ -148,19 +150,23 @@ def run_epochs(job: Job, task: Task, on_epoch: EpochHook | None = None) -> dict:
 
         average_buffers_(task.model)  # evaluation on every rank with the same BN statistics
         end = task.end_epoch(epoch, meter.global_averages())
-        metrics = end.metrics
+        metrics, stopped = end.metrics, end.stop
         history.append(end.row)
         if env.is_main:
             atomic_write(job.run_dir / "history.json", json.dumps(history, indent=1) + "\n")
             for tag, value in end.scalars.items():
                 job.scalar(tag, value, epoch + 1)
             log.info(end.line)
+            if stopped:
+                log.warning("early stop after epoch %d of %d: %s", epoch + 1, cfg.epochs, stopped)
         save(last, epoch + 1, 0, None)
         if end.is_best:
             save(best_checkpoint_path(job.run_dir), epoch + 1, 0, None)
         if on_epoch is not None:
             on_epoch(metrics, last)
-    if start_epoch == cfg.epochs and on_epoch is not None and "epoch" in metrics:
+        if stopped:
+            break
+    if start_epoch == final_epoch and on_epoch is not None and "epoch" in metrics:
         on_epoch(metrics, last)  # resumed when already done: report the result again
     return metrics
 

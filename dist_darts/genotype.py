@@ -153,36 +153,52 @@ def validate(g: Genotype) -> Genotype:
 
 def derive(alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor,
            betas_normal: torch.Tensor | None = None, betas_reduce: torch.Tensor | None = None,
-           steps: int = STEPS) -> Genotype:
+           steps: int = STEPS, max_skip: int | None = None) -> Genotype:
     """Discretise raw (un-softmaxed) alphas of shape (edges, len(PRIMITIVES)) into a genotype.
 
     As in the original: per node keep the 2 incoming edges whose strongest non-'none' op weighs most, and
     on each the strongest non-'none' op. With PC-DARTS edge-normalisation betas (raw, one per edge), each
     edge's op weights are first scaled by the softmax of the betas over that node's incoming edges.
+    With `max_skip` (P-DARTS's rule), the normal cell keeps at most that many skip_connects: while it holds more,
+    the kept skip_connect of least weight is struck off its edge and the cell derived again (that edge then offers
+    its next op, or loses its place to another edge).
     """
     edges = sum(2 + i for i in range(steps))
     for name, a in (("alphas_normal", alphas_normal), ("alphas_reduce", alphas_reduce)):
         if tuple(a.shape) != (edges, len(PRIMITIVES)):
             raise GenotypeError(f"{name}: expected shape ({edges}, {len(PRIMITIVES)}), got {tuple(a.shape)}")
+    if max_skip is not None and max_skip < 0:
+        raise GenotypeError(f"max_skip: needs a count of 0 or more, got {max_skip}")
 
-    def parse(alphas, betas):
+    def op_weights(alphas, betas):
         weights = torch.softmax(alphas.detach().float().cpu(), dim=-1)
         if betas is not None:
             weights = weights * edge_weights(betas.detach().float().cpu(), steps).unsqueeze(-1)
-        none = PRIMITIVES.index("none")
-        weights[:, none] = float("-inf")  # 'none' never wins an edge nor ranks one
-        gene, start = [], 0
+        weights[:, PRIMITIVES.index("none")] = float("-inf")  # 'none' never wins an edge nor ranks one
+        return weights
+
+    def parse(weights):
+        """The cell's (op, input) pairs and, for each, its row of `weights`."""
+        gene, rows, start = [], [], 0
         for node in range(steps):
             w = weights[start:start + node + 2]
             strength, best_op = w.max(dim=1)
             # stable sort by strength, as Python's sorted() in the original: ties keep the lower input
             order = sorted(range(node + 2), key=lambda j: -strength[j].item())[:2]
             gene += [(PRIMITIVES[int(best_op[j])], j) for j in order]
+            rows += [start + j for j in order]
             start += node + 2
-        return gene
+        return gene, rows
 
+    normal_weights = op_weights(alphas_normal, betas_normal)
+    normal, rows = parse(normal_weights)
+    skip = PRIMITIVES.index("skip_connect")
+    while max_skip is not None and sum(op == "skip_connect" for op, _ in normal) > max_skip:
+        kept = [row for (op, _), row in zip(normal, rows) if op == "skip_connect"]
+        normal_weights[min(kept, key=lambda row: normal_weights[row, skip].item()), skip] = float("-inf")
+        normal, rows = parse(normal_weights)
     concat = list(range(2, 2 + steps))
-    return Genotype(parse(alphas_normal, betas_normal), concat, parse(alphas_reduce, betas_reduce), concat)
+    return Genotype(normal, concat, parse(op_weights(alphas_reduce, betas_reduce))[0], concat)
 
 
 def steps_for_edges(num_edges: int) -> int:

@@ -142,6 +142,10 @@ def search_step(model: Network, train_model: nn.Module, architect: Architect, w_
     return StepOutput(loss, torch.cat(logits), y_train, {"search/train_loss_step": loss, **scalars})
 
 
+def _as_dict(genotype: gt.Genotype | None) -> dict | None:
+    return None if genotype is None else gt.to_dict(genotype)
+
+
 def _join(pairs):
     """One ((x_train, y_train), (x_val, y_val)) batch of several consecutive loader pairs."""
     return tuple(tuple(torch.cat(parts) for parts in zip(*halves)) for halves in zip(*pairs))
@@ -185,11 +189,15 @@ class SearchTask:
         self.images_per_step = self.rates["global_batch"]
         self.metrics = {"train_top1": math.nan, "val_top1": math.nan}
         self.eigenvalues = []  # every --hessian-every estimate so far, for the growth warning
+        self.previous_genotype = None  # the last epoch's, kept by an --early-stop that fires at this one
+        self.chosen_genotype = None  # what an --early-stop kept: the search's result
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "w_optimizer": self.w_opt.state_dict(),
                 "a_optimizer": self.a_opt.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "hessian_eigenvalues": list(self.eigenvalues)}
+                "hessian_eigenvalues": list(self.eigenvalues),
+                "previous_genotype": _as_dict(self.previous_genotype),
+                "chosen_genotype": _as_dict(self.chosen_genotype)}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -197,6 +205,8 @@ class SearchTask:
         self.a_opt.load_state_dict(state["a_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.eigenvalues = list(state["hessian_eigenvalues"])
+        self.previous_genotype, self.chosen_genotype = (
+            None if state.get(k) is None else gt.from_dict(state[k]) for k in ("previous_genotype", "chosen_genotype"))
 
     def identity(self) -> dict:
         return {}
@@ -228,10 +238,17 @@ class SearchTask:
         self.scheduler.step()  # after the epoch: the original's order shifts every epoch's rate under modern PyTorch
         check_replicas(model.parameters())  # NNI users under DDP got a different cell per rank; never here
         val = evaluate(model, self.loaders.val, self.job.autocast, self.steps * cfg.accumulate, cfg.channels_last)
-        genotype = model.genotype()  # identical on every rank: the alphas are
+        genotype = model.genotype(cfg.max_skip)  # identical on every rank: the alphas are
         if self.job.env.is_main:
             _save_epoch_outputs(model, genotype, self.job.run_dir, epoch)
-        collapse_row, collapse_text = self._collapse_signs(epoch, genotype)
+        # the monitor watches the alphas: the cell of the original rule, which --max-skip would hide
+        collapse_row, collapse_text, signals = self._collapse_signs(epoch, model.genotype())
+        stop = signals.get(cfg.early_stop)
+        if stop is not None:  # the last epoch before the rule fired gives the result (this one's, at epoch 1)
+            self.chosen_genotype = self.previous_genotype or genotype
+            stop += f"; the result is epoch {epoch if self.previous_genotype else epoch + 1}'s genotype"
+        self.previous_genotype = genotype
+        result_genotype = self.chosen_genotype or genotype
         arch_lr = self.rates["arch_learning_rate"] if self.update_alphas else 0.0
         scalars = {f"search/{k}": v for k, v in [("lr", self.lr), ("arch_lr", arch_lr),
                                                   ("global_batch", self.rates["global_batch"]),
@@ -241,16 +258,18 @@ class SearchTask:
         scalars.update({f"collapse/{k}": v for k, v in collapse_row.items() if v is not None})
         return EpochEnd(
             metrics={"epoch": epoch + 1, "train_top1": train["top1"], "val_top1": val["top1"],
-                     "val_loss": val["loss"], "genotype": json.dumps(gt.to_dict(genotype))},
+                     "val_loss": val["loss"], "genotype": json.dumps(gt.to_dict(result_genotype))},
             row={"epoch": epoch + 1, "lr": self.lr, "train_loss": train["loss"], "train_top1": train["top1"],
                  "val_loss": val["loss"], "val_top1": val["top1"], **collapse_row, "genotype": gt.to_dict(genotype)},
             scalars={**scalars, **alpha_statistics(model)},
             line=f"epoch {epoch + 1}/{cfg.epochs} lr {self.lr:.5f} | train loss {train['loss']:.4f} top1 "
                  f"{train['top1']:.2f}% | val loss {val['loss']:.4f} top1 {val['top1']:.2f}% | {collapse_text} | "
-                 f"{gt.format_genotype(genotype)}")
+                 f"{gt.format_genotype(genotype)}",
+            stop=stop)
 
-    def _collapse_signs(self, epoch: int, genotype: gt.Genotype) -> tuple[dict, str]:
-        """This epoch's collapse monitor: the history.json keys, a short text for the log line, and warnings."""
+    def _collapse_signs(self, epoch: int, genotype: gt.Genotype) -> tuple[dict, str, dict]:
+        """This epoch's collapse monitor: the history.json keys, a short text for the log line, and the signals
+        (collapse.signals), each also logged as a warning."""
         cfg = self.job.cfg
         counts = collapse.cell_counts(genotype)
         eigenvalue = None
@@ -264,11 +283,12 @@ class SearchTask:
         text = f"param-free ops normal {counts['param_free_normal']}/{edges} reduce {counts['param_free_reduce']}/{edges}"
         if eigenvalue is not None:
             text += f" | Hessian eigenvalue {eigenvalue:.4g}"
+        signals = collapse.signals(counts, self.eigenvalues if eigenvalue is not None else [])
         if self.job.env.is_main:
-            for warning in collapse.warnings_for(counts, self.eigenvalues if eigenvalue is not None else []):
+            for warning in signals.values():
                 log.warning("collapse warning at epoch %d: %s", epoch + 1, warning)
         return {"param_free_normal": counts["param_free_normal"], "param_free_reduce": counts["param_free_reduce"],
-                "hessian_eigenvalue": eigenvalue}, text
+                "hessian_eigenvalue": eigenvalue}, text, signals
 
 
 def run(cfg: SearchConfig, on_epoch: EpochHook | None = None) -> SearchResult:
@@ -280,25 +300,29 @@ def _search(job: Job, on_epoch: EpochHook | None) -> SearchResult:
     task = SearchTask(job, build_loaders(job.cfg, job.env, "search"))
     metrics = run_epochs(job, task, on_epoch)
     model, cfg, env = task.model, job.cfg, job.env
-    genotype = model.genotype()
+    genotype = task.chosen_genotype or model.genotype(cfg.max_skip)
+    epochs_run = metrics.get("epoch", cfg.epochs)
     digest = check_replicas(model.parameters())
     seconds = time.time() - job.started
-    result = SearchResult(genotype, metrics["val_top1"], metrics["train_top1"], cfg.epochs, str(job.run_dir), seconds)
+    result = SearchResult(genotype, metrics["val_top1"], metrics["train_top1"], epochs_run, str(job.run_dir), seconds)
     if env.is_main:
         gt.save(genotype, job.run_dir / "genotype.json")
         atomic_write(job.run_dir / "alphas.pt", lambda f: torch.save(alphas_of(model), f))
         drawings = _draw(job.run_dir, genotype, model)
         atomic_write(job.run_dir / "result.json", json.dumps({
             "genotype": gt.to_dict(genotype), "val_top1": result.val_top1, "train_top1": result.train_top1,
-            "epochs": cfg.epochs, "world_size": env.world_size, "seconds": seconds,
+            "epochs": epochs_run, "early_stopped": task.chosen_genotype is not None, "world_size": env.world_size,
+            "seconds": seconds,
             "replica_digest": digest}, indent=2) + "\n")
         method = ("2nd" if cfg.unrolled else "1st") + " order DARTS" + (
-            f", PC-DARTS K={cfg.partial_channels}" if cfg.partial_channels > 1 else "")
+            f", PC-DARTS K={cfg.partial_channels}" if cfg.partial_channels > 1 else "") + (
+            f", at most {cfg.max_skip} skip_connect(s) in the normal cell" if cfg.max_skip is not None else "")
         log.info("search finished\n%s", summary_table([
             ("run folder", str(job.run_dir)),
             ("data", f"{cfg.dataset}, {task.steps} steps/epoch x {env.world_size} rank(s) x batch {cfg.batch_size}"),
             ("method", method),
-            ("epochs", str(cfg.epochs)),
+            ("epochs", str(cfg.epochs) if epochs_run == cfg.epochs else
+             f"{epochs_run} of {cfg.epochs} (ended by --early-stop {cfg.early_stop})"),
             ("train top-1", f"{result.train_top1:.2f} %"),
             ("val top-1 (search split)", f"{result.val_top1:.2f} %"),
             ("time", f"{seconds:.0f} s"),

@@ -200,6 +200,7 @@ class Network(nn.Module):
                 s0, s1 = s1, cell(s0, s1, w_normal, e_normal)
         return self.classifier(self.global_pooling(s1).flatten(1))
 
-    def genotype(self) -> Genotype:
+    def genotype(self, max_skip: int | None = None) -> Genotype:
+        """The derived cells (genotype.derive; `max_skip`: P-DARTS's cap on the normal cell's skip_connects)."""
         betas = (self.betas_normal, self.betas_reduce) if self.partial_channels > 1 else (None, None)
-        return derive(self.alphas_normal, self.alphas_reduce, *betas, steps=self._steps)
+        return derive(self.alphas_normal, self.alphas_reduce, *betas, steps=self._steps, max_skip=max_skip)

@@ -19,11 +19,11 @@ def test_parameter_free_counts_and_warnings():
     collapsed = Genotype(skips, [2, 3, 4, 5], DARTS_V2.reduce, [2, 3, 4, 5])
     counts = collapse.cell_counts(collapsed)
     assert counts == {"param_free_normal": 6, "param_free_reduce": 8, "skip_normal": 4}
-    (warning,) = collapse.warnings_for(counts, [])
-    assert "4 skip_connects" in warning
-    assert collapse.warnings_for(collapse.cell_counts(DARTS_V2), [1.0, 0.8, 1.0]) == []  # 1.25x its minimum
-    (grown,) = collapse.warnings_for(collapse.cell_counts(DARTS_V2), [1.0, 0.8, 1.2])
-    assert "1.50x its minimum" in grown
+    assert collapse.signals(counts, []).keys() == {"skips"}
+    assert "4 skip_connects" in collapse.signals(counts, [])["skips"]
+    assert collapse.signals(collapse.cell_counts(DARTS_V2), [1.0, 0.8, 1.0]) == {}  # 1.25x its minimum
+    grown = collapse.signals(collapse.cell_counts(DARTS_V2), [1.0, 0.8, 1.2])
+    assert grown.keys() == {"eigenvalue"} and "1.50x its minimum" in grown["eigenvalue"]
 
 
 def tiny_supernet():
@@ -68,3 +68,41 @@ def test_search_records_the_collapse_monitor(tmp_path):
     assert 0 <= row["param_free_normal"] <= 8 and 0 <= row["param_free_reduce"] <= 8
     assert isinstance(row["hessian_eigenvalue"], float)
     assert "param-free ops normal" in (out / "log.txt").read_text() and (out / "collapse.png").is_file()
+
+
+def test_the_eigenvalue_rule_needs_the_estimates():
+    from dist_darts.config import ConfigError, SearchConfig
+    with pytest.raises(ConfigError, match="early-stop: the eigenvalue rule needs the estimates"):
+        SearchConfig(dataset="digits", early_stop="eigenvalue")
+    SearchConfig(dataset="digits", early_stop="eigenvalue", hessian_every=2)
+
+
+def test_an_early_stop_ends_the_search_with_the_previous_epochs_genotype_and_stays_ended(tmp_path, monkeypatch):
+    """The rule itself is tested above on hand-set cells; here it is made to fire at epoch 2 of 4."""
+    from dist_darts import search
+    from dist_darts.config import SearchConfig
+    from dist_darts.genotype import from_dict
+    calls = []
+
+    def fires_at_epoch_2(counts, eigenvalues):
+        calls.append(counts)
+        return {"skips": "4 skip_connects, say"} if len(calls) == 2 else {}
+
+    monkeypatch.setattr(collapse, "signals", fires_at_epoch_2)
+    out = tmp_path / "run"
+    settings = dict(dataset="digits", layers=3, init_channels=4, batch_size=8, workers=0, epochs=4, steps_per_epoch=1,
+                    early_stop="skips", output=str(out))
+    reported = []
+    result = search.run(SearchConfig(**settings), on_epoch=lambda m, c: reported.append(m))
+    history = json.loads((out / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2] and result.epochs == 2
+    assert result.genotype == from_dict(history[0]["genotype"])  # epoch 1's: the last before the rule fired
+    assert from_dict(json.loads(reported[-1]["genotype"])) == result.genotype  # what a sweep takes from the trial
+    saved = json.loads((out / "result.json").read_text())
+    assert saved["early_stopped"] and saved["epochs"] == 2
+    assert "early stop after epoch 2 of 4: 4 skip_connects, say; the result is epoch 1's genotype" in \
+        (out / "log.txt").read_text()
+    again = []
+    resumed = search.run(SearchConfig(**settings, resume=True), on_epoch=lambda m, c: again.append(m))
+    assert len(calls) == 2 and len(json.loads((out / "history.json").read_text())) == 2  # nothing trained
+    assert resumed.genotype == result.genotype and again == reported[-1:]

@@ -90,6 +90,28 @@ def test_derive_with_betas_reweights_edges():
     assert gt.derive(a, a, betas, betas).normal[0] == ('sep_conv_5x5', 1)
 
 
+def test_max_skip_strikes_the_weakest_kept_skip_connects_and_derives_again():
+    """P-DARTS's rule on hand-set alphas, expected cells worked out by hand."""
+    a = torch.zeros(14, 8)
+    a[:, PRIMITIVES.index("sep_conv_3x3")] = 1.0
+    skip = PRIMITIVES.index("skip_connect")
+    a[0, skip], a[1, skip], a[2, skip], a[3, skip] = 4.0, 3.0, 2.0, 2.5  # edges 0, 1: node 0; 2, 3: node 1
+    sep = [("sep_conv_3x3", 0), ("sep_conv_3x3", 1)]  # nodes 2 and 3: all edges alike, the lower inputs win
+    original = [("skip_connect", 0), ("skip_connect", 1), ("skip_connect", 1), ("skip_connect", 0), *sep, *sep]
+    assert gt.derive(a, a).normal == original
+    assert gt.derive(a, a, max_skip=4).normal == original
+    # edge 2's skip (2.0) goes: its sep_conv (softmax 0.17) falls below edge 4's (0.28), so node 1 takes edge 4;
+    # then edge 3's skip (2.5) goes too: node 1 keeps edges 4 and 2, both sep_conv_3x3
+    capped = gt.derive(a, a, max_skip=2)
+    assert capped.normal == [("skip_connect", 0), ("skip_connect", 1), ("sep_conv_3x3", 2), ("sep_conv_3x3", 0),
+                             *sep, *sep]
+    assert capped.reduce == original  # the rule caps the normal cell only
+    # no skip left: node 0's sep_conv weights, e/(e^4+e+6) on edge 0 < e/(e^3+e+6) on edge 1, put input 1 first
+    assert gt.derive(a, a, max_skip=0).normal[:2] == [("sep_conv_3x3", 1), ("sep_conv_3x3", 0)]
+    with pytest.raises(GenotypeError, match="max_skip"):
+        gt.derive(a, a, max_skip=-1)
+
+
 def test_derive_rejects_bad_shape():
     with pytest.raises(GenotypeError, match=r"alphas_normal: expected shape \(14, 8\)"):
         gt.derive(torch.zeros(10, 8), torch.zeros(14, 8))

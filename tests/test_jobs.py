@@ -12,7 +12,8 @@ from helpers import TINY_RETRAIN, TINY_SEARCH, cli
 @pytest.fixture(scope="module")
 def search_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("search")
-    proc = cli("search", *TINY_SEARCH, "--epochs", "2", "--steps-per-epoch", "3", "--output", str(out))
+    proc = cli("search", *TINY_SEARCH, "--epochs", "2", "--steps-per-epoch", "3", "--max-skip", "1",
+               "--output", str(out))
     assert "search finished" in proc.stdout
     return out
 
@@ -25,7 +26,9 @@ def test_search_run_folder(search_dir):
         assert (search_dir / name).exists(), name
     assert list((search_dir / "tensorboard").iterdir())
     alphas = torch.load(search_dir / "alphas.pt", weights_only=True)
-    assert gt.derive(alphas["alphas_normal"], alphas["alphas_reduce"]) == g
+    assert gt.derive(alphas["alphas_normal"], alphas["alphas_reduce"], max_skip=1) == g  # P-DARTS's cap applied
+    assert sum(op == "skip_connect" for op, _ in g.normal) <= 1
+    assert gt.to_dict(g) == json.loads((search_dir / "result.json").read_text())["genotype"]
     history = json.loads((search_dir / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2]
 
