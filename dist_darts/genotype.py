@@ -113,12 +113,53 @@ PC_DARTS_IMAGENET = _as_genotype(
     reduce_concat=[2, 3, 4, 5],
 )
 
+# Cells of the anti-collapse methods, as their authors' repositories define them (searched on CIFAR-10)
+PDARTS = _as_genotype(  # chenxin061/pdarts, genotypes.py: PDARTS
+    normal=[("skip_connect", 0), ("dil_conv_3x3", 1), ("skip_connect", 0), ("sep_conv_3x3", 1),
+            ("sep_conv_3x3", 1), ("sep_conv_3x3", 3), ("sep_conv_3x3", 0), ("dil_conv_5x5", 4)],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[("avg_pool_3x3", 0), ("sep_conv_5x5", 1), ("sep_conv_3x3", 0), ("dil_conv_5x5", 2),
+            ("max_pool_3x3", 0), ("dil_conv_3x3", 1), ("dil_conv_3x3", 1), ("dil_conv_5x5", 3)],
+    reduce_concat=[2, 3, 4, 5],
+)
+
+SDARTS_RS = _as_genotype(  # xiangning-chen/SmoothDARTS, sota/cnn/genotypes.py: c10_s5_random
+    normal=[("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_5x5", 1), ("skip_connect", 0),
+            ("sep_conv_3x3", 3), ("skip_connect", 1), ("sep_conv_3x3", 1), ("dil_conv_3x3", 2)],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[("max_pool_3x3", 0), ("sep_conv_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 0),
+            ("dil_conv_5x5", 3), ("max_pool_3x3", 0), ("sep_conv_3x3", 2), ("sep_conv_5x5", 3)],
+    reduce_concat=[2, 3, 4, 5],
+)
+
+DRNAS = _as_genotype(  # xiangning-chen/DrNAS, DARTS-space/genotypes.py: DrNAS_cifar10
+    normal=[("sep_conv_3x3", 0), ("sep_conv_5x5", 1), ("sep_conv_3x3", 1), ("sep_conv_3x3", 2),
+            ("skip_connect", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 2), ("dil_conv_5x5", 3)],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[("max_pool_3x3", 0), ("sep_conv_5x5", 1), ("dil_conv_5x5", 2), ("sep_conv_5x5", 1),
+            ("sep_conv_5x5", 1), ("dil_conv_5x5", 3), ("skip_connect", 4), ("sep_conv_5x5", 1)],
+    reduce_concat=[2, 3, 4, 5],
+)
+
+DARTS_MINUS = _as_genotype(  # Meituan-AutoML/DARTS-, src/eval/genotypes.py: cifar10_s0_0 (= cifar10_s0_best)
+    normal=[("sep_conv_3x3", 0), ("sep_conv_5x5", 1), ("sep_conv_3x3", 1), ("dil_conv_3x3", 2),
+            ("skip_connect", 1), ("sep_conv_3x3", 0), ("skip_connect", 1), ("sep_conv_3x3", 0)],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[("sep_conv_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 0),
+            ("skip_connect", 2), ("skip_connect", 3), ("skip_connect", 2), ("skip_connect", 3)],
+    reduce_concat=[2, 3, 4, 5],
+)
+
 GENOTYPES = {
     "DARTS_V1": DARTS_V1,
     "DARTS_V2": DARTS_V2,
     "DARTS": DARTS,
     "PC_DARTS": PC_DARTS,
     "PC_DARTS_IMAGENET": PC_DARTS_IMAGENET,
+    "PDARTS": PDARTS,
+    "SDARTS_RS": SDARTS_RS,
+    "DRNAS": DRNAS,
+    "DARTS_MINUS": DARTS_MINUS,
     "NASNet": NASNet,
     "AmoebaNet": AmoebaNet,
 }

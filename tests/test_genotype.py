@@ -40,7 +40,8 @@ def test_primitives_in_original_order():
 
 def test_registry_and_aliases():
     assert gt.DARTS is gt.DARTS_V2
-    for name in ("DARTS_V1", "DARTS_V2", "DARTS", "PC_DARTS", "NASNet", "AmoebaNet"):
+    for name in ("DARTS_V1", "DARTS_V2", "DARTS", "PC_DARTS", "PDARTS", "SDARTS_RS", "DRNAS", "DARTS_MINUS", "NASNet",
+                 "AmoebaNet"):
         assert gt.validate(gt.GENOTYPES[name]) is gt.GENOTYPES[name]
         assert gt.load(name) == gt.GENOTYPES[name]
     assert gt.DARTS_V2.normal[7] == ('dil_conv_3x3', 2)

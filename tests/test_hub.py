@@ -21,6 +21,10 @@ def test_catalogue_counts_parameters_at_the_papers_sizes():
     assert rows["DARTS_V2", "imagenet"]["params"] == 4_718_752
     assert rows["DARTS_V2", "imagenet"]["input"] == "224x224"
     assert 3.55e6 < rows["PC_DARTS", "cifar10"]["params"] < 3.65e6  # PC-DARTS reports 3.6M
+    # the anti-collapse methods' cells: counted by their authors' own networks (C=36, 20 cells, no auxiliary head)
+    # as 3.434 M (P-DARTS reports 3.4 M), 4.099 M (DrNAS: 4.1 M), 3.606 M (SDARTS-RS), 3.454 M (DARTS-)
+    for name, counted in (("PDARTS", 3.434e6), ("DRNAS", 4.099e6), ("SDARTS_RS", 3.606e6), ("DARTS_MINUS", 3.454e6)):
+        assert abs(rows[name, "cifar10"]["params"] - counted) < 1e3, name
     assert {p.name for p in PUBLISHED} == set(gt.GENOTYPES) - {"DARTS"}  # DARTS is DARTS_V2's alias
 
 
