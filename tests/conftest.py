@@ -8,7 +8,7 @@ FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures"
 
 
 def pytest_configure(config):
-    """Under pytest-xdist (the default: `-n 2` in pyproject.toml), the workers share the cores: each gets its share
+    """Under pytest-xdist (`-n 2`, as the README's test command runs), the workers share the cores: each gets its share
     of torch threads instead of all of them, and so do the ranks its tests spawn (oversubscribed OpenMP threads
     spin waiting for each other: a 2-rank gloo test ran 8x slower)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
