@@ -1,5 +1,5 @@
-"""benchmarks/gpu_check.py at toy size on the CPU: every part of the GPU check but torch.compile runs and passes
-(on a GPU it is run by hand, at the paper's sizes)."""
+"""benchmarks/gpu_check.py at toy size on the CPU: every part of the GPU check runs and passes (on a GPU it is
+run by hand, at the paper's sizes)."""
 
 import subprocess
 import sys
@@ -20,7 +20,7 @@ def test_gpu_check_runs_every_part_on_the_cpu():
     out = proc.stdout
     assert "ok   gpu-marked tests:" in out and "(no GPU: skipped)" in out
     assert "ok   2-step fp32 search stays finite" in out and "ok   2-step fp32 retrain stays finite" in out
-    for name in ("search order 1 batch 8 fp32", "search order 2 batch 8 bf16", "retrain DARTS_V2 batch 8 eager"):
+    for name in ("search order 1 batch 8 fp32", "search order 2 batch 8 bf16", "retrain DARTS_V2 batch 8 eager",
+                 "retrain DARTS_V2 batch 8 torch.compile"):
         assert f"| {name} |" in out, name
-    assert "torch.compile" not in out  # on a GPU only (its CPU codegen takes a minute and says nothing of a GPU)
     assert "n/a (CPU)" in out
