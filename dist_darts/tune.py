@@ -270,6 +270,9 @@ def _init_ray(sweep: SweepConfig) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # quiet and private by default
+    # Tune's default console output prints an experiment box and result paths whatever `verbose` says; its
+    # classic one is silent at verbose=0, so the console holds only the sweep's own lines (TrialProgress)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if sweep.address:
         ray.init(address=sweep.address, log_to_driver=False)
     else:
