@@ -52,6 +52,13 @@ def test_alphas_plot_and_derive(tmp_path, capsys):
     assert main(["genotype", "alphas", str(tmp_path / "alphas.pt"), "--output", str(tmp_path / "a.png")]) == 0
     assert capsys.readouterr().out.startswith(gt.format_genotype(gt.derive(a["alphas_normal"], a["alphas_reduce"])))
     assert (tmp_path / "a.png").stat().st_size > 1000
+    a["alphas_normal"][:, gt.PRIMITIVES.index("skip_connect")] += 5.0  # every edge's favourite: 8 skip_connects
+    torch.save(a, tmp_path / "alphas.pt")
+    assert main(["genotype", "alphas", str(tmp_path / "alphas.pt"), "--max-skip", "2", "--output",
+                 str(tmp_path / "a.png")]) == 0
+    capped = gt.derive(a["alphas_normal"], a["alphas_reduce"], max_skip=2)
+    assert sum(op == "skip_connect" for op, _ in capped.normal) == 2
+    assert capsys.readouterr().out.startswith(gt.format_genotype(capped))
 
 
 def test_model_summary_counts(capsys):
