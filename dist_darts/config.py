@@ -460,8 +460,7 @@ SEARCH_SCALING = ("base_batch_size", "lr_scaling", "warmup_epochs", "arch_lr_sca
 SWEEP_PASSED = tuple(f.name for f in dataclasses.fields(DataConfig) + dataclasses.fields(RunConfig)
                      if f.name not in ("output", "resume", "seed")) + (
     "layers", "init_channels", "steps_per_epoch", "checkpoint_steps", "unrolled", "partial_channels", "max_skip",
-    "early_stop", "hessian_every") + (
-    SEARCH_SCALING)
+    "early_stop", "hessian_every") + SEARCH_SCALING
 
 
 @dataclass

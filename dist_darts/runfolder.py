@@ -41,6 +41,12 @@ def fsync_folder(folder: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def _temp_beside(path: Path) -> Path:
+    """A fresh temp name in `path`'s folder (so the rename stays on one file system), one remove_leftover_temps
+    recognises."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
+
+
 def atomic_write(path: str | os.PathLike, data: Data, *, verify: Callable[[Path], None] | None = None,
                  previous: str | os.PathLike | None = None) -> None:
     """Write `path` so that it is always either the old file or the whole new one, even after a kill or power loss.
@@ -53,7 +59,7 @@ def atomic_write(path: str | os.PathLike, data: Data, *, verify: Callable[[Path]
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    tmp = _temp_beside(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
         with os.fdopen(fd, "wb") as f:
@@ -77,7 +83,7 @@ def atomic_write(path: str | os.PathLike, data: Data, *, verify: Callable[[Path]
 def _keep_copy(path: Path, previous: Path) -> None:
     """Atomically make `previous` a copy of `path`, leaving `path` in place: a hard link renamed into place (no bytes
     copied), or a real copy on file systems without hard links."""
-    tmp = previous.with_name(f".{previous.name}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    tmp = _temp_beside(previous)
     try:
         try:
             os.link(path, tmp)

@@ -238,11 +238,13 @@ class SearchTask:
         self.scheduler.step()  # after the epoch: the original's order shifts every epoch's rate under modern PyTorch
         check_replicas(model.parameters())  # NNI users under DDP got a different cell per rank; never here
         val = evaluate(model, self.loaders.val, self.job.autocast, self.steps * cfg.accumulate, cfg.channels_last)
-        genotype = model.genotype(cfg.max_skip)  # identical on every rank: the alphas are
+        # identical on every rank: the alphas are. The monitor watches the cell of the original rule, which
+        # --max-skip would hide
+        original = model.genotype()
+        genotype = original if cfg.max_skip is None else model.genotype(cfg.max_skip)
         if self.job.env.is_main:
             _save_epoch_outputs(model, genotype, self.job.run_dir, epoch)
-        # the monitor watches the alphas: the cell of the original rule, which --max-skip would hide
-        collapse_row, collapse_text, signals = self._collapse_signs(epoch, model.genotype())
+        collapse_row, collapse_text, signals = self._collapse_signs(epoch, original)
         stop = signals.get(cfg.early_stop)
         if stop is not None:  # the last epoch before the rule fired gives the result (this one's, at epoch 1)
             self.chosen_genotype = self.previous_genotype or genotype
