@@ -74,9 +74,14 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistEnv:
     return DistEnv(rank, world_size, local_rank, dev, restart)
 
 
-def close_distributed() -> None:
+def close_distributed(wait_for_peers: bool = True) -> None:
+    """Leave the process group this module joined. wait_for_peers (every rank finished cleanly): meet at a barrier
+    first, so no rank tears its gloo connections down while a peer is still completing a collective on them,
+    which aborts that peer (SIGABRT). After a failure the peers may never arrive, so the caller passes False."""
     global _OWN_GROUP
     if _OWN_GROUP and dist.is_initialized():
+        if wait_for_peers:
+            dist.barrier()
         dist.destroy_process_group()
     _OWN_GROUP = False
 

@@ -98,13 +98,16 @@ def run_job(cfg, body: Callable, *args):
     try:
         job = start_job(cfg)
     except BaseException:
-        close_distributed()
+        close_distributed(wait_for_peers=False)
         raise
+    finished = False
     try:
-        return body(job, *args)
+        result = body(job, *args)
+        finished = True
+        return result
     finally:
         job.close()
-        close_distributed()
+        close_distributed(wait_for_peers=finished)
 
 
 def start_job(cfg) -> Job:

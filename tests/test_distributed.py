@@ -1,7 +1,6 @@
 """Real torch.distributed process groups (gloo, 2 ranks on CPU): gradient averaging in the architect."""
 
 import os
-import socket
 
 import pytest
 import torch
@@ -13,14 +12,7 @@ from dist_darts import ops
 from dist_darts.distributed import (all_reduce_mean_, average_buffers_, close_distributed, init_distributed,
                                     seed_everything, seed_model_randomness)
 from dist_darts.model import NetworkCIFAR
-from helpers import Smooth, TINY_SEARCH, cli
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from helpers import Smooth, TINY_SEARCH, cli, free_port
 
 
 def _alpha_grads(rank, world_size, unrolled, average):
