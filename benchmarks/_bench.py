@@ -280,5 +280,10 @@ def table(header: list[str], rows: list[list[str]], right_from: int = 1) -> str:
     return "\n".join(lines)
 
 
+def spread(xs: list[float], fmt: str = ".2f") -> str:
+    """mean ± standard deviation (the mean alone for one value)."""
+    return f"{statistics.fmean(xs):{fmt}}" + (f" ± {statistics.stdev(xs):{fmt}}" if len(xs) > 1 else "")
+
+
 def gib(n: float) -> str:
     return f"{n / 2**30:.2f}"

@@ -113,10 +113,6 @@ def alpha_distance(trajectory, reference) -> float:
     return statistics.fmean(per_epoch)
 
 
-def spread(xs: list[float], fmt: str = ".2f") -> str:
-    return f"{statistics.fmean(xs):{fmt}}" + (f" ± {statistics.stdev(xs):{fmt}}" if len(xs) > 1 else "")
-
-
 def plot(path: str, rows: list[dict], args, metric: str, label: str) -> str | None:
     try:
         import matplotlib
@@ -173,10 +169,11 @@ def main(argv=None) -> None:
     for m in args.multipliers:
         for rule in (["any"] if m == 1 else args.rules):
             sel = [r for r in rows if r["multiplier"] == m and r["rule"] == rule]
-            lines.append([str(args.base_batch * m), rule, spread([r["search_val_top1"] for r in sel]),
-                          spread([r["agreement"] for r in sel]), spread([r["alpha_distance"] for r in sel], ".2e"),
-                          spread([r["retrain_top1"] for r in sel]) if args.retrain_epochs else "-",
-                          spread([r["search_seconds"] for r in sel])])
+            column = {key: [r[key] for r in sel] for key in sel[0]}
+            lines.append([str(args.base_batch * m), rule, _bench.spread(column["search_val_top1"]),
+                          _bench.spread(column["agreement"]), _bench.spread(column["alpha_distance"], ".2e"),
+                          _bench.spread(column["retrain_top1"]) if args.retrain_epochs else "-",
+                          _bench.spread(column["search_seconds"])])
     markdown = _bench.table(header, lines, right_from=2)
     metric, label = ("retrain_top1", "short-retrain top-1 %") if args.retrain_epochs else \
         ("search_val_top1", "search val top-1 %")

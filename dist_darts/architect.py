@@ -4,6 +4,8 @@ Gradients here come from ``torch.autograd.grad``, which DistributedDataParallel 
 gradient that feeds an update is averaged over ranks explicitly, one flat all-reduce per gradient set: the
 virtual step's weight gradient, the validation gradients (alphas and w'), and the finite-difference term.
 The weights are never changed in place: the unrolled and perturbed weights are passed with functional_call.
+A method's penalty on the alphas (beta-DARTS, FairDARTS) depends on the alphas alone, so its gradient is added to
+either order's as it is, after the averaging: the alphas, and so the penalty, are the same on every rank.
 
 The second-order step runs in float32 whatever the autocast: its finite difference perturbs the weights by
 R / ||v|| (~1e-5 per weight), far below bf16's rounding step, and v = dL_val/dw' feeds it, so under bf16 the
@@ -43,6 +45,7 @@ class Architect:
         self.r = r
         self.arch_params = model.arch_parameters()
         self.weight_names, self.weights = zip(*model.named_weights())
+        self.penalty: Callable[[], torch.Tensor | None] = lambda: None  # the method's term on the alphas, if any
 
     def _loss(self, x, y, weights=None, buffers=None, fp32=False):
         """The loss at `weights` (default: the module's own) with `buffers` (default: the module's own), under
@@ -66,6 +69,14 @@ class Architect:
         self.apply_gradients(grads)
         return loss.detach()
 
+    def with_penalty(self, grads: list) -> list:
+        """grads plus the gradient of the method's penalty on the alphas."""
+        penalty = self.penalty()
+        if penalty is None:
+            return grads
+        extra = torch.autograd.grad(penalty, self.arch_params, allow_unused=True)
+        return [g if e is None else g + e for g, e in zip(grads, extra)]
+
     def apply_gradients(self, grads) -> None:
         """One step of the alpha optimizer along `grads` (already averaged over ranks)."""
         for p, g in zip(self.arch_params, grads):
@@ -74,9 +85,9 @@ class Architect:
         self.arch_optimizer.zero_grad(set_to_none=True)
 
     def alpha_gradients(self, x_train, y_train, x_val, y_val, lr: float, micro_batches: int = 1):
-        """The alphas' gradients (averaged over ranks) and the validation loss. With micro_batches N (first order
-        only) the batches are split into N equal parts whose gradients are averaged: the whole batch's gradient in
-        N passes of a smaller memory footprint."""
+        """The alphas' gradients (averaged over ranks, plus the method's penalty's) and the validation loss. With
+        micro_batches N (first order only) the batches are split into N equal parts whose gradients are averaged:
+        the whole batch's gradient in N passes of a smaller memory footprint."""
         if not self.unrolled:
             # detached weights: autograd then skips every weight gradient, custom Functions' included (their
             # ctx.needs_input_grad would otherwise ask for the depthwise convs' weight gradients)
@@ -87,11 +98,12 @@ class Architect:
                 g = torch.autograd.grad(part, self.arch_params)
                 grads = list(g) if grads is None else [a + b for a, b in zip(grads, g)]
                 loss = loss + part.detach()
-            return self.average(grads), loss  # one all-reduce per step, whatever N
+            return self.with_penalty(self.average(grads)), loss  # one all-reduce per step, whatever N
         if micro_batches > 1:
             raise ValueError("second-order DARTS has no gradient accumulation (its three passes share one batch)")
         with torch.autocast(x_train.device.type, enabled=False):  # the backward passes too
-            return self._unrolled_gradients(x_train, y_train, x_val, y_val, lr)
+            grads, loss = self._unrolled_gradients(x_train, y_train, x_val, y_val, lr)
+        return self.with_penalty(grads), loss
 
     def _unrolled_gradients(self, x_train, y_train, x_val, y_val, lr):
         # virtual step w' = w - lr * (momentum * buf + dL_train/dw + wd * w), as the SGD step would take it

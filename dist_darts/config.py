@@ -193,6 +193,11 @@ class SearchConfig(JobConfig):
     unrolled: bool = opt(False, "second-order DARTS (unrolled virtual step); default first order",
                          "architecture search")
     partial_channels: int = opt(1, "PC-DARTS channel proportion K (1 = off; PC-DARTS uses 4)", "architecture search")
+    method: str = opt("darts", "how the alphas weigh the ops: darts (softmax), darts-minus (an auxiliary skip on every "
+                               "edge, weight 1 -> 0), beta-darts (beta-decay penalty on the alphas), sdarts-rs "
+                               "(uniform noise on softmax(alphas) in the weight step), fair-darts (sigmoids + zero-one "
+                               "loss), drnas (Dirichlet samples); see docs/methods.md", "architecture search",
+                      choices=("darts", "darts-minus", "beta-darts", "sdarts-rs", "fair-darts", "drnas"))
     hessian_every: int = opt(0, "every N epochs, estimate the dominant eigenvalue of the validation loss's Hessian "
                                 "in the alphas (RobustDARTS' collapse signal; 20 power-iteration steps of 2 "
                                 "forward/backward passes on one validation batch); 0 = off", "architecture search")
@@ -459,8 +464,8 @@ SEARCH_SCALING = ("base_batch_size", "lr_scaling", "warmup_epochs", "arch_lr_sca
 # the run folder, resume and seed, which the sweep sets per trial), the network size, the search method.
 SWEEP_PASSED = tuple(f.name for f in dataclasses.fields(DataConfig) + dataclasses.fields(RunConfig)
                      if f.name not in ("output", "resume", "seed")) + (
-    "layers", "init_channels", "steps_per_epoch", "checkpoint_steps", "unrolled", "partial_channels", "max_skip",
-    "early_stop", "hessian_every") + SEARCH_SCALING
+    "layers", "init_channels", "steps_per_epoch", "checkpoint_steps", "unrolled", "partial_channels", "method",
+    "max_skip", "early_stop", "hessian_every") + SEARCH_SCALING
 
 
 @dataclass

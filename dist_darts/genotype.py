@@ -194,7 +194,7 @@ def validate(g: Genotype) -> Genotype:
 
 def derive(alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor,
            betas_normal: torch.Tensor | None = None, betas_reduce: torch.Tensor | None = None,
-           steps: int = STEPS, max_skip: int | None = None) -> Genotype:
+           steps: int = STEPS, max_skip: int | None = None, mixing: str = "softmax") -> Genotype:
     """Discretise raw (un-softmaxed) alphas of shape (edges, len(PRIMITIVES)) into a genotype.
 
     As in the original: per node keep the 2 incoming edges whose strongest non-'none' op weighs most, and
@@ -202,7 +202,8 @@ def derive(alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor,
     edge's op weights are first scaled by the softmax of the betas over that node's incoming edges.
     With `max_skip` (P-DARTS's rule), the normal cell keeps at most that many skip_connects: while it holds more,
     the kept skip_connect of least weight is struck off its edge and the cell derived again (that edge then offers
-    its next op, or loses its place to another edge).
+    its next op, or loses its place to another edge). `mixing` "sigmoid" (FairDARTS) ranks independent sigmoids
+    of the alphas instead of their softmax.
     """
     edges = sum(2 + i for i in range(steps))
     for name, a in (("alphas_normal", alphas_normal), ("alphas_reduce", alphas_reduce)):
@@ -211,8 +212,12 @@ def derive(alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor,
     if max_skip is not None and max_skip < 0:
         raise GenotypeError(f"max_skip: needs a count of 0 or more, got {max_skip}")
 
+    if mixing not in ("softmax", "sigmoid"):
+        raise GenotypeError(f"mixing: softmax or sigmoid, got {mixing!r}")
+
     def op_weights(alphas, betas):
-        weights = torch.softmax(alphas.detach().float().cpu(), dim=-1)
+        a = alphas.detach().float().cpu()
+        weights = torch.softmax(a, dim=-1) if mixing == "softmax" else torch.sigmoid(a)
         if betas is not None:
             weights = weights * edge_weights(betas.detach().float().cpu(), steps).unsqueeze(-1)
         weights[:, PRIMITIVES.index("none")] = float("-inf")  # 'none' never wins an edge nor ranks one

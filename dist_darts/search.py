@@ -26,12 +26,13 @@ from .driver import EpochEnd, StepOutput, run_epochs
 from .engine import EpochHook, Job, affine_at, autocast_factory, check_memory, check_replicas, evaluate, \
     prepare_job_model, run_job, saved_activation_bytes, step_memory, to_memory_format
 from .logs import log, summary_table
+from .methods import ALPHA_STEP, WEIGHT_STEP
 from .runfolder import atomic_write
 from .supernet import Network
 
 # settings that define the search; a resume with any of them changed is refused
 RESUME_KEYS = ("dataset", "layers", "init_channels", "batch_size", "train_portion", "unrolled", "partial_channels",
-               "epochs", "seed", "accumulate")
+               "method", "epochs", "seed", "accumulate")
 @dataclass
 class SearchResult:
     genotype: gt.Genotype
@@ -43,10 +44,12 @@ class SearchResult:
 
 
 def alpha_statistics(model: Network) -> dict:
-    """Mean entropy of each edge's op distribution and each op's mean weight, per cell type."""
+    """Mean entropy of each edge's op distribution and each op's mean weight, per cell type (the method's
+    deterministic weights, normalised per edge: FairDARTS's sigmoids do not sum to 1)."""
     stats = {}
     for cell in ("normal", "reduce"):
-        w = torch.softmax(getattr(model, f"alphas_{cell}").detach().float(), dim=-1)
+        w = model.method.weights(getattr(model, f"alphas_{cell}").detach().float())
+        w = w / w.sum(-1, keepdim=True)
         stats[f"alpha_entropy/{cell}"] = float(-(w * w.clamp_min(1e-12).log()).sum(-1).mean())
         for op, share in zip(gt.PRIMITIVES, w.mean(0).tolist()):
             stats[f"op_share_{cell}/{op}"] = share
@@ -108,9 +111,11 @@ def search_memory(cfg: SearchConfig, model: Network, num_classes: int, image_siz
 
 def search_step(model: Network, train_model: nn.Module, architect: Architect, w_optimizer: torch.optim.Optimizer,
                 criterion, batch, lr: float, grad_clip: float, autocast, channels_last: bool = True,
-                accumulate: int = 1, update_alphas: bool = True) -> StepOutput:
+                accumulate: int = 1, update_alphas: bool = True,
+                generator: torch.Generator | None = None) -> StepOutput:
     """One DARTS step, as the original: the alphas' step on a validation batch (first or second order), then the
-    weights' step on a training batch (forward, backward, gradient-norm clip, SGD).
+    weights' step on a training batch (forward, backward, gradient-norm clip, SGD). A stochastic method draws its
+    noise from `generator`.
 
     With accumulate N, both batches are split into N equal micro-batches whose gradients are averaged into the one
     step: the same step as the whole batch at once, up to BatchNorm normalising over each micro-batch. Without
@@ -122,14 +127,15 @@ def search_step(model: Network, train_model: nn.Module, architect: Architect, w_
     x_train, x_val = to_memory_format(x_train, channels_last), to_memory_format(x_val, channels_last)
     scalars = {}
     if update_alphas:
-        scalars["search/arch_loss_step"] = architect.step(x_train, y_train, x_val, y_val, lr, accumulate)
+        with model.sampling(ALPHA_STEP, generator):
+            scalars["search/arch_loss_step"] = architect.step(x_train, y_train, x_val, y_val, lr, accumulate)
     w_optimizer.zero_grad(set_to_none=True)
     losses, logits = [], []
     micro = list(zip(x_train.chunk(accumulate), y_train.chunk(accumulate)))
     for i, (x, y) in enumerate(micro):
         # DDP all-reduces the weights' gradients once, on the last micro-batch's backward
         syncs = i == len(micro) - 1 or not hasattr(train_model, "no_sync")
-        with contextlib.nullcontext() if syncs else train_model.no_sync():
+        with contextlib.nullcontext() if syncs else train_model.no_sync(), model.sampling(WEIGHT_STEP, generator):
             with autocast():
                 out = train_model(x).float()
             loss = criterion(out, y)
@@ -160,7 +166,8 @@ class SearchTask:
 
     def __init__(self, job: Job, loaders):
         cfg, self.job, self.loaders = job.cfg, job, loaders
-        model = Network(cfg.init_channels, loaders.num_classes, cfg.layers, partial_channels=cfg.partial_channels)
+        model = Network(cfg.init_channels, loaders.num_classes, cfg.layers, partial_channels=cfg.partial_channels,
+                        method=cfg.method)
         check_memory(job, search_memory(cfg, model, loaders.num_classes, loaders.image_size,
                                         autocast_factory(cfg.precision, job.env.device)[1], job.env.world_size),
                      "search")
@@ -181,6 +188,7 @@ class SearchTask:
         self.architect = Architect(self.model, self.criterion, self.a_opt, self.w_opt, cfg.momentum,
                                    cfg.weight_decay, unrolled=cfg.unrolled, average=all_reduce_mean_,
                                    autocast=job.autocast)
+        self.method = self.model.method
         batches = min(len(loaders.train), len(loaders.val))
         if batches < cfg.accumulate:
             raise ConfigError(f"accumulate: {cfg.accumulate} micro-batches per step, but an epoch has only {batches} "
@@ -219,6 +227,11 @@ class SearchTask:
         for group in self.w_opt.param_groups:
             group["lr"] = self.lr
         self.update_alphas = epoch >= cfg.arch_warmup_epochs
+        model = self.model
+        model.set_epoch(epoch, cfg.epochs)
+        self.architect.penalty = lambda: self.method.penalty([model.alphas_normal, model.alphas_reduce], epoch,
+                                                             cfg.epochs)
+        self.step_index = epoch * self.steps + start_step  # seeds the step's noise: a resume draws the same
         self.loaders.train.set_epoch(epoch, start_step * cfg.accumulate)
         self.loaders.val.set_epoch(epoch, start_step * cfg.accumulate)
         self.model.train()
@@ -227,8 +240,13 @@ class SearchTask:
 
     def step(self, batch) -> StepOutput:
         cfg = self.job.cfg
+        generator = None
+        if self.method.stochastic:  # the same seed on every rank: the same noise, the same alphas
+            generator = torch.Generator(self.job.env.device).manual_seed(cfg.seed * 1_000_003 + self.step_index)
+        self.step_index += 1
         return search_step(self.model, self.train_model, self.architect, self.w_opt, self.criterion, batch, self.lr,
-                           cfg.grad_clip, self.job.autocast, cfg.channels_last, cfg.accumulate, self.update_alphas)
+                           cfg.grad_clip, self.job.autocast, cfg.channels_last, cfg.accumulate, self.update_alphas,
+                           generator)
 
     def end_epoch(self, epoch: int, train: dict) -> EpochEnd:
         cfg, model = self.job.cfg, self.model
@@ -316,7 +334,7 @@ def _search(job: Job, on_epoch: EpochHook | None) -> SearchResult:
             "epochs": epochs_run, "early_stopped": task.chosen_genotype is not None, "world_size": env.world_size,
             "seconds": seconds,
             "replica_digest": digest}, indent=2) + "\n")
-        method = ("2nd" if cfg.unrolled else "1st") + " order DARTS" + (
+        method = ("2nd" if cfg.unrolled else "1st") + f" order {cfg.method}" + (
             f", PC-DARTS K={cfg.partial_channels}" if cfg.partial_channels > 1 else "") + (
             f", at most {cfg.max_skip} skip_connect(s) in the normal cell" if cfg.max_skip is not None else "")
         log.info("search finished\n%s", summary_table([

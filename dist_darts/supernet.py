@@ -9,13 +9,19 @@ Two speed-ups are constructor flags (on by default, off for the plain reference 
 ``fold_alphas`` (MixedOp.accumulate's shared ReLU, alphas folded into BN, in-place sums; dense gradients at
 the cell's concat) and ``fast_depthwise`` (ops.DepthwiseConv2d's CPU backward). The memory format is the
 caller's: the network computes in the format of its input and parameters.
+
+``method`` (methods.METHODS) decides how the alphas weigh the ops; a search step says which of its passes a forward
+belongs to with ``sampling(phase, generator)`` and the epoch with ``set_epoch``.
 """
+
+import contextlib
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .genotype import PRIMITIVES, Genotype, derive, edge_weights
+from .methods import METHODS, Darts
 from .ops import FactorizedReduce, Identity, ReLUConvBN, build_op, scaled_forward
 
 NONE_INDEX = PRIMITIVES.index("none")
@@ -50,7 +56,7 @@ class _DenseGrad(torch.autograd.Function):
 
 
 class MixedOp(nn.Module):
-    def __init__(self, C, stride, partial_channels=1, fold_alphas=True, fast_depthwise=True):
+    def __init__(self, C, stride, partial_channels=1, fold_alphas=True, fast_depthwise=True, auxiliary_skip=False):
         super().__init__()
         if C % partial_channels:
             raise ValueError(f"partial_channels={partial_channels} must divide the {C} channels of every edge")
@@ -64,17 +70,24 @@ class MixedOp(nn.Module):
             if "pool" in primitive:  # BN after pooling keeps its scale comparable to the conv ops
                 op = nn.Sequential(op, nn.BatchNorm2d(C_op, affine=False))
             self._ops.append(op)
+        # DARTS-: a skip connection outside the mixture, on the whole edge (the search's own skip_connect op)
+        self.auxiliary_skip = build_op("skip_connect", C, stride, False) if auxiliary_skip else None
 
-    def forward(self, x, weights):
+    def forward(self, x, weights, skip=None):
+        """The edge's output; `skip` (a 0-dim tensor, DARTS- only) weighs the auxiliary skip connection."""
         k = self.partial_channels
         x_op = x if k == 1 else x[:, : x.shape[1] // k]
         out = self.accumulate(x_op, weights)
-        if k == 1:
-            return out
-        bypass = x[:, x.shape[1] // k:]
-        if self.stride == 2:
-            bypass = F.max_pool2d(bypass, 2, 2)
-        return channel_shuffle(torch.cat([out, bypass], dim=1), k)
+        if k > 1:
+            bypass = x[:, x.shape[1] // k:]
+            if self.stride == 2:
+                bypass = F.max_pool2d(bypass, 2, 2)
+            out = channel_shuffle(torch.cat([out, bypass], dim=1), k)
+        return out if skip is None else out + skip * self.auxiliary_skip(x)
+
+    def add_skip(self, out, x, skip):
+        """out + skip * auxiliary_skip(x), in place."""
+        return out.add_(self.auxiliary_skip(x) * skip)
 
     def accumulate(self, x, weights, out=None):
         """out + sum_i weights[i] * op_i(x), summed in place into out (a new tensor when out is None).
@@ -102,7 +115,7 @@ class MixedOp(nn.Module):
 
 class Cell(nn.Module):
     def __init__(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev, partial_channels=1,
-                 fold_alphas=True, fast_depthwise=True):
+                 fold_alphas=True, fast_depthwise=True, auxiliary_skip=False):
         super().__init__()
         self.reduction = reduction
         self.fold_alphas = fold_alphas
@@ -114,20 +127,24 @@ class Cell(nn.Module):
         self._steps = steps
         self._multiplier = multiplier
         self._ops = nn.ModuleList(
-            MixedOp(C, 2 if reduction and j < 2 else 1, partial_channels, fold_alphas, fast_depthwise)
+            MixedOp(C, 2 if reduction and j < 2 else 1, partial_channels, fold_alphas, fast_depthwise,
+                    auxiliary_skip)
             for i in range(steps) for j in range(2 + i)
         )
 
-    def forward(self, s0, s1, weights, edge_scale=None):
+    def forward(self, s0, s1, weights, edge_scale=None, skip=None):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         offset = 0
         for _ in range(self._steps):
             if edge_scale is None:  # all edges into the node accumulate into one tensor
                 s = None
                 for j, h in enumerate(states):
-                    s = self._ops[offset + j].accumulate(h, weights[offset + j], s)
+                    op = self._ops[offset + j]
+                    s = op.accumulate(h, weights[offset + j], s)
+                    if skip is not None:
+                        s = op.add_skip(s, h, skip)
             else:
-                s = sum(edge_scale[offset + j] * self._ops[offset + j](h, weights[offset + j])
+                s = sum(edge_scale[offset + j] * self._ops[offset + j](h, weights[offset + j], skip)
                         for j, h in enumerate(states))
             offset += len(states)
             states.append(s)
@@ -139,8 +156,10 @@ class Network(nn.Module):
     """The search supernet (stem multiplier 3; reduction cells at layers//3 and 2*layers//3)."""
 
     def __init__(self, C, num_classes, layers, steps=4, multiplier=4, stem_multiplier=3, partial_channels=1,
-                 fold_alphas=True, fast_depthwise=True):
+                 fold_alphas=True, fast_depthwise=True, method: str = "darts"):
         super().__init__()
+        self.method: Darts = METHODS[method]
+        self._phase, self._generator, self._epoch, self._epochs = None, None, 0, 1
         self._C = C
         self._num_classes = num_classes
         self._layers = layers
@@ -158,7 +177,7 @@ class Network(nn.Module):
             if reduction:
                 C_curr *= 2
             self.cells.append(Cell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev,
-                                   partial_channels, fold_alphas, fast_depthwise))
+                                   partial_channels, fold_alphas, fast_depthwise, self.method.auxiliary_skip))
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
@@ -172,6 +191,28 @@ class Network(nn.Module):
             self.betas_normal = nn.Parameter(1e-3 * torch.randn(edges))
             self.betas_reduce = nn.Parameter(1e-3 * torch.randn(edges))
             self._arch_names += ["betas_normal", "betas_reduce"]
+        # DARTS-'s skip coefficient: a tensor filled in place (a float would recompile a compiled graph every
+        # epoch); not saved, set_epoch derives it
+        self.register_buffer("skip_coefficient", torch.ones(()), persistent=False)
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        """Where the search is: the schedules of the methods (DARTS-'s skip, SDARTS's noise) follow it."""
+        self._epoch, self._epochs = epoch, epochs
+        self.skip_coefficient.fill_(self.method.skip_coefficient(epoch, epochs))
+
+    @contextlib.contextmanager
+    def sampling(self, phase: str, generator: torch.Generator | None):
+        """Forwards inside belong to `phase` of a search step (methods.WEIGHT_STEP or ALPHA_STEP) and draw their
+        random numbers from `generator`; outside, the op weights are deterministic."""
+        saved = self._phase, self._generator
+        self._phase, self._generator = phase, generator
+        try:
+            yield
+        finally:
+            self._phase, self._generator = saved
+
+    def mixing_weights(self, alphas: torch.Tensor) -> torch.Tensor:
+        return self.method.mix(alphas, self._phase, self._generator, self._epoch, self._epochs)
 
     def arch_parameters(self):
         return [getattr(self, name) for name in self._arch_names]
@@ -186,8 +227,9 @@ class Network(nn.Module):
         return [(name, p) for name, p in self.named_parameters() if name not in self._arch_names]
 
     def forward(self, input):
-        w_normal = F.softmax(self.alphas_normal, dim=-1)
-        w_reduce = F.softmax(self.alphas_reduce, dim=-1)
+        w_normal = self.mixing_weights(self.alphas_normal)
+        w_reduce = self.mixing_weights(self.alphas_reduce)
+        skip = self.skip_coefficient if self.method.auxiliary_skip else None
         e_normal = e_reduce = None
         if self.partial_channels > 1:
             e_normal = edge_weights(self.betas_normal, self._steps)
@@ -195,12 +237,13 @@ class Network(nn.Module):
         s0 = s1 = self.stem(input)
         for cell in self.cells:
             if cell.reduction:
-                s0, s1 = s1, cell(s0, s1, w_reduce, e_reduce)
+                s0, s1 = s1, cell(s0, s1, w_reduce, e_reduce, skip)
             else:
-                s0, s1 = s1, cell(s0, s1, w_normal, e_normal)
+                s0, s1 = s1, cell(s0, s1, w_normal, e_normal, skip)
         return self.classifier(self.global_pooling(s1).flatten(1))
 
     def genotype(self, max_skip: int | None = None) -> Genotype:
         """The derived cells (genotype.derive; `max_skip`: P-DARTS's cap on the normal cell's skip_connects)."""
         betas = (self.betas_normal, self.betas_reduce) if self.partial_channels > 1 else (None, None)
-        return derive(self.alphas_normal, self.alphas_reduce, *betas, steps=self._steps, max_skip=max_skip)
+        return derive(self.alphas_normal, self.alphas_reduce, *betas, steps=self._steps, max_skip=max_skip,
+                      mixing=self.method.derivation)

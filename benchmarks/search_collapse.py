@@ -1,0 +1,158 @@
+"""Which search methods keep a long search from collapsing onto parameter-free ops? Plain DARTS and each
+anti-collapse method (--method), several seeds each, the same search and retrain settings, on the embedded digits
+data (real images).
+
+Per run it measures
+- the parameter-free ops (skip_connect, pools) among the 8 edges of the derived normal cell (and reduction cell),
+- the top-1 of a short retrain of the derived cells on the test split,
+- the search's seconds per step, and its ratio to plain DARTS's (runs share the machine two at a time, so the
+  ratio is rough).
+
+The table is printed and appended to benchmarks/RESULTS.md (and results.jsonl); with matplotlib, one plot (the
+normal cell's parameter-free ops and the retrain top-1 per method, each seed a dot) is drawn to --plot.
+
+    python benchmarks/search_collapse.py                 # 6 methods x 3 seeds, 10 epochs of 12 steps, retrains
+    python benchmarks/search_collapse.py --toy           # a smoke run of a few seconds per search
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _bench  # noqa: E402
+
+METHODS = ("darts", "darts-minus", "beta-darts", "sdarts-rs", "fair-darts", "drnas")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--toy", action="store_true", help="smoke size: 2 methods, one seed, 1 epoch of 2 steps, a "
+                                                       "1-epoch retrain of 2 steps; no plot")
+    p.add_argument("--methods", default=",".join(METHODS), help="methods (default: all)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per method (default: 3)")
+    p.add_argument("--epochs", type=int, default=10, help="search epochs (default: 10)")
+    p.add_argument("--steps-per-epoch", type=int, default=12, help="search steps per epoch (default: 12)")
+    p.add_argument("--batch-size", type=int, default=32, help="search batch (default: 32)")
+    p.add_argument("--layers", type=int, default=5, help="supernet cells (default: 5)")
+    p.add_argument("--init-channels", type=int, default=4, help="supernet C (default: 4)")
+    p.add_argument("--retrain-epochs", type=int, default=4, help="short retrain of each derived genotype (0 = none; "
+                                                                 "default: 4)")
+    p.add_argument("--retrain-layers", type=int, default=6, help="retrain cells (default: 6)")
+    p.add_argument("--retrain-channels", type=int, default=12, help="retrain C (default: 12)")
+    p.add_argument("--retrain-steps", type=int, default=0, help="cap on retrain steps per epoch (0 = whole epoch)")
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time, one torch thread each (default: 2)")
+    p.add_argument("--plot", default="docs/search_collapse.png", help="plot file (default: %(default)s)")
+    args = p.parse_args(argv)
+    if args.toy:
+        args.methods, args.seeds, args.epochs, args.steps_per_epoch = "darts,drnas", 1, 1, 2
+        args.layers, args.batch_size, args.retrain_epochs, args.retrain_steps = 3, 8, 1, 2
+        args.retrain_layers, args.retrain_channels, args.plot = 3, 4, ""
+    args.methods = args.methods.split(",")
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        p.error(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    return args
+
+
+def run_one(job: tuple) -> dict:
+    """Search with one method and seed, then retrain the derived cells; runs in a worker process."""
+    args, method, seed = job
+    import torch
+    from dist_darts import collapse, search, train
+    from dist_darts.config import RetrainConfig, SearchConfig
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix=f"collapse-{method}-{seed}-") as tmp:
+        cfg = SearchConfig(dataset="digits", workers=0, device="cpu", seed=seed, epochs=args.epochs,
+                           steps_per_epoch=args.steps_per_epoch, layers=args.layers,
+                           init_channels=args.init_channels, batch_size=args.batch_size, method=method,
+                           log_interval=10**6, output=f"{tmp}/search")
+        started = time.perf_counter()
+        result = search.run(cfg)
+        seconds = time.perf_counter() - started
+        counts = collapse.cell_counts(result.genotype)
+        row = {"method": method, "seed": seed, "search_val_top1": result.val_top1,
+               "param_free_normal": counts["param_free_normal"], "param_free_reduce": counts["param_free_reduce"],
+               "skip_normal": counts["skip_normal"], "search_seconds_per_step": seconds / (args.epochs *
+                                                                                          args.steps_per_epoch),
+               "genotype": json.dumps(search.gt.to_dict(result.genotype))}
+        if args.retrain_epochs:
+            retrain = RetrainConfig(dataset="digits", workers=0, device="cpu", seed=seed,
+                                    genotype=f"{tmp}/search/genotype.json", epochs=args.retrain_epochs,
+                                    steps_per_epoch=args.retrain_steps, layers=args.retrain_layers,
+                                    init_channels=args.retrain_channels, batch_size=64, learning_rate=0.05,
+                                    auxiliary=False, log_interval=10**6, output=f"{tmp}/retrain")
+            row["retrain_top1"] = train.run(retrain).top1
+    print(json.dumps({k: v for k, v in row.items() if k != "genotype"}), flush=True)
+    return row
+
+
+def plot(path: str, rows: list[dict], args) -> str | None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no plot: matplotlib is not installed")
+        return None
+    panels = [("param_free_normal", "parameter-free ops in the normal cell (of 8)")]
+    if args.retrain_epochs:
+        panels.append(("retrain_top1", f"{args.retrain_epochs}-epoch retrain top-1 %"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels):
+        for i, method in enumerate(args.methods):
+            values = [r[key] for r in rows if r["method"] == method]
+            ax.scatter([i + 0.06 * (j - 1) for j in range(len(values))], values, alpha=0.7)
+            ax.hlines(statistics.fmean(values), i - 0.25, i + 0.25, color="k")
+        ax.set_xticks(range(len(args.methods)), args.methods, rotation=30)
+        ax.set_ylabel(label)
+    fig.suptitle(f"DARTS search on digits, {args.epochs} epochs x {args.steps_per_epoch} steps, "
+                 f"{args.seeds} seeds (dots; bar = mean)")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    jobs = [(args, method, seed) for seed in range(args.seeds) for method in args.methods]
+    with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+        rows = pool.map(run_one, jobs, chunksize=1)
+    darts_step = [r["search_seconds_per_step"] for r in rows if r["method"] == "darts"]
+    header = ["method", "param-free ops, normal cell (of 8)", "runs with a parametric majority", "skip_connects, normal",
+              "param-free ops, reduction", "retrain top-1 %", "search val top-1 %", "s per search step",
+              "step cost vs darts"]
+    lines = []
+    for method in args.methods:
+        column = {key: [r[key] for r in rows if r["method"] == method] for key in rows[0]}
+        majority = sum(n < 4 for n in column["param_free_normal"])
+        step = statistics.fmean(column["search_seconds_per_step"])
+        lines.append([method, _bench.spread(column["param_free_normal"]), f"{majority}/{len(column['seed'])}",
+                      _bench.spread(column["skip_normal"]), _bench.spread(column["param_free_reduce"]),
+                      _bench.spread(column["retrain_top1"]) if args.retrain_epochs else "-",
+                      _bench.spread(column["search_val_top1"]), f"{step:.2f}",
+                      f"{step / statistics.fmean(darts_step):.2f}x" if darts_step else "-"])
+    markdown = _bench.table(header, lines, right_from=1)
+    drawn = plot(args.plot, rows, args) if args.plot else None
+    size = (f"digits, supernet {args.layers} cells C={args.init_channels} batch {args.batch_size}, {args.epochs} "
+            f"search epochs of {args.steps_per_epoch} steps, {args.seeds} seed(s) per method, first order; retrain "
+            f"{args.retrain_layers} cells C={args.retrain_channels}, {args.retrain_epochs} epoch(s)" +
+            (f" of at most {args.retrain_steps} steps" if args.retrain_steps else "") +
+            f"; mean ± std over seeds; {args.jobs} runs at a time, 1 thread each")
+    print(markdown)
+    title = "Search collapse by method" + (" (toy size: a smoke run of the script, not evidence)" if args.toy else "")
+    _bench.record("search_collapse", "cpu", {"rows": rows, "args": vars(args)}, title,
+                  f"{size}\n\n{markdown}\n" + (f"\nPlot: `{drawn}`\n" if drawn else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""The search methods: how the alphas weigh the candidate ops, and what each anti-collapse method changes.
+
+Every method is plain DARTS plus one small change, with the defaults of its authors' code:
+
+- darts: softmax over the ops of each edge (Liu et al.).
+- darts-minus (DARTS-, Chu et al.): an auxiliary skip connection on every edge, outside the mixture, scaled by
+  beta = 1 - epoch / epochs, so skip_connect no longer needs to win the alphas to pass the signal on.
+- beta-darts (beta-DARTS, Ye et al.): the alpha step's loss gains lambda * mean over edges of
+  logsumexp(alphas), lambda = 50 * epoch / 100 (as in the authors' architect).
+- sdarts-rs (SDARTS-RS, Chen & Hsieh): the weight step sees softmax(alphas) + U(-eps, eps), clipped to [0, 1] and
+  renormalised per edge, eps rising linearly from 0.03 to 0.3 over the search; the alpha step sees no noise.
+- fair-darts (FairDARTS, Chu et al.): independent sigmoids instead of the softmax, and the alpha step's loss gains
+  10 * the zero-one loss -mean((sigmoid(alphas) - 0.5)^2). The cell is derived by the original top-2 rule on the
+  sigmoids (the paper's 0.85 threshold gives cells of any in-degree, which the genotype format does not hold).
+- drnas (DrNAS, Chen et al.): the op weights are a sample of Dirichlet(elu(alphas) + 1) in every training forward
+  (weight and alpha steps; the pathwise gradient reaches the concentration); evaluation uses the Dirichlet's mean.
+  Its default regulariser is the L2 penalty on the alphas, which is the alpha optimiser's weight decay (1e-3, as
+  DARTS's); the cell is derived from softmax(alphas), as the authors do.
+
+Random draws come from the `generator` the caller hands in: seeded alike on every rank, they make the noise of
+sdarts-rs and the samples of drnas identical on all ranks, so the alphas stay identical under DDP.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# phases of a search step in which a network's forward runs; None = evaluation (deterministic weights)
+WEIGHT_STEP, ALPHA_STEP = "weights", "alphas"
+
+
+class Darts:
+    """Plain DARTS; the base every method changes one part of."""
+
+    name = "darts"
+    derivation = "softmax"  # what genotype.derive ranks: softmax or sigmoid of the alphas
+    auxiliary_skip = False  # does every edge carry DARTS-'s extra skip connection
+    stochastic = False  # does a forward draw random numbers (then the caller hands in a generator)
+
+    def mix(self, alphas: torch.Tensor, phase: str | None, generator: torch.Generator | None, epoch: int,
+            epochs: int) -> torch.Tensor:
+        """The op weights of each edge (rows of `alphas`) for a forward in `phase`."""
+        return self.weights(alphas)
+
+    def weights(self, alphas: torch.Tensor) -> torch.Tensor:
+        """The deterministic op weights: evaluation, statistics."""
+        return F.softmax(alphas, dim=-1)
+
+    def penalty(self, alphas: list[torch.Tensor], epoch: int, epochs: int) -> torch.Tensor | None:
+        """The term the alpha step adds to the validation loss (None: none)."""
+        return None
+
+    def skip_coefficient(self, epoch: int, epochs: int) -> float:
+        """The weight of the auxiliary skip connection (methods with auxiliary_skip only)."""
+        return 0.0
+
+
+class DartsMinus(Darts):
+    name = "darts-minus"
+    auxiliary_skip = True
+
+    def skip_coefficient(self, epoch: int, epochs: int) -> float:
+        return 1.0 - epoch / epochs
+
+
+class BetaDarts(Darts):
+    name = "beta-darts"
+    LAMBDA_PER_EPOCH = 50 / 100  # the authors' schedule: 0 + 50 * epoch / 100
+
+    def penalty(self, alphas, epoch, epochs):
+        return self.LAMBDA_PER_EPOCH * epoch * torch.cat([torch.logsumexp(a, dim=-1) for a in alphas]).mean()
+
+
+class SdartsRS(Darts):
+    name = "sdarts-rs"
+    stochastic = True
+    EPSILON_START, EPSILON_END = 0.03, 0.3
+
+    def epsilon(self, epoch: int, epochs: int) -> float:
+        return self.EPSILON_START + (self.EPSILON_END - self.EPSILON_START) * epoch / epochs
+
+    def mix(self, alphas, phase, generator, epoch, epochs):
+        if phase != WEIGHT_STEP:
+            return self.weights(alphas)
+        with torch.no_grad():  # the perturbed weights are data for the weight step, as the authors' in-place noise
+            eps = self.epsilon(epoch, epochs)
+            w = self.weights(alphas)
+            noisy = (w + torch.empty_like(w).uniform_(-eps, eps, generator=generator)).clamp_(0, 1)
+            empty = noisy.sum(-1) == 0  # every op clipped to 0: the edge keeps its strongest op alone
+            noisy[empty] = F.one_hot(w[empty].argmax(-1), w.shape[-1]).to(w.dtype)
+            return noisy / noisy.sum(-1, keepdim=True)
+
+
+class FairDarts(Darts):
+    name = "fair-darts"
+    derivation = "sigmoid"
+    ZERO_ONE_WEIGHT = 10.0
+
+    def weights(self, alphas):
+        return torch.sigmoid(alphas)
+
+    def penalty(self, alphas, epoch, epochs):
+        sig = torch.sigmoid(torch.cat([a.reshape(-1) for a in alphas]))
+        return -self.ZERO_ONE_WEIGHT * ((sig - 0.5) ** 2).mean()
+
+
+class DrNAS(Darts):
+    name = "drnas"
+    stochastic = True
+
+    @staticmethod
+    def concentration(alphas: torch.Tensor) -> torch.Tensor:
+        return F.elu(alphas) + 1
+
+    def weights(self, alphas):
+        c = self.concentration(alphas)
+        return c / c.sum(-1, keepdim=True)
+
+    def mix(self, alphas, phase, generator, epoch, epochs):
+        if phase is None:
+            return self.weights(alphas)
+        # a Dirichlet sample as normalised Gamma samples: torch's Gamma takes a generator (its Dirichlet does not)
+        # and differentiates through the sample with respect to the concentration
+        gammas = torch._standard_gamma(self.concentration(alphas).float(), generator=generator)
+        gammas = gammas.clamp_min(torch.finfo(gammas.dtype).tiny)  # an edge of all-zero draws would divide 0 by 0
+        return (gammas / gammas.sum(-1, keepdim=True)).to(alphas.dtype)
+
+
+METHODS = {m.name: m for m in (Darts(), DartsMinus(), BetaDarts(), SdartsRS(), FairDarts(), DrNAS())}
