@@ -14,6 +14,7 @@ from importlib.metadata import version
 from . import genotype as gt
 from . import config
 from .config import DATASETS, ConfigError
+from .methods import METHODS
 
 
 class UsageError(ValueError):
@@ -147,7 +148,8 @@ def cmd_genotype_alphas(args):
     except Exception as e:  # truncated, foreign or tampered files all land here
         raise UsageError(f"alphas file {args.alphas}: not a saved alphas file "
                          f"(needs tensors 'alphas_normal' and 'alphas_reduce'): {type(e).__name__}") from None
-    g = gt.derive(a_normal, a_reduce, saved.get("betas_normal"), saved.get("betas_reduce"), max_skip=args.max_skip)
+    g = gt.derive(a_normal, a_reduce, saved.get("betas_normal"), saved.get("betas_reduce"), max_skip=args.max_skip,
+                  mixing=METHODS[args.method].derivation)
     print(gt.format_genotype(g))
     print(plot_alphas(a_normal, a_reduce, args.output, genotype=g))
 
@@ -302,6 +304,8 @@ def build_parser(space: str = "cnn") -> argparse.ArgumentParser:
     p.add_argument("--output", default="alphas.png", help="plot file (.png, .svg or .pdf)")
     p.add_argument("--max-skip", type=int, default=None, metavar="N",
                    help="at most N skip_connects in the normal cell (P-DARTS's rule, as search --max-skip)")
+    p.add_argument("--method", choices=list(METHODS), default="darts",
+                   help="the search's --method: fair-darts's cells rank sigmoids of the alphas, the others' softmax")
     p.set_defaults(func=cmd_genotype_alphas)
 
     p = gsub.add_parser("animate", help="animate a search: the derived cells and the alphas, epoch by epoch",

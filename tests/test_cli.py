@@ -59,6 +59,10 @@ def test_alphas_plot_and_derive(tmp_path, capsys):
     capped = gt.derive(a["alphas_normal"], a["alphas_reduce"], max_skip=2)
     assert sum(op == "skip_connect" for op, _ in capped.normal) == 2
     assert capsys.readouterr().out.startswith(gt.format_genotype(capped))
+    assert main(["genotype", "alphas", str(tmp_path / "alphas.pt"), "--method", "fair-darts", "--output",
+                 str(tmp_path / "a.png")]) == 0
+    fair = gt.derive(a["alphas_normal"], a["alphas_reduce"], mixing="sigmoid")
+    assert capsys.readouterr().out.startswith(gt.format_genotype(fair))
 
 
 def test_model_summary_counts(capsys):

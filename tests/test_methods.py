@@ -1,0 +1,229 @@
+"""The search methods (dist_darts.methods): each one's defining equation against an independent computation on a
+tiny supernet, its derivation, its noise identical on 2 gloo ranks, and an exact resume mid-search."""
+
+import os
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dist_darts import genotype as gt
+from dist_darts import search
+from dist_darts.architect import Architect
+from dist_darts.config import SearchConfig
+from dist_darts.methods import ALPHA_STEP, METHODS, WEIGHT_STEP
+from dist_darts.ops import FactorizedReduce, Identity
+from dist_darts.supernet import MixedOp, Network
+from helpers import assert_same_state, free_port, model_state
+
+EDGES, OPS = 14, len(gt.PRIMITIVES)
+
+
+def _net(method, fold_alphas=True, seed=0):
+    torch.manual_seed(seed)
+    net = Network(4, 10, 3, method=method, fold_alphas=fold_alphas)
+    with torch.no_grad():
+        for a in net.arch_parameters():
+            a.normal_()  # far from uniform, so the methods' weights differ
+    return net.double()
+
+
+def _batch(seed=0, n=4):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 10, (n,), generator=g)
+
+
+def _alpha_grads(net, penalty_epoch=None, epochs=10):
+    arch = Architect(net, nn.CrossEntropyLoss(), torch.optim.Adam(net.arch_parameters()),
+                     torch.optim.SGD(net.weights(), 0.1), 0.9, 3e-4)
+    if penalty_epoch is not None:
+        arch.penalty = lambda: net.method.penalty([net.alphas_normal, net.alphas_reduce], penalty_epoch, epochs)
+    x, y = _batch()
+    grads, _ = arch.alpha_gradients(x, y, x, y, 0.1)
+    return grads
+
+
+def test_config_offers_exactly_the_methods():
+    import dataclasses
+    field = next(f for f in dataclasses.fields(SearchConfig) if f.name == "method")
+    assert field.metadata["choices"] == tuple(METHODS) and field.default == "darts"
+
+
+def test_darts_minus_adds_a_decaying_skip_connection_on_every_edge():
+    torch.manual_seed(0)
+    for stride, expected in ((1, Identity), (2, FactorizedReduce)):
+        op = MixedOp(4, stride, auxiliary_skip=True).double().train()
+        assert isinstance(op.auxiliary_skip, expected)
+        x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+        w = torch.softmax(torch.randn(OPS, dtype=torch.float64), -1)
+        skip = torch.tensor(0.3, dtype=torch.float64)
+        mixture = sum(wi * o(x) for wi, o in zip(w, op._ops))  # the original's edge
+        assert torch.allclose(op(x, w, skip), mixture + 0.3 * op.auxiliary_skip(x))
+        assert torch.allclose(op.add_skip(op.accumulate(x, w), x, skip), mixture + 0.3 * op.auxiliary_skip(x))
+    method = METHODS["darts-minus"]
+    assert [method.skip_coefficient(e, 4) for e in range(4)] == [1.0, 0.75, 0.5, 0.25]
+    # the fast path (alphas folded into BatchNorm, in-place sums) gives the plain path's output
+    fast, plain = _net("darts-minus"), _net("darts-minus", fold_alphas=False)
+    plain.load_state_dict(fast.state_dict())
+    for net in (fast, plain):
+        net.set_epoch(3, 10)
+    assert float(fast.skip_coefficient) == pytest.approx(0.7)
+    x, _ = _batch()
+    assert torch.allclose(fast(x), plain(x), atol=1e-10)
+    # at the end of the schedule the network is plain DARTS's
+    darts = _net("darts", fold_alphas=False)
+    darts.load_state_dict({k: v for k, v in fast.state_dict().items() if "auxiliary_skip" not in k})
+    fast.set_epoch(10, 10)
+    assert torch.allclose(fast(x), darts(x), atol=1e-10)
+
+
+def test_beta_darts_penalty_gradient_is_lambda_softmax_over_the_edges():
+    net = _net("beta-darts")
+    plain = _alpha_grads(net)
+    with_penalty = _alpha_grads(net, penalty_epoch=6)
+    lam = 50 * 6 / 100
+    for a, g0, g1 in zip(net.arch_parameters(), plain, with_penalty):
+        # d/dalpha of lam * mean over all 2 x 14 edges of logsumexp(alpha_edge) = lam * softmax / 28
+        assert torch.allclose(g1 - g0, lam * torch.softmax(a.detach(), -1) / (2 * EDGES), atol=1e-12)
+
+
+def test_fair_darts_mixes_by_sigmoids_and_adds_the_zero_one_loss():
+    net = _net("fair-darts", fold_alphas=False)
+    x, y = _batch()
+    reference = _net("darts", fold_alphas=False)
+    reference.load_state_dict(net.state_dict())
+    reference.mixing_weights = lambda a: torch.sigmoid(a)  # the same network with sigmoids put in by hand
+    assert torch.allclose(net(x), reference(x), atol=1e-12)
+    plain, with_penalty = _alpha_grads(net), _alpha_grads(net, penalty_epoch=0)
+    n = 2 * EDGES * OPS
+    for a, g0, g1 in zip(net.arch_parameters(), plain, with_penalty):
+        s = torch.sigmoid(a.detach())
+        # d/dalpha of -10 * mean((sigmoid - 0.5)^2) over all n alphas
+        assert torch.allclose(g1 - g0, -10 * 2 * (s - 0.5) * s * (1 - s) / n, atol=1e-12)
+
+
+def test_fair_darts_derives_from_the_sigmoids():
+    a = torch.full((EDGES, OPS), -5.0)
+    sep, skip, pool = (gt.PRIMITIVES.index(o) for o in ("sep_conv_3x3", "skip_connect", "max_pool_3x3"))
+    # node 0's edge 0: one strong op among weak ones (softmax favours it); edge 1: two strong ops (a sigmoid
+    # keeps each strong, a softmax halves them)
+    a[0, sep] = 2.0
+    a[1, skip] = a[1, pool] = 2.2
+    softmax_cell = gt.derive(a, a.clone())
+    sigmoid_cell = gt.derive(a, a.clone(), mixing="sigmoid")
+    assert softmax_cell.normal[0] == ("sep_conv_3x3", 0)
+    assert sigmoid_cell.normal[0] == ("max_pool_3x3", 1)
+    net = Network(4, 10, 3, method="fair-darts")
+    with torch.no_grad():
+        net.alphas_normal.copy_(a)
+        net.alphas_reduce.copy_(a)
+    assert net.genotype() == sigmoid_cell
+    with pytest.raises(gt.GenotypeError):
+        gt.derive(a, a, mixing="gumbel")
+
+
+def test_sdarts_rs_perturbs_softmax_in_the_weight_step_only():
+    method = METHODS["sdarts-rs"]
+    alphas = torch.randn(EDGES, OPS, dtype=torch.float64)
+    assert method.epsilon(0, 10) == pytest.approx(0.03) and method.epsilon(5, 10) == pytest.approx(0.165)
+    draw = method.mix(alphas, WEIGHT_STEP, torch.Generator().manual_seed(3), 5, 10)
+    # independently: softmax + U(-eps, eps) from the same stream, clipped to [0, 1], renormalised per edge
+    noise = torch.empty(EDGES, OPS, dtype=torch.float64).uniform_(-0.165, 0.165,
+                                                                  generator=torch.Generator().manual_seed(3))
+    expected = (torch.softmax(alphas, -1) + noise).clamp(0, 1)
+    assert torch.allclose(draw, expected / expected.sum(-1, keepdim=True), atol=1e-12)
+    assert not draw.requires_grad
+    for phase in (ALPHA_STEP, None):  # the alpha step and evaluation see the plain softmax
+        assert torch.equal(method.mix(alphas, phase, torch.Generator().manual_seed(3), 5, 10),
+                           torch.softmax(alphas, -1))
+    # the network draws it inside sampling(WEIGHT_STEP, generator) only
+    net = _net("sdarts-rs")
+    net.set_epoch(5, 10)
+    with net.sampling(WEIGHT_STEP, torch.Generator().manual_seed(3)):
+        assert torch.allclose(net.mixing_weights(net.alphas_normal), method.mix(
+            net.alphas_normal, WEIGHT_STEP, torch.Generator().manual_seed(3), 5, 10))
+    assert torch.equal(net.mixing_weights(net.alphas_normal), torch.softmax(net.alphas_normal, -1))
+
+
+def test_drnas_samples_the_dirichlet_and_evaluates_at_its_mean():
+    method = METHODS["drnas"]
+    alphas = torch.randn(3, OPS, dtype=torch.float64, requires_grad=True)
+    concentration = F.elu(alphas.detach()) + 1
+    mean = concentration / concentration.sum(-1, keepdim=True)
+    assert torch.allclose(method.mix(alphas, None, None, 0, 1), mean)
+    samples = torch.stack([method.mix(alphas, WEIGHT_STEP, g, 0, 1).detach()
+                           for g in [torch.Generator().manual_seed(i) for i in range(4000)]])
+    assert torch.allclose(samples.sum(-1), torch.ones(3, dtype=torch.float64))
+    assert torch.allclose(samples.mean(0), mean, atol=0.01)  # the Dirichlet's mean
+    # and its variance, mean_i (1 - mean_i) / (sum + 1)
+    assert torch.allclose(samples.var(0), mean * (1 - mean) / (concentration.sum(-1, keepdim=True) + 1), atol=0.003)
+    one = method.mix(alphas, ALPHA_STEP, torch.Generator().manual_seed(1), 0, 1)
+    assert torch.equal(one, method.mix(alphas, ALPHA_STEP, torch.Generator().manual_seed(1), 0, 1))  # seeded
+    one[0, 0].backward()
+    assert alphas.grad.abs().sum() > 0  # the pathwise gradient reaches the concentration
+    # torch's own Dirichlet, drawn from the same stream, gives the same sample
+    torch.manual_seed(7)
+    reference = torch.distributions.Dirichlet(concentration).sample()
+    torch.manual_seed(7)
+    ours = method.mix(alphas, WEIGHT_STEP, torch.default_generator, 0, 1)
+    assert torch.allclose(ours.detach(), reference, atol=1e-12)
+
+
+def _noise_worker(rank, port, out, method):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    seeds = []
+    step = search.search_step
+
+    def recording_step(*args):
+        generator = args[-1]
+        seeds.append(None if generator is None else generator.initial_seed())
+        return step(*args)
+
+    search.search_step = recording_step
+    cfg = SearchConfig(dataset="digits", layers=3, init_channels=4, batch_size=8, workers=0, epochs=2,
+                       steps_per_epoch=2, method=method, output=os.path.join(out, "run"), log_interval=10**6)
+    result = search.run(cfg)  # fails if the ranks' weights or alphas differ (check_replicas, every epoch)
+    torch.save({"seeds": seeds, "genotype": gt.to_dict(result.genotype)}, os.path.join(out, f"rank{rank}.pt"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["darts-minus", "beta-darts", "sdarts-rs", "fair-darts", "drnas"])
+def test_two_gloo_ranks_agree(tmp_path, method):
+    mp.spawn(_noise_worker, args=(free_port(), str(tmp_path), method), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    assert r0 == r1  # the same noise seeds at every step, the same cell
+    if METHODS[method].stochastic:
+        assert len(set(r0["seeds"])) == 4  # a fresh draw each step
+    else:
+        assert r0["seeds"] == [None] * 4
+
+
+class _Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_resume_mid_epoch_is_exact(tmp_path, method, monkeypatch):
+    def cfg(name, **kw):
+        return SearchConfig(dataset="digits", layers=3, init_channels=4, batch_size=8, workers=0, epochs=2,
+                            steps_per_epoch=3, checkpoint_steps=1, method=method, output=str(tmp_path / name),
+                            log_interval=10**6, **kw)
+
+    search.run(cfg("straight"))
+    step, calls = search.search_step, []
+
+    def crashing_step(*args):
+        calls.append(1)
+        if len(calls) == 5:  # epoch 1, step 1: its checkpoint is step 1's of epoch 1
+            raise _Crash
+        return step(*args)
+
+    monkeypatch.setattr(search, "search_step", crashing_step)
+    with pytest.raises(_Crash):
+        search.run(cfg("crashed"))
+    monkeypatch.setattr(search, "search_step", step)
+    search.run(cfg("crashed", resume=True))
+    assert_same_state(model_state(tmp_path / "straight"), model_state(tmp_path / "crashed"))
