@@ -205,7 +205,7 @@ class _Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "darts"])  # darts's: test_resume, test_torchrun
 def test_resume_mid_epoch_is_exact(tmp_path, method, monkeypatch):
     def cfg(name, **kw):
         return SearchConfig(dataset="digits", layers=3, init_channels=4, batch_size=8, workers=0, epochs=2,
