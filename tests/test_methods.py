@@ -172,6 +172,7 @@ def test_drnas_samples_the_dirichlet_and_evaluates_at_its_mean():
 
 
 def _noise_worker(rank, port, out, method):
+    torch.set_num_threads(1)  # two ranks on a small machine: more threads each stall for each other
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
                       LOCAL_RANK=str(rank))
     seeds = []
