@@ -209,6 +209,15 @@ class SearchConfig(JobConfig):
     max_skip: int | None = opt(None, "derive the normal cell with at most N skip_connects (P-DARTS's rule: the "
                                      "kept skip_connect of least weight is struck off and the cell derived again, "
                                      "until N remain); unset = the original's rule", "architecture search")
+    derive: str = opt("original", "how the cell is read off the supernet: original (top-2 inputs per node, the "
+                                  "strongest op on each, from the alphas), darts-pt (DARTS-PT: after the search, "
+                                  "each edge keeps the op whose removal costs the supernet the most validation "
+                                  "accuracy, then each node its two most needed inputs, with --pt-tune-epochs of "
+                                  "search between decisions; see docs/methods.md)", "architecture search",
+                      choices=("original", "darts-pt"))
+    pt_tune_epochs: int = opt(10, "DARTS-PT: search epochs between two decisions (the paper's 10; 17 decisions "
+                                  "in the DARTS cell, so the selection runs 16 x N + 1 epochs after --epochs)",
+                              "architecture search")
     base_batch_size: int = opt(64, "global batch the learning rates are meant for (the paper's 64); the scaling "
                                    "rules compare the global batch (batch size x world size x accumulate) with it",
                                "schedule")
@@ -237,6 +246,10 @@ class SearchConfig(JobConfig):
             raise ConfigError(f"train-portion: must be between 0 and 1, got {self.train_portion}")
         check_ranges(self, minimum=1, names=("partial_channels",))
         check_ranges(self, minimum=0, names=("hessian_every", "max_skip"))
+        check_ranges(self, minimum=1, names=("pt_tune_epochs",))
+        if self.derive == "darts-pt" and self.early_stop != "none":  # the selection needs the whole search first
+            raise ConfigError("early-stop: DARTS-PT selects the cell after the whole search; use --early-stop none "
+                              "with --derive darts-pt")
         if self.early_stop == "eigenvalue" and not self.hessian_every:
             raise ConfigError("early-stop: the eigenvalue rule needs the estimates: give --hessian-every N (1 = "
                               "every epoch)")
@@ -465,7 +478,7 @@ SEARCH_SCALING = ("base_batch_size", "lr_scaling", "warmup_epochs", "arch_lr_sca
 SWEEP_PASSED = tuple(f.name for f in dataclasses.fields(DataConfig) + dataclasses.fields(RunConfig)
                      if f.name not in ("output", "resume", "seed")) + (
     "layers", "init_channels", "steps_per_epoch", "checkpoint_steps", "unrolled", "partial_channels", "method",
-    "max_skip", "early_stop", "hessian_every") + SEARCH_SCALING
+    "max_skip", "derive", "pt_tune_epochs", "early_stop", "hessian_every") + SEARCH_SCALING
 
 
 @dataclass

@@ -52,6 +52,7 @@ class Task(Protocol):
     kind: str  # "search" or "retrain": the checkpoint's kind
     model: torch.nn.Module  # the plain (unwrapped) network
     resume_keys: tuple  # config fields a resume must not change
+    epochs: int  # how many epochs the driver runs
     steps: int  # steps per epoch
     images_per_step: int  # over all ranks, for images/s
     metrics: dict  # the metrics before any epoch finished
@@ -92,7 +93,7 @@ class _Divergence:
 
 
 def run_epochs(job: Job, task: Task, on_epoch: EpochHook | None = None) -> dict:
-    """Train task for job.cfg.epochs epochs (resuming from the run folder with --resume); returns the metrics
+    """Train task for task.epochs epochs (resuming from the run folder with --resume); returns the metrics
     of the last epoch."""
     cfg, env = job.cfg, job.env
     last = checkpoint_path(job.run_dir)
@@ -124,10 +125,10 @@ def run_epochs(job: Job, task: Task, on_epoch: EpochHook | None = None) -> dict:
                                      config=config_io.to_dict(cfg)), path, keep_previous=path == last)
         barrier()
 
-    final_epoch = start_epoch if stopped else cfg.epochs  # a run that its --early-stop ended is finished
+    final_epoch = start_epoch if stopped else task.epochs  # a run that its --early-stop ended is finished
     for epoch in range(start_epoch, final_epoch):
         meter = Meter(env.device, meter_sums)
-        progress = Progress(task.kind, epoch, cfg.epochs, task.steps, start_step, task.images_per_step,
+        progress = Progress(task.kind, epoch, task.epochs, task.steps, start_step, task.images_per_step,
                             cfg.log_interval, env.is_main)
         for step, batch in zip(range(start_step, task.steps), task.begin_epoch(epoch, start_step)):
             out = task.step(batch)
@@ -158,7 +159,7 @@ def run_epochs(job: Job, task: Task, on_epoch: EpochHook | None = None) -> dict:
                 job.scalar(tag, value, epoch + 1)
             log.info(end.line)
             if stopped:
-                log.warning("early stop after epoch %d of %d: %s", epoch + 1, cfg.epochs, stopped)
+                log.warning("early stop after epoch %d of %d: %s", epoch + 1, task.epochs, stopped)
         save(last, epoch + 1, 0, None)
         if end.is_best:
             save(best_checkpoint_path(job.run_dir), epoch + 1, 0, None)

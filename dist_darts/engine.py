@@ -248,11 +248,13 @@ class Meter:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, autocast=contextlib.nullcontext, max_steps: int = 0,
-             channels_last: bool | None = None) -> dict:
+             channels_last: bool | None = None, batch_statistics: bool = False) -> dict:
     """Loss, top-1 and top-5 over the whole (sharded) loader, averaged over all ranks; batches are put in the
-    job's memory format when channels_last is given."""
+    job's memory format when channels_last is given. batch_statistics: BatchNorm normalises by each batch's own
+    statistics, as in training (DARTS-PT's measurements), and its running statistics are left as they were."""
     was_training = model.training
-    model.eval()
+    saved = [b.clone() for b in model.buffers()] if batch_statistics else []
+    model.train(batch_statistics)
     meter = Meter(next(model.parameters()).device)
     criterion = nn.CrossEntropyLoss(ignore_index=-100, reduction="sum")  # a batch may be all padding
     loader.set_epoch(0)
@@ -263,6 +265,8 @@ def evaluate(model: nn.Module, loader, autocast=contextlib.nullcontext, max_step
             out = model(x if channels_last is None else to_memory_format(x, channels_last))
         logits = (out[0] if isinstance(out, tuple) else out).float()
         meter.update(criterion(logits, y), logits, y)
+    for buffer, value in zip(model.buffers(), saved):
+        buffer.copy_(value)
     model.train(was_training)
     return meter.global_averages()
 

@@ -203,7 +203,8 @@ def derive(alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor,
     With `max_skip` (P-DARTS's rule), the normal cell keeps at most that many skip_connects: while it holds more,
     the kept skip_connect of least weight is struck off its edge and the cell derived again (that edge then offers
     its next op, or loses its place to another edge). `mixing` "sigmoid" (FairDARTS) ranks independent sigmoids
-    of the alphas instead of their softmax.
+    of the alphas instead of their softmax; "weights" takes the tensors as op weights already (DARTS-PT's
+    projected weights).
     """
     edges = sum(2 + i for i in range(steps))
     for name, a in (("alphas_normal", alphas_normal), ("alphas_reduce", alphas_reduce)):
@@ -212,12 +213,12 @@ def derive(alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor,
     if max_skip is not None and max_skip < 0:
         raise GenotypeError(f"max_skip: needs a count of 0 or more, got {max_skip}")
 
-    if mixing not in ("softmax", "sigmoid"):
-        raise GenotypeError(f"mixing: softmax or sigmoid, got {mixing!r}")
+    transforms = {"softmax": lambda a: torch.softmax(a, dim=-1), "sigmoid": torch.sigmoid, "weights": torch.clone}
+    if mixing not in transforms:
+        raise GenotypeError(f"mixing: softmax, sigmoid or weights, got {mixing!r}")
 
     def op_weights(alphas, betas):
-        a = alphas.detach().float().cpu()
-        weights = torch.softmax(a, dim=-1) if mixing == "softmax" else torch.sigmoid(a)
+        weights = transforms[mixing](alphas.detach().float().cpu())
         if betas is not None:
             weights = weights * edge_weights(betas.detach().float().cpu(), steps).unsqueeze(-1)
         weights[:, PRIMITIVES.index("none")] = float("-inf")  # 'none' never wins an edge nor ranks one

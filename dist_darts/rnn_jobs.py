@@ -167,6 +167,7 @@ class RecurrentSearchTask:
         self.hidden = self.model.init_hidden(self.columns)
         self.hidden_valid = self.model.init_hidden(self.columns)
         self.steps = _steps_per_epoch(self.train_data.size(0), cfg, variable=False)
+        self.epochs = cfg.epochs
         self.images_per_step = cfg.batch_size * cfg.bptt  # tokens
         self.metrics = {"train_loss": math.nan, "val_loss": math.nan}
 
@@ -317,6 +318,7 @@ class RecurrentRetrainTask:
         self.best = math.inf  # the best validation loss: the original's stored_loss
         self.val_losses = []  # the SGD phase's validation losses: the original's best_val_loss
         self.steps = _steps_per_epoch(self.train_data.size(0), cfg, True, cfg.max_seq_len_delta)
+        self.epochs = cfg.epochs
         self.images_per_step = cfg.batch_size * cfg.bptt
         self.metrics = {"val_loss": math.nan}
 

@@ -27,12 +27,13 @@ from .engine import EpochHook, Job, affine_at, autocast_factory, check_memory, c
     prepare_job_model, run_job, saved_activation_bytes, step_memory, to_memory_format
 from .logs import log, summary_table
 from .methods import ALPHA_STEP, WEIGHT_STEP
+from .projection import Projection, decision_count
 from .runfolder import atomic_write
 from .supernet import Network
 
 # settings that define the search; a resume with any of them changed is refused
 RESUME_KEYS = ("dataset", "layers", "init_channels", "batch_size", "train_portion", "unrolled", "partial_channels",
-               "method", "epochs", "seed", "accumulate")
+               "method", "epochs", "seed", "accumulate", "derive", "pt_tune_epochs")
 @dataclass
 class SearchResult:
     genotype: gt.Genotype
@@ -194,6 +195,13 @@ class SearchTask:
             raise ConfigError(f"accumulate: {cfg.accumulate} micro-batches per step, but an epoch has only {batches} "
                               "batches per rank")
         self.steps = min(batches // cfg.accumulate, cfg.steps_per_epoch or batches)
+        # DARTS-PT's selection runs after the search's epochs: a decision every --pt-tune-epochs, search between
+        self.projection = None
+        self.epochs = cfg.epochs
+        if cfg.derive == "darts-pt":
+            self.projection = Projection(gt.STEPS, cfg.seed, cfg.max_skip)
+            self.decisions = decision_count(gt.STEPS)
+            self.epochs += cfg.pt_tune_epochs * (self.decisions - 1) + 1
         self.images_per_step = self.rates["global_batch"]
         self.metrics = {"train_top1": math.nan, "val_top1": math.nan}
         self.eigenvalues = []  # every --hessian-every estimate so far, for the growth warning
@@ -205,7 +213,8 @@ class SearchTask:
                 "a_optimizer": self.a_opt.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "hessian_eigenvalues": list(self.eigenvalues),
                 "previous_genotype": _as_dict(self.previous_genotype),
-                "chosen_genotype": _as_dict(self.chosen_genotype)}
+                "chosen_genotype": _as_dict(self.chosen_genotype),
+                "projection": None if self.projection is None else self.projection.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -215,6 +224,10 @@ class SearchTask:
         self.eigenvalues = list(state["hessian_eigenvalues"])
         self.previous_genotype, self.chosen_genotype = (
             None if state.get(k) is None else gt.from_dict(state[k]) for k in ("previous_genotype", "chosen_genotype"))
+        if self.projection is not None:
+            self.projection.load_state_dict(state["projection"])
+            if self.projection.decisions_made:  # in the selection already: the network mixes as projected
+                self.model.projection = self.projection
 
     def identity(self) -> dict:
         return {}
@@ -224,19 +237,47 @@ class SearchTask:
         # the warm-up is a factor on the cosine schedule derived from the epoch, so a resume needs no extra state
         warm = (epoch + 1) / cfg.warmup_epochs if epoch < cfg.warmup_epochs else 1.0
         self.lr = self.scheduler.get_last_lr()[0] * warm
+        if epoch >= cfg.epochs:
+            self.lr = self._select(epoch - cfg.epochs, start_step)
         for group in self.w_opt.param_groups:
             group["lr"] = self.lr
         self.update_alphas = epoch >= cfg.arch_warmup_epochs
         model = self.model
-        model.set_epoch(epoch, cfg.epochs)
-        self.architect.penalty = lambda: self.method.penalty([model.alphas_normal, model.alphas_reduce], epoch,
-                                                             cfg.epochs)
+        schedule_epoch = min(epoch, cfg.epochs)  # the methods' schedules end with the search
+        model.set_epoch(schedule_epoch, cfg.epochs)
+        self.architect.penalty = lambda: self.method.penalty([model.alphas_normal, model.alphas_reduce],
+                                                             schedule_epoch, cfg.epochs)
         self.step_index = epoch * self.steps + start_step  # seeds the step's noise: a resume draws the same
         self.loaders.train.set_epoch(epoch, start_step * cfg.accumulate)
         self.loaders.val.set_epoch(epoch, start_step * cfg.accumulate)
         self.model.train()
         pairs = zip(self.loaders.train, self.loaders.val)
         return (_join(group) for group in zip(*[pairs] * cfg.accumulate))  # accumulate consecutive pairs per step
+
+    def _select(self, epoch: int, start_step: int) -> float:
+        """DARTS-PT's selection epoch `epoch`: the decision due at its start (not again on a mid-epoch resume,
+        whose checkpoint holds it), and the weights' learning rate. As the authors do, the weights restart from
+        a tenth of the search's rate with fresh momentum, on a cosine down to the floor over the selection."""
+        cfg, model = self.job.cfg, self.model
+        model.projection = self.projection
+        if start_step == 0 and epoch == 0:
+            self.w_opt.state.clear()
+        if start_step == 0 and epoch % cfg.pt_tune_epochs == 0:
+            decision = epoch // cfg.pt_tune_epochs
+            lines = self.projection.decide(decision, self._score)
+            if self.job.env.is_main:
+                for line in lines:
+                    log.info("DARTS-PT decision %d/%d: %s", decision + 1, self.decisions, line)
+        low, high = self.rates["learning_rate_min"], self.rates["learning_rate"] / 10
+        return low + (high - low) * (1 + math.cos(math.pi * epoch / (self.epochs - cfg.epochs))) / 2
+
+    def _score(self) -> tuple[float, float]:
+        """The supernet's validation top-1 and loss as it stands (its projection's trial applied), over the
+        batches of an epoch, split across ranks and averaged, so every rank takes the same decision."""
+        cfg = self.job.cfg
+        val = evaluate(self.model, self.loaders.val, self.job.autocast, self.steps * cfg.accumulate,
+                       cfg.channels_last, batch_statistics=True)
+        return val["top1"], val["loss"]
 
     def step(self, batch) -> StepOutput:
         cfg = self.job.cfg
@@ -282,7 +323,7 @@ class SearchTask:
             row={"epoch": epoch + 1, "lr": self.lr, "train_loss": train["loss"], "train_top1": train["top1"],
                  "val_loss": val["loss"], "val_top1": val["top1"], **collapse_row, "genotype": gt.to_dict(genotype)},
             scalars={**scalars, **alpha_statistics(model)},
-            line=f"epoch {epoch + 1}/{cfg.epochs} lr {self.lr:.5f} | train loss {train['loss']:.4f} top1 "
+            line=f"epoch {epoch + 1}/{self.epochs} lr {self.lr:.5f} | train loss {train['loss']:.4f} top1 "
                  f"{train['top1']:.2f}% | val loss {val['loss']:.4f} top1 {val['top1']:.2f}% | {collapse_text} | "
                  f"{gt.format_genotype(genotype)}",
             stop=stop)
@@ -321,7 +362,7 @@ def _search(job: Job, on_epoch: EpochHook | None) -> SearchResult:
     metrics = run_epochs(job, task, on_epoch)
     model, cfg, env = task.model, job.cfg, job.env
     genotype = task.chosen_genotype or model.genotype(cfg.max_skip)
-    epochs_run = metrics.get("epoch", cfg.epochs)
+    epochs_run = metrics.get("epoch", task.epochs)
     digest = check_replicas(model.parameters())
     seconds = time.time() - job.started
     result = SearchResult(genotype, metrics["val_top1"], metrics["train_top1"], epochs_run, str(job.run_dir), seconds)
@@ -331,17 +372,19 @@ def _search(job: Job, on_epoch: EpochHook | None) -> SearchResult:
         drawings = _draw(job.run_dir, genotype, model)
         atomic_write(job.run_dir / "result.json", json.dumps({
             "genotype": gt.to_dict(genotype), "val_top1": result.val_top1, "train_top1": result.train_top1,
-            "epochs": epochs_run, "early_stopped": task.chosen_genotype is not None, "world_size": env.world_size,
+            "epochs": epochs_run, "early_stopped": task.chosen_genotype is not None, "derive": cfg.derive,
+            "world_size": env.world_size,
             "seconds": seconds,
             "replica_digest": digest}, indent=2) + "\n")
         method = ("2nd" if cfg.unrolled else "1st") + f" order {cfg.method}" + (
             f", PC-DARTS K={cfg.partial_channels}" if cfg.partial_channels > 1 else "") + (
-            f", at most {cfg.max_skip} skip_connect(s) in the normal cell" if cfg.max_skip is not None else "")
+            f", at most {cfg.max_skip} skip_connect(s) in the normal cell" if cfg.max_skip is not None else "") + (
+            f", DARTS-PT selection ({cfg.pt_tune_epochs} epoch(s) between decisions)" if task.projection else "")
         log.info("search finished\n%s", summary_table([
             ("run folder", str(job.run_dir)),
             ("data", f"{cfg.dataset}, {task.steps} steps/epoch x {env.world_size} rank(s) x batch {cfg.batch_size}"),
             ("method", method),
-            ("epochs", str(cfg.epochs) if epochs_run == cfg.epochs else
+            ("epochs", str(epochs_run) if epochs_run == task.epochs else
              f"{epochs_run} of {cfg.epochs} (ended by --early-stop {cfg.early_stop})"),
             ("train top-1", f"{result.train_top1:.2f} %"),
             ("val top-1 (search split)", f"{result.val_top1:.2f} %"),

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from .genotype import PRIMITIVES, Genotype, derive, edge_weights
 from .methods import METHODS, Darts
 from .ops import FactorizedReduce, Identity, ReLUConvBN, build_op, scaled_forward
+from .projection import Projection
 
 NONE_INDEX = PRIMITIVES.index("none")
 
@@ -194,6 +195,7 @@ class Network(nn.Module):
         # DARTS-'s skip coefficient: a tensor filled in place (a float would recompile a compiled graph every
         # epoch); not saved, set_epoch derives it
         self.register_buffer("skip_coefficient", torch.ones(()), persistent=False)
+        self.projection: Projection | None = None  # DARTS-PT's decisions, applied to the op weights when set
 
     def set_epoch(self, epoch: int, epochs: int) -> None:
         """Where the search is: the schedules of the methods (DARTS-'s skip, SDARTS's noise) follow it."""
@@ -211,8 +213,9 @@ class Network(nn.Module):
         finally:
             self._phase, self._generator = saved
 
-    def mixing_weights(self, alphas: torch.Tensor) -> torch.Tensor:
-        return self.method.mix(alphas, self._phase, self._generator, self._epoch, self._epochs)
+    def mixing_weights(self, alphas: torch.Tensor, cell: str) -> torch.Tensor:
+        weights = self.method.mix(alphas, self._phase, self._generator, self._epoch, self._epochs)
+        return weights if self.projection is None else self.projection.apply(weights, cell)
 
     def arch_parameters(self):
         return [getattr(self, name) for name in self._arch_names]
@@ -227,8 +230,8 @@ class Network(nn.Module):
         return [(name, p) for name, p in self.named_parameters() if name not in self._arch_names]
 
     def forward(self, input):
-        w_normal = self.mixing_weights(self.alphas_normal)
-        w_reduce = self.mixing_weights(self.alphas_reduce)
+        w_normal = self.mixing_weights(self.alphas_normal, "normal")
+        w_reduce = self.mixing_weights(self.alphas_reduce, "reduce")
         skip = self.skip_coefficient if self.method.auxiliary_skip else None
         e_normal = e_reduce = None
         if self.partial_channels > 1:
@@ -243,7 +246,13 @@ class Network(nn.Module):
         return self.classifier(self.global_pooling(s1).flatten(1))
 
     def genotype(self, max_skip: int | None = None) -> Genotype:
-        """The derived cells (genotype.derive; `max_skip`: P-DARTS's cap on the normal cell's skip_connects)."""
+        """The derived cells (genotype.derive; `max_skip`: P-DARTS's cap on the normal cell's skip_connects);
+        with a projection, from the projected op weights, so its decided edges and nodes are what the cell keeps."""
         betas = (self.betas_normal, self.betas_reduce) if self.partial_channels > 1 else (None, None)
-        return derive(self.alphas_normal, self.alphas_reduce, *betas, steps=self._steps, max_skip=max_skip,
-                      mixing=self.method.derivation)
+        if self.projection is None:
+            return derive(self.alphas_normal, self.alphas_reduce, *betas, steps=self._steps, max_skip=max_skip,
+                          mixing=self.method.derivation)
+        with torch.no_grad():
+            weights = [self.mixing_weights(a, cell) for a, cell in ((self.alphas_normal, "normal"),
+                                                                     (self.alphas_reduce, "reduce"))]
+        return derive(*weights, *betas, steps=self._steps, max_skip=max_skip, mixing="weights")

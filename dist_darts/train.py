@@ -150,6 +150,7 @@ class RetrainTask:
         self.ema = WeightEMA(self.model, cfg.ema_decay) if cfg.ema_decay else None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.steps = min(len(loaders.train), cfg.steps_per_epoch or len(loaders.train))
+        self.epochs = cfg.epochs
         self.images_per_step = global_batch
         self.best_top1 = 0.0
         self.metrics = {"top1": math.nan, "top5": math.nan}

@@ -94,7 +94,7 @@ def test_fair_darts_mixes_by_sigmoids_and_adds_the_zero_one_loss():
     x, y = _batch()
     reference = _net("darts", fold_alphas=False)
     reference.load_state_dict(net.state_dict())
-    reference.mixing_weights = lambda a: torch.sigmoid(a)  # the same network with sigmoids put in by hand
+    reference.mixing_weights = lambda a, cell: torch.sigmoid(a)  # the same network with sigmoids put in by hand
     assert torch.allclose(net(x), reference(x), atol=1e-12)
     plain, with_penalty = _alpha_grads(net), _alpha_grads(net, penalty_epoch=0)
     n = 2 * EDGES * OPS
@@ -142,9 +142,9 @@ def test_sdarts_rs_perturbs_softmax_in_the_weight_step_only():
     net = _net("sdarts-rs")
     net.set_epoch(5, 10)
     with net.sampling(WEIGHT_STEP, torch.Generator().manual_seed(3)):
-        assert torch.allclose(net.mixing_weights(net.alphas_normal), method.mix(
+        assert torch.allclose(net.mixing_weights(net.alphas_normal, "normal"), method.mix(
             net.alphas_normal, WEIGHT_STEP, torch.Generator().manual_seed(3), 5, 10))
-    assert torch.equal(net.mixing_weights(net.alphas_normal), torch.softmax(net.alphas_normal, -1))
+    assert torch.equal(net.mixing_weights(net.alphas_normal, "normal"), torch.softmax(net.alphas_normal, -1))
 
 
 def test_drnas_samples_the_dirichlet_and_evaluates_at_its_mean():
