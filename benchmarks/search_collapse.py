@@ -13,6 +13,7 @@ normal cell's parameter-free ops and the retrain top-1 per method, each seed a d
 
     python benchmarks/search_collapse.py                 # 6 methods x 3 seeds, 10 epochs of 12 steps, retrains
     python benchmarks/search_collapse.py --toy           # a smoke run of a few seconds per search
+    python benchmarks/search_collapse.py --methods darts --derive darts-pt --plot docs/search_collapse_darts_pt.png
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ def parse_args(argv=None):
     p.add_argument("--retrain-layers", type=int, default=6, help="retrain cells (default: 6)")
     p.add_argument("--retrain-channels", type=int, default=12, help="retrain C (default: 12)")
     p.add_argument("--retrain-steps", type=int, default=0, help="cap on retrain steps per epoch (0 = whole epoch)")
+    p.add_argument("--derive", default="original", choices=("original", "darts-pt"),
+                   help="cell derivation of every run (default: original; darts-pt adds DARTS-PT's selection epochs)")
+    p.add_argument("--pt-tune-epochs", type=int, default=1, help="with --derive darts-pt: search epochs between two "
+                   "decisions (default: 1, for the CPU; the paper's is 10)")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time, one torch thread each (default: 2)")
     p.add_argument("--plot", default="docs/search_collapse.png", help="plot file (default: %(default)s)")
     args = p.parse_args(argv)
@@ -74,15 +79,17 @@ def run_one(job: tuple) -> dict:
         cfg = SearchConfig(dataset="digits", workers=0, device="cpu", seed=seed, epochs=args.epochs,
                            steps_per_epoch=args.steps_per_epoch, layers=args.layers,
                            init_channels=args.init_channels, batch_size=args.batch_size, method=method,
-                           log_interval=10**6, output=f"{tmp}/search")
+                           derive=args.derive, pt_tune_epochs=args.pt_tune_epochs, log_interval=10**6,
+                           output=f"{tmp}/search")
         started = time.perf_counter()
         result = search.run(cfg)
         seconds = time.perf_counter() - started
         counts = collapse.cell_counts(result.genotype)
-        row = {"method": method, "seed": seed, "search_val_top1": result.val_top1,
+        label = method if args.derive == "original" else f"{method} + {args.derive}"
+        row = {"method": label, "seed": seed, "search_val_top1": result.val_top1,
                "param_free_normal": counts["param_free_normal"], "param_free_reduce": counts["param_free_reduce"],
-               "skip_normal": counts["skip_normal"], "search_seconds_per_step": seconds / (args.epochs *
-                                                                                          args.steps_per_epoch),
+               "skip_normal": counts["skip_normal"], "search_seconds": seconds,
+               "search_seconds_per_step": seconds / (result.epochs * args.steps_per_epoch),
                "genotype": json.dumps(search.gt.to_dict(result.genotype))}
         if args.retrain_epochs:
             retrain = RetrainConfig(dataset="digits", workers=0, device="cpu", seed=seed,
@@ -108,11 +115,12 @@ def plot(path: str, rows: list[dict], args) -> str | None:
         panels.append(("retrain_top1", f"{args.retrain_epochs}-epoch retrain top-1 %"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, (key, label) in zip(axes[0], panels):
-        for i, method in enumerate(args.methods):
+        labels = list(dict.fromkeys(r["method"] for r in rows))
+        for i, method in enumerate(labels):
             values = [r[key] for r in rows if r["method"] == method]
             ax.scatter([i + 0.06 * (j - 1) for j in range(len(values))], values, alpha=0.7)
             ax.hlines(statistics.fmean(values), i - 0.25, i + 0.25, color="k")
-        ax.set_xticks(range(len(args.methods)), args.methods, rotation=30)
+        ax.set_xticks(range(len(labels)), labels, rotation=30)
         ax.set_ylabel(label)
     fig.suptitle(f"DARTS search on digits, {args.epochs} epochs x {args.steps_per_epoch} steps, "
                  f"{args.seeds} seeds (dots; bar = mean)")
@@ -127,12 +135,13 @@ def main(argv=None) -> None:
     jobs = [(args, method, seed) for seed in range(args.seeds) for method in args.methods]
     with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
         rows = pool.map(run_one, jobs, chunksize=1)
+    labels = list(dict.fromkeys(r["method"] for r in rows))
     darts_step = [r["search_seconds_per_step"] for r in rows if r["method"] == "darts"]
     header = ["method", "param-free ops, normal cell (of 8)", "runs with a parametric majority", "skip_connects, normal",
               "param-free ops, reduction", "retrain top-1 %", "search val top-1 %", "s per search step",
-              "step cost vs darts"]
+              "step cost vs darts", "search s"]
     lines = []
-    for method in args.methods:
+    for method in labels:
         column = {key: [r[key] for r in rows if r["method"] == method] for key in rows[0]}
         majority = sum(n < 4 for n in column["param_free_normal"])
         step = statistics.fmean(column["search_seconds_per_step"])
@@ -140,14 +149,17 @@ def main(argv=None) -> None:
                       _bench.spread(column["skip_normal"]), _bench.spread(column["param_free_reduce"]),
                       _bench.spread(column["retrain_top1"]) if args.retrain_epochs else "-",
                       _bench.spread(column["search_val_top1"]), f"{step:.2f}",
-                      f"{step / statistics.fmean(darts_step):.2f}x" if darts_step else "-"])
+                      f"{step / statistics.fmean(darts_step):.2f}x" if darts_step else "-",
+                      f"{statistics.fmean(column['search_seconds']):.0f}"])
     markdown = _bench.table(header, lines, right_from=1)
     drawn = plot(args.plot, rows, args) if args.plot else None
     size = (f"digits, supernet {args.layers} cells C={args.init_channels} batch {args.batch_size}, {args.epochs} "
             f"search epochs of {args.steps_per_epoch} steps, {args.seeds} seed(s) per method, first order; retrain "
             f"{args.retrain_layers} cells C={args.retrain_channels}, {args.retrain_epochs} epoch(s)" +
             (f" of at most {args.retrain_steps} steps" if args.retrain_steps else "") +
-            f"; mean ± std over seeds; {args.jobs} runs at a time, 1 thread each")
+            f"; mean ± std over seeds; {args.jobs} runs at a time, 1 thread each" +
+            (f"; cells by {args.derive} with {args.pt_tune_epochs} search epoch(s) between decisions (its selection "
+             "epochs count in the seconds per step)" if args.derive != "original" else ""))
     print(markdown)
     title = "Search collapse by method" + (" (toy size: a smoke run of the script, not evidence)" if args.toy else "")
     _bench.record("search_collapse", "cpu", {"rows": rows, "args": vars(args)}, title,
