@@ -26,3 +26,26 @@ def test_dali_only_on_linux_x86_64():
     assert dev_extras(LINUX) == {"viz", "tune", "dali"}
     for platform, machine in (("darwin", "arm64"), ("win32", "AMD64"), ("linux", "aarch64")):
         assert dev_extras(dict(LINUX, sys_platform=platform, platform_machine=machine)) == {"viz", "tune"}
+
+
+MODEL_MODULES = ("ops", "supernet", "model", "genotype", "methods", "projection", "rnn")
+JOB_SIDE = {"distributed", "data", "config", "tune", "engine", "driver", "ray"}
+
+
+def imported_names(path: Path) -> set[str]:
+    """The first component of every module a file imports (relative imports by their own name)."""
+    import ast
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            names |= {(node.module or "").split(".")[0]} if node.level == 0 else (
+                {node.module.split(".")[0]} if node.module else {alias.name for alias in node.names})
+    return names
+
+
+@pytest.mark.parametrize("module", MODEL_MODULES)
+def test_model_code_never_imports_the_job_side(module):
+    package = PYPROJECT.parent / "dist_darts"
+    assert not imported_names(package / f"{module}.py") & JOB_SIDE
