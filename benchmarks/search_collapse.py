@@ -1,6 +1,6 @@
 """Which search methods keep a long search from collapsing onto parameter-free ops? Plain DARTS and each
-anti-collapse method (--method), several seeds each, the same search and retrain settings, on the embedded digits
-data (real images).
+anti-collapse method (--method), several seeds each, the same search and retrain settings, on real images that ship
+inside the installed packages: the digits (the default) or --dataset photos.
 
 Per run it measures
 - the parameter-free ops (skip_connect, pools) among the 8 edges of the derived normal cell (and reduction cell),
@@ -13,6 +13,7 @@ normal cell's parameter-free ops and the retrain top-1 per method, each seed a d
 
     python benchmarks/search_collapse.py                 # 6 methods x 3 seeds, 10 epochs of 12 steps, retrains
     python benchmarks/search_collapse.py --toy           # a smoke run of a few seconds per search
+    python benchmarks/search_collapse.py --dataset photos --methods darts,fair-darts --plot docs/search_collapse_photos.png
     python benchmarks/search_collapse.py --methods darts --derive darts-pt --plot docs/search_collapse_darts_pt.png
 """
 
@@ -38,6 +39,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--toy", action="store_true", help="smoke size: 2 methods, one seed, 1 epoch of 2 steps, a "
                                                        "1-epoch retrain of 2 steps; no plot")
+    p.add_argument("--dataset", default="digits", choices=("digits", "photos"),
+                   help="embedded real images: digits (8x8 digits) or photos (patches of 10 photographs)")
     p.add_argument("--methods", default=",".join(METHODS), help="methods (default: all)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per method (default: 3)")
     p.add_argument("--epochs", type=int, default=10, help="search epochs (default: 10)")
@@ -76,7 +79,7 @@ def run_one(job: tuple) -> dict:
     from dist_darts.config import RetrainConfig, SearchConfig
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix=f"collapse-{method}-{seed}-") as tmp:
-        cfg = SearchConfig(dataset="digits", workers=0, device="cpu", seed=seed, epochs=args.epochs,
+        cfg = SearchConfig(dataset=args.dataset, workers=0, device="cpu", seed=seed, epochs=args.epochs,
                            steps_per_epoch=args.steps_per_epoch, layers=args.layers,
                            init_channels=args.init_channels, batch_size=args.batch_size, method=method,
                            derive=args.derive, pt_tune_epochs=args.pt_tune_epochs, log_interval=10**6,
@@ -92,7 +95,7 @@ def run_one(job: tuple) -> dict:
                "search_seconds_per_step": seconds / (result.epochs * args.steps_per_epoch),
                "genotype": json.dumps(search.gt.to_dict(result.genotype))}
         if args.retrain_epochs:
-            retrain = RetrainConfig(dataset="digits", workers=0, device="cpu", seed=seed,
+            retrain = RetrainConfig(dataset=args.dataset, workers=0, device="cpu", seed=seed,
                                     genotype=f"{tmp}/search/genotype.json", epochs=args.retrain_epochs,
                                     steps_per_epoch=args.retrain_steps, layers=args.retrain_layers,
                                     init_channels=args.retrain_channels, batch_size=64, learning_rate=0.05,
@@ -122,7 +125,7 @@ def plot(path: str, rows: list[dict], args) -> str | None:
             ax.hlines(statistics.fmean(values), i - 0.25, i + 0.25, color="k")
         ax.set_xticks(range(len(labels)), labels, rotation=30)
         ax.set_ylabel(label)
-    fig.suptitle(f"DARTS search on digits, {args.epochs} epochs x {args.steps_per_epoch} steps, "
+    fig.suptitle(f"DARTS search on {args.dataset}, {args.epochs} epochs x {args.steps_per_epoch} steps, "
                  f"{args.seeds} seeds (dots; bar = mean)")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -153,7 +156,7 @@ def main(argv=None) -> None:
                       f"{statistics.fmean(column['search_seconds']):.0f}"])
     markdown = _bench.table(header, lines, right_from=1)
     drawn = plot(args.plot, rows, args) if args.plot else None
-    size = (f"digits, supernet {args.layers} cells C={args.init_channels} batch {args.batch_size}, {args.epochs} "
+    size = (f"{args.dataset}, supernet {args.layers} cells C={args.init_channels} batch {args.batch_size}, {args.epochs} "
             f"search epochs of {args.steps_per_epoch} steps, {args.seeds} seed(s) per method, first order; retrain "
             f"{args.retrain_layers} cells C={args.retrain_channels}, {args.retrain_epochs} epoch(s)" +
             (f" of at most {args.retrain_steps} steps" if args.retrain_steps else "") +

@@ -35,6 +35,7 @@ DATASETS = {
     "imagenet": DatasetInfo(1000, 224),
     "folder": DatasetInfo(0, 224),  # classes counted from the folder
     "digits": DatasetInfo(10, 32),
+    "photos": DatasetInfo(10, 32),
     "synthetic": DatasetInfo(10, 32),
 }
 TEXT_DATASETS = ("pydoc", "ptb", "wt2", "text")  # the recurrent space's corpora; pydoc is embedded (no files)
@@ -125,7 +126,7 @@ class JobConfig(DataConfig, RunConfig):
     def __post_init__(self):
         RunConfig.__post_init__(self)
         DataConfig.__post_init__(self)
-        if self.dataset not in ("digits", "synthetic") and not self.data_dir and not self.download:
+        if self.dataset not in ("digits", "photos", "synthetic") and not self.data_dir and not self.download:
             raise ConfigError(f"data-dir: the {self.dataset} data set needs --data-dir (or --download with a network)")
         check_ranges(self, minimum=0, names=("steps_per_epoch", "checkpoint_steps", "learning_rate", "weight_decay",
                                              "grad_clip"))

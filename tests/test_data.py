@@ -171,6 +171,35 @@ def test_digits_is_the_embedded_default():
     assert x.shape == (32, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
 
 
+def test_photos_are_patches_of_the_photographs_scikit_image_ships():
+    data = datasets.load("photos", None)
+    assert data.train.images.shape == (2000, 32, 32, 3) and data.test.images.shape == (400, 32, 32, 3)
+    assert data.train.images.dtype == np.uint8 and data.num_classes == 10
+    assert np.bincount(data.train.labels).tolist() == [200] * 10 and np.bincount(data.test.labels).tolist() == [40] * 10
+    again = datasets.load("photos", None)
+    assert np.array_equal(again.train.images, data.train.images)  # fixed patches
+    assert np.array_equal(again.test.images, data.test.images)
+    # the normalisation constants are the training patches' own
+    x = data.train.images.astype(np.float64) / 255
+    assert np.allclose(x.mean((0, 1, 2)), data.mean, atol=1e-6) and np.allclose(x.std((0, 1, 2)), data.std, atol=1e-6)
+    # every test patch lies in the bottom quarter of its photograph, no training patch does
+    from PIL import Image
+    spec = __import__("importlib.util").util.find_spec("skimage")
+    folder = os.path.join(spec.submodule_search_locations[0], "data")
+    with Image.open(os.path.join(folder, datasets.PHOTOS[3])) as image:
+        image = image.convert("RGB")
+        scale = datasets.PHOTO_SIDE / min(image.size)
+        pixels = np.asarray(image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC))
+    border = pixels.shape[0] * 3 // 4
+    windows = np.lib.stride_tricks.sliding_window_view(pixels, (32, 32, 3))[:, :, 0]
+    first_test = data.test.images[data.test.labels == 3][0]
+    rows = np.nonzero((windows == first_test).all(axis=(2, 3, 4)))[0]
+    assert len(rows) and rows.min() >= border
+    first_train = data.train.images[data.train.labels == 3][0]
+    rows = np.nonzero((windows == first_train).all(axis=(2, 3, 4)))[0]
+    assert len(rows) and rows.max() + 32 <= border
+
+
 # --- loaders: shapes, normalisation, augmentation ----------------------------------------------------------------
 
 @pytest.mark.parametrize("purpose", ["search", "retrain", "evaluate"])

@@ -23,9 +23,9 @@ def dev_extras(environment: dict) -> set[str]:
 
 
 def test_dali_only_on_linux_x86_64():
-    assert dev_extras(LINUX) == {"viz", "tune", "dali"}
+    assert dev_extras(LINUX) == {"viz", "tune", "photos", "dali"}
     for platform, machine in (("darwin", "arm64"), ("win32", "AMD64"), ("linux", "aarch64")):
-        assert dev_extras(dict(LINUX, sys_platform=platform, platform_machine=machine)) == {"viz", "tune"}
+        assert dev_extras(dict(LINUX, sys_platform=platform, platform_machine=machine)) == {"viz", "tune", "photos"}
 
 
 MODEL_MODULES = ("ops", "supernet", "model", "genotype", "methods", "projection", "rnn")

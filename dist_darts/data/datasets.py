@@ -1,7 +1,8 @@
 """Data sets read in their original on-disk formats.
 
 CIFAR-10/100 (python pickle batches, read by a restricted unpickler), SVHN (.mat files), ImageNet and any `train/` + `val/` folder of class
-subfolders, scikit-learn's 8x8 digits (the embedded default, no download) and `synthetic` (sizes only).
+subfolders, scikit-learn's 8x8 digits (the embedded default, no download), `photos` (patches of the photographs
+scikit-image ships, no download) and `synthetic` (sizes only).
 Small data sets are returned in memory as uint8 (N, H, W, 3) arrays; image folders as sorted path lists.
 
 Image size of an image folder: an explicit `image_size` wins; else `imagenet` uses ImageNet's 224-px crops,
@@ -65,6 +66,7 @@ STATS = {
     "cifar100": ((0.50707516, 0.48654887, 0.44091784), (0.26733429, 0.25643846, 0.27615047)),
     "svhn": ((0.4376821, 0.4437697, 0.47280442), (0.19803012, 0.20101562, 0.19703614)),
     "digits": ((0.30475527,) * 3, (0.32333505,) * 3),  # computed on our 32x32 training split below
+    "photos": ((0.4626179, 0.40215362, 0.37452948), (0.25935767, 0.22787583, 0.22926346)),  # training patches
     "imagenet": IMAGENET_STATS,
     "folder": IMAGENET_STATS,
     "synthetic": ((0.5,) * 3, (0.25,) * 3),
@@ -72,10 +74,16 @@ STATS = {
 # (train, test) sizes of the real data sets, which synthetic data imitates
 SIZES = {
     "cifar10": (50000, 10000), "cifar100": (50000, 10000), "svhn": (73257, 26032),
-    "imagenet": (1281167, 50000), "digits": (1497, 300), "synthetic": (50000, 10000),
+    "imagenet": (1281167, 50000), "digits": (1497, 300), "photos": (2000, 400), "synthetic": (50000, 10000),
 }
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 DIGITS_TEST_SIZE = 300
+# the photographs of scikit-image's data folder behind the 10 classes of `photos`: people, animals, objects,
+# textures, a telescope field and a micrograph, colour and grey
+PHOTOS = ("astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png", "grass.png", "gravel.png",
+          "hubble_deep_field.jpg", "ihc.png", "rocket.jpg")
+PHOTO_SIDE = 160  # each photograph is resized to this shorter side before patches are cut
+PHOTO_PATCHES = (200, 40)  # 32x32 patches per photograph: training (top 3/4 of it), test (its bottom 1/4)
 DOWNLOAD_HINT = "pass --download where there is a network"
 FOLDER_SAMPLE = 64  # files per split whose headers decide the size a folder's images share
 IMAGE_FOLDERS = ("imagenet", "folder")
@@ -87,8 +95,10 @@ def load(name: str, root: str | None, download: bool = False, image_size: int = 
     _check_image_size(name, image_size)
     if name == "digits":
         return _digits()
+    if name == "photos":
+        return _photos()
     if name not in READERS:
-        raise DataError(f"unknown dataset {name!r}; choose from {', '.join(READERS)}, digits, synthetic")
+        raise DataError(f"unknown dataset {name!r}; choose from {', '.join(READERS)}, digits, photos, synthetic")
     if not root:
         raise DataError(f"{name}: no data directory given (--data-dir)")
     data = READERS[name](name, os.path.expanduser(root), download)
@@ -262,6 +272,36 @@ def _digits():
     test, train = order[:DIGITS_TEST_SIZE], order[DIGITS_TEST_SIZE:]
     return Dataset("digits", Arrays(images[train], labels[train]), Arrays(images[test], labels[test]),
                    10, 32, *STATS["digits"])
+
+
+def _photos():
+    """A real-image task that ships inside a package: which of 10 photographs a 32x32 patch comes from. Each
+    photograph (scikit-image's own files, read as images, never through its code) is resized to a shorter side of
+    160 px; 200 training patches are cut at fixed random places in its top three quarters and 40 test patches in
+    its bottom quarter, so no test pixel is ever seen in training."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("photos: the photographs come with scikit-image: pip install 'dist-darts[photos]'")
+    folder = os.path.join(spec.submodule_search_locations[0], "data")
+    rng = np.random.default_rng(0)  # fixed: the patches never depend on cfg.seed
+    splits = ([], []), ([], [])
+    for label, name in enumerate(PHOTOS):
+        with Image.open(os.path.join(folder, name)) as image:
+            image = image.convert("RGB")
+            scale = PHOTO_SIDE / min(image.size)
+            pixels = np.asarray(image.resize((round(image.width * scale), round(image.height * scale)),
+                                             Image.BICUBIC))
+        border = pixels.shape[0] * 3 // 4
+        regions = pixels[:border], pixels[border:]
+        for (images, labels), region, count in zip(splits, regions, PHOTO_PATCHES):
+            rows = rng.integers(0, region.shape[0] - 32 + 1, count)
+            cols = rng.integers(0, region.shape[1] - 32 + 1, count)
+            images += [region[r:r + 32, c:c + 32] for r, c in zip(rows, cols)]
+            labels += [label] * count
+    (train_x, train_y), (test_x, test_y) = ((np.stack(x), np.array(y, dtype=np.int64)) for x, y in splits)
+    return Dataset("photos", Arrays(train_x, train_y), Arrays(test_x, test_y), len(PHOTOS), 32, *STATS["photos"])
 
 
 READERS = {
