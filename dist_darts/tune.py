@@ -17,6 +17,7 @@ import statistics
 import time
 from pathlib import Path
 
+from . import collapse
 from . import config as config_io
 from . import genotype as gt
 from .config import ConfigError, RetrainConfig, SearchConfig, SweepConfig
@@ -218,6 +219,7 @@ def run(sweep: SweepConfig) -> dict:
             metrics = found[f"seed_{seed}"]
             genotype = gt.from_dict(json.loads(metrics["genotype"]))
             trials.append({"seed": seed, "search_val_top1": metrics["val_top1"], "genotype": gt.to_dict(genotype),
+                           "param_free_normal": collapse.cell_counts(genotype)["param_free_normal"],
                            "genotype_file": str(root / "search" / f"seed_{seed}" / "genotype.json")})
 
         distinct = {}
@@ -254,7 +256,9 @@ def run(sweep: SweepConfig) -> dict:
         ray.shutdown()
 
     top1s = [finals[f"repeat_{i}"]["top1"] for i in range(sweep.repeats)]
+    first = search_cfgs[seeds[0]]
     report = {
+        "search": {"method": first.method, "derive": first.derive, "unrolled": first.unrolled},
         "winner": {"seed": winner["seed"], "genotype": winner["genotype"], "select_top1": winner["select_top1"]},
         "trials": [{k: v for k, v in t.items() if k != "genotype_file"} for t in trials],
         "final": {"mean": statistics.fmean(top1s), "std": statistics.stdev(top1s) if len(top1s) > 1 else 0.0,
@@ -289,13 +293,17 @@ def _init_ray(sweep: SweepConfig) -> None:
 def _write_report(root: Path, report: dict, log) -> None:
     atomic_write(root / "report.json", json.dumps(report, indent=2) + "\n")
     winner = report["winner"]
+    search = report["search"]
     lines = ["# dist-darts sweep report", "",
-             "| seed | search val top-1 | selection top-1 | params | genotype |",
-             "|---:|---:|---:|---:|---|"]
+             f"Searches: {'2nd' if search['unrolled'] else '1st'} order, method {search['method']}, derivation "
+             f"{search['derive']}. Run one sweep per method with the same seeds to compare them seed by seed.", "",
+             "| seed | search val top-1 | param-free ops, normal cell | selection top-1 | params | genotype |",
+             "|---:|---:|---:|---:|---:|---|"]
     for t in report["trials"]:
         mark = " **winner**" if t["seed"] == winner["seed"] else ""
         same = "" if t["same_genotype_as"] == t["seed"] else f" (same as seed {t['same_genotype_as']})"
-        lines.append(f"| {t['seed']}{mark} | {t['search_val_top1']:.2f} | {t['select_top1']:.2f} | {t['params']:,} | "
+        lines.append(f"| {t['seed']}{mark} | {t['search_val_top1']:.2f} | {t['param_free_normal']}/8 | "
+                     f"{t['select_top1']:.2f} | {t['params']:,} | "
                      f"`{gt.format_genotype(gt.from_dict(t['genotype']))}`{same} |")
     final = report["final"]
     lines += ["", f"Winner: seed {winner['seed']} (selection top-1 {winner['select_top1']:.2f} %).",

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from dist_darts import genotype as gt
 from dist_darts.config import ConfigError, SweepConfig
 from helpers import checkpoint_step, env_for_subprocess
 
@@ -94,7 +95,11 @@ def test_sweep_survives_a_killed_worker_and_a_killed_driver(tmp_path):
     assert len(report["final"]["runs"]) == 2 and report["final"]["std"] >= 0.0
     assert 0.0 <= report["final"]["mean"] <= 100.0
     md = (out / "report.md").read_text()
-    assert "| seed |" in md and "**winner**" in md
+    assert "| seed |" in md and "**winner**" in md and "method darts, derivation original" in md
+    for t in report["trials"]:  # the collapse count per seed, to compare a sweep per method seed by seed
+        assert t["param_free_normal"] == sum(op in ("skip_connect", "max_pool_3x3", "avg_pool_3x3")
+                                             for op, _ in gt.from_dict(t["genotype"]).normal)
+        assert f"| {t['param_free_normal']}/8 |" in md
     assert (out / "winner_normal.png").exists() and (out / "selection.png").exists()
     # each trial's reports as they arrived: one line each, in the sweep's log and on its console, no Tune tables
     log_text = (out / "sweep.log").read_text()
