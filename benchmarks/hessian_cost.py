@@ -44,8 +44,10 @@ def main() -> None:
     device = _bench.setup_worker({"device": args.device, "threads": args.threads})
     torch.manual_seed(0)
     model = Network(args.init_channels, 10, args.layers).to(device).to(memory_format=torch.channels_last)
-    batches = [to_memory_format(torch.randn(args.batch_size, 3, 32, 32, device=device), True)
-               if i % 2 == 0 else torch.randint(0, 10, (args.batch_size,), device=device) for i in range(4)]
+    def batch():
+        return (to_memory_format(torch.randn(args.batch_size, 3, 32, 32, device=device), True),
+                torch.randint(0, 10, (args.batch_size,), device=device))
+    batches = (*batch(), *batch())  # training and validation batch, as the step takes them
     autocast, precision = autocast_factory("auto", device)
     step = _bench.darts_search_step(model, model, args.order, autocast, batches)
     criterion = nn.CrossEntropyLoss()

@@ -13,7 +13,7 @@ normal cell's parameter-free ops and the retrain top-1 per method, each seed a d
 
     python benchmarks/search_collapse.py                 # 6 methods x 3 seeds, 10 epochs of 12 steps, retrains
     python benchmarks/search_collapse.py --toy           # a smoke run of a few seconds per search
-    python benchmarks/search_collapse.py --dataset photos --methods darts,fair-darts --plot docs/search_collapse_photos.png
+    python benchmarks/search_collapse.py --dataset photos --methods darts,fair-darts,drnas --plot docs/search_collapse_photos.png
     python benchmarks/search_collapse.py --methods darts --derive darts-pt --plot docs/search_collapse_darts_pt.png
 """
 
@@ -105,7 +105,7 @@ def run_one(job: tuple) -> dict:
     return row
 
 
-def plot(path: str, rows: list[dict], args) -> str | None:
+def plot(path: str, rows: list[dict], labels: list[str], args) -> str | None:
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -118,7 +118,6 @@ def plot(path: str, rows: list[dict], args) -> str | None:
         panels.append(("retrain_top1", f"{args.retrain_epochs}-epoch retrain top-1 %"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, (key, label) in zip(axes[0], panels):
-        labels = list(dict.fromkeys(r["method"] for r in rows))
         for i, method in enumerate(labels):
             values = [r[key] for r in rows if r["method"] == method]
             ax.scatter([i + 0.06 * (j - 1) for j in range(len(values))], values, alpha=0.7)
@@ -155,7 +154,7 @@ def main(argv=None) -> None:
                       f"{step / statistics.fmean(darts_step):.2f}x" if darts_step else "-",
                       f"{statistics.fmean(column['search_seconds']):.0f}"])
     markdown = _bench.table(header, lines, right_from=1)
-    drawn = plot(args.plot, rows, args) if args.plot else None
+    drawn = plot(args.plot, rows, labels, args) if args.plot else None
     size = (f"{args.dataset}, supernet {args.layers} cells C={args.init_channels} batch {args.batch_size}, {args.epochs} "
             f"search epochs of {args.steps_per_epoch} steps, {args.seeds} seed(s) per method, first order; retrain "
             f"{args.retrain_layers} cells C={args.retrain_channels}, {args.retrain_epochs} epoch(s)" +
