@@ -86,30 +86,33 @@ class Architect:
 
     def alpha_gradients(self, x_train, y_train, x_val, y_val, lr: float, micro_batches: int = 1):
         """The alphas' gradients (averaged over ranks, plus the method's penalty's) and the validation loss. With
-        micro_batches N (first order only) the batches are split into N equal parts whose gradients are averaged:
-        the whole batch's gradient in N passes of a smaller memory footprint."""
+        micro_batches N the batches are split into N equal parts whose gradients are averaged: the whole batch's
+        gradient in N passes of a smaller memory footprint (in second order, each of its three gradients)."""
         if not self.unrolled:
             # detached weights: autograd then skips every weight gradient, custom Functions' included (their
             # ctx.needs_input_grad would otherwise ask for the depthwise convs' weight gradients)
-            weights = [w.detach() for w in self.weights]
-            grads, loss = None, 0.0
-            for x, y in zip(x_val.chunk(micro_batches), y_val.chunk(micro_batches)):
-                part = self._loss(x, y, weights) / micro_batches
-                g = torch.autograd.grad(part, self.arch_params)
-                grads = list(g) if grads is None else [a + b for a, b in zip(grads, g)]
-                loss = loss + part.detach()
+            grads, loss = self._mean_gradients(x_val, y_val, self.arch_params, micro_batches,
+                                               [w.detach() for w in self.weights])
             return self.with_penalty(self.average(grads)), loss  # one all-reduce per step, whatever N
-        if micro_batches > 1:
-            raise ValueError("second-order DARTS has no gradient accumulation (its three passes share one batch)")
         with torch.autocast(x_train.device.type, enabled=False):  # the backward passes too
-            grads, loss = self._unrolled_gradients(x_train, y_train, x_val, y_val, lr)
+            grads, loss = self._unrolled_gradients(x_train, y_train, x_val, y_val, lr, micro_batches)
         return self.with_penalty(grads), loss
 
-    def _unrolled_gradients(self, x_train, y_train, x_val, y_val, lr):
+    def _mean_gradients(self, x, y, wrt: list, micro_batches: int, weights=None, buffers=None, fp32=False):
+        """Gradients of the loss on (x, y) with respect to `wrt`, and the loss, as means over `micro_batches`
+        equal parts of the batch, each part's graph freed before the next is built."""
+        grads, loss = None, 0.0
+        for xs, ys in zip(x.chunk(micro_batches), y.chunk(micro_batches)):
+            part = self._loss(xs, ys, weights, buffers, fp32) / micro_batches
+            g = torch.autograd.grad(part, wrt)
+            grads = list(g) if grads is None else [a + b for a, b in zip(grads, g)]
+            loss = loss + part.detach()
+        return grads, loss
+
+    def _unrolled_gradients(self, x_train, y_train, x_val, y_val, lr, micro_batches=1):
         # virtual step w' = w - lr * (momentum * buf + dL_train/dw + wd * w), as the SGD step would take it
-        loss_train = self._loss(x_train, y_train, fp32=True)
-        g_train = self.average(list(torch.autograd.grad(loss_train, self.weights)))
-        del loss_train
+        g_train, _ = self._mean_gradients(x_train, y_train, self.weights, micro_batches, fp32=True)
+        g_train = self.average(g_train)
         with torch.no_grad():
             unrolled = []
             for w, g in zip(self.weights, g_train):
@@ -121,9 +124,10 @@ class Architect:
         del g_train
 
         scratch = {name: b.clone() for name, b in self.model.named_buffers()}  # w' must not move the real stats
-        loss_val = self._loss(x_val, y_val, unrolled, scratch, fp32=True)
         n_arch = len(self.arch_params)
-        grads = self.average(list(torch.autograd.grad(loss_val, list(self.arch_params) + unrolled)))
+        grads, loss_val = self._mean_gradients(x_val, y_val, list(self.arch_params) + unrolled, micro_batches,
+                                               unrolled, scratch, fp32=True)
+        grads = self.average(grads)
         d_alpha, d_unrolled = grads[:n_arch], grads[n_arch:]
         del unrolled
 
@@ -132,10 +136,10 @@ class Architect:
         with torch.no_grad():
             w_plus = [w + eps * v for w, v in zip(self.weights, d_unrolled)]
             w_minus = [w - eps * v for w, v in zip(self.weights, d_unrolled)]
-        g_plus = torch.autograd.grad(self._loss(x_train, y_train, w_plus, fp32=True), self.arch_params)
-        g_minus = torch.autograd.grad(self._loss(x_train, y_train, w_minus, fp32=True), self.arch_params)
+        g_plus, _ = self._mean_gradients(x_train, y_train, self.arch_params, micro_batches, w_plus, fp32=True)
+        g_minus, _ = self._mean_gradients(x_train, y_train, self.arch_params, micro_batches, w_minus, fp32=True)
         hessian = self.average([(p - m) / (2 * eps) for p, m in zip(g_plus, g_minus)])
-        return [a - lr * h for a, h in zip(d_alpha, hessian)], loss_val.detach()
+        return [a - lr * h for a, h in zip(d_alpha, hessian)], loss_val
 
 
 def clip_gradients(grads: list, max_norm: float) -> tuple[list, torch.Tensor]:

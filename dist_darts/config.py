@@ -232,15 +232,13 @@ class SearchConfig(JobConfig):
     arch_warmup_epochs: int = opt(0, "alphas: frozen for the first K epochs while the weights train (PC-DARTS)",
                                   "architecture search")
     accumulate: int = opt(1, "micro-batches per step: the gradients of N batches of --batch-size are averaged "
-                             "into one step (first order only; BatchNorm normalises each micro-batch)", "optimiser")
+                             "into one step, in first and second order (BatchNorm normalises each micro-batch)",
+                             "optimiser")
 
     def __post_init__(self):
         super().__post_init__()
         check_ranges(self, minimum=1, names=("base_batch_size", "accumulate"))
         check_ranges(self, minimum=0, names=("warmup_epochs", "arch_warmup_epochs"))
-        if self.unrolled and self.accumulate > 1:  # the unrolled step's three gradient passes are not split yet
-            raise ConfigError("accumulate: second-order DARTS (--unrolled) runs without gradient accumulation; use "
-                              "--accumulate 1 or first order")
         if self.precision == "fp16":
             raise ConfigError("precision: fp16 is for retraining; search with bf16 (GPU) or fp32")
         if not 0.0 < self.train_portion < 1.0:
