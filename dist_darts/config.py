@@ -484,6 +484,8 @@ SWEEP_PASSED = tuple(f.name for f in dataclasses.fields(DataConfig) + dataclasse
 class SweepSettings:
     """The DARTS authors' protocol as one job: seeded searches, short selection retrains, the winner's retrain."""
 
+    space: str = opt("cnn", "search space of every trial: cnn (convolutional cells, ranked by top-1) or rnn "
+                            "(recurrent cells, ranked by perplexity)", "runtime", choices=SPACES)
     seeds: str = opt("4", "N seeds (0..N-1) or a comma-separated list of seeds", "runtime")
     workers_per_trial: int = opt(1, "DDP workers (ranks) per search and selection trial", "distributed")
     final_workers: int = opt(0, "DDP workers of each final retrain (0 = workers-per-trial)", "distributed")
@@ -538,6 +540,10 @@ def _passed_field(name: str):
     kind = _field_type(SearchConfig, f)
     meta = dict(f.metadata, help=f.metadata["help"] + (" (handed on to the search trials)" if name in SEARCH_SCALING
                                                        else " (handed on to the trials)"))
+    if name == "dataset":  # either space's data sets; the trials' own configs check theirs before any trial runs
+        meta.update(choices=tuple(DATASETS) + TEXT_DATASETS,
+                    help="data set: an image set for --space cnn, a text corpus for --space rnn (handed on to the "
+                         "trials)")
     return name, kind | None, field(default=None, metadata=meta)
 
 

@@ -1,7 +1,8 @@
 """`dist-darts sweep`: the DARTS authors' protocol with Ray Tune; the only module that imports Ray.
 
 Stage 1 runs one search per seed, stage 2 a short selection retrain of each distinct genotype found, stage 3 the
-full retrain of the winner (the best selection accuracy), R times with different seeds. Every trial is a DDP job
+full retrain of the winner (the best selection accuracy; for --space rnn the lowest selection perplexity: what
+differs between the spaces is in sweep_spaces.py), R times with different seeds. Every trial is a DDP job
 of k workers: a Tune function trial builds a Ray Train TorchTrainer (Ray Train V2) whose workers call the same
 `run(cfg)` as torchrun does. Workers report every epoch, rank 0 attaching its checkpoint; a failed trial is
 retried and resumes from that checkpoint. Trial names are stable, so `--resume` restores each stage's Tuner and
@@ -10,19 +11,18 @@ skips finished trials. Each report arriving in the driver is one progress line (
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
-import statistics
 import time
 from pathlib import Path
 
-from . import collapse
 from . import config as config_io
-from . import genotype as gt
-from .config import ConfigError, RetrainConfig, SearchConfig, SweepConfig
+from .config import SWEEP_PASSED, ConfigError, SweepConfig
 from .logs import duration, log as logger, setup_logging, summary_table
 from .runfolder import atomic_write
+from .sweep_spaces import SPACES, best_trial, draw, final_summary
 
 try:
     import ray
@@ -47,10 +47,10 @@ def _require_ray():
 # --- the per-worker function and the per-trial driver ---------------------------------------------------
 
 def _worker(config: dict) -> None:
-    """Runs on every Ray Train worker: the same run(cfg) as under torchrun, reporting each epoch to Ray."""
-    from . import search, train
-    kind = config["kind"]
-    cls, job = (SearchConfig, search.run) if kind == "search" else (RetrainConfig, train.run)
+    """Runs on every Ray Train worker: the same run(cfg) as under torchrun, reporting each epoch to Ray (and, where
+    the space's report needs numbers only the finished job has, once more after it)."""
+    kind, space = config["kind"], SPACES[config["space"]]
+    cls = space.search_config if kind == "search" else space.retrain_config
     cfg = config_io.build(cls, {}, config["cfg"])
     rank = ray.train.get_context().get_world_rank()
     run_ckpt = Path(cfg.output) / "checkpoints" / CHECKPOINT_NAME
@@ -67,7 +67,9 @@ def _worker(config: dict) -> None:
         else:
             ray.train.report(metrics)
 
-    job(cfg, on_epoch=report)
+    final = space.final_report(kind, space.job(kind)(cfg, on_epoch=report))
+    if final is not None:  # every rank reports as often as the others
+        ray.train.report(final)
 
 
 def _trial(config: dict) -> None:
@@ -96,8 +98,8 @@ class TrialProgress(Callback):
     """One log line per trial report (every epoch): stage, trial, epoch of epochs, its metric, ETA; on the console
     and in sweep.log, in place of Tune's status tables. Runs in the driver, from the results Tune receives."""
 
-    def __init__(self, stage: str, log):
-        self.stage, self.log = stage, log
+    def __init__(self, stage: str, log, space: str = "cnn"):
+        self.stage, self.log, self.space = stage, log, SPACES[space]
         self.started = {}  # trial id -> (the epoch it (re)started from, when)
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -117,10 +119,7 @@ class TrialProgress(Callback):
             first = epoch - 1
             self.started[trial.trial_id] = (first, since)
         per_epoch = (time.time() - since) / max(epoch - first, 1)
-        if spec["kind"] == "search":
-            shown = f"val top-1 {result['val_top1']:.2f} %"
-        else:
-            shown = f"top-1 {result['top1']:.2f} % (best {result['best_top1']:.2f} %)"
+        shown = self.space.progress(spec["kind"], result)
         self.log(f"{self.stage} {spec['name']}: epoch {epoch}/{epochs} | {shown} | "
                  f"ETA {duration(per_epoch * (epochs - epoch))}")
 
@@ -152,7 +151,7 @@ def _stage(name: str, trials: list[dict], sweep: SweepConfig, root: Path, log) -
                 trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
             run_config=ray.tune.RunConfig(name=name, storage_path=storage, verbose=0,
                                           failure_config=ray.tune.FailureConfig(max_failures=sweep.max_failures),
-                                          callbacks=[TrialProgress(name, log)]),
+                                          callbacks=[TrialProgress(name, log, sweep.space)]),
         )
         grid = tuner.fit()
     results, failed = {}, []
@@ -175,7 +174,7 @@ def _trial_name(trial) -> str:
 
 def _trial_spec(sweep: SweepConfig, stage: str, kind: str, name: str, cfg, workers: int, storage: str) -> dict:
     # the Ray Train run name must be unique per stage: Ray Train resumes a run of the same name and storage
-    return {"kind": kind, "name": name, "run_name": f"{stage}_{name}", "cfg": config_io.to_dict(cfg),
+    return {"kind": kind, "space": sweep.space, "name": name, "run_name": f"{stage}_{name}", "cfg": config_io.to_dict(cfg),
             "workers": workers,
             "cpus_per_worker": sweep.cpus_per_worker, "gpus_per_worker": sweep.gpus_per_worker,
             "max_failures": sweep.max_failures, "storage": storage}
@@ -184,6 +183,11 @@ def _trial_spec(sweep: SweepConfig, stage: str, kind: str, name: str, cfg, worke
 def run(sweep: SweepConfig) -> dict:
     """The whole sweep; returns the report (also written to report.json and report.md)."""
     _require_ray()
+    space = SPACES[sweep.space]
+    fields = {f.name for cls in (space.search_config, space.retrain_config) for f in dataclasses.fields(cls)}
+    foreign = [k for k in SWEEP_PASSED if getattr(sweep, k) is not None and k not in fields]
+    if foreign:  # refused, not dropped: a flag that would do nothing is a mistake worth one line
+        raise ConfigError(f"{foreign[0]}: not a setting of the {space.name} space's searches or retrains")
     root = Path(sweep.output).resolve()
     root.mkdir(parents=True, exist_ok=True)
     config_io.save(sweep, str(root / "config.yaml"))
@@ -195,32 +199,27 @@ def run(sweep: SweepConfig) -> dict:
     log = logger.info
 
     def search_cfg(seed):
-        values = {**search_base, **sweep.passed_on(SearchConfig), "epochs": sweep.search_epochs, "seed": seed,
+        values = {**search_base, **sweep.passed_on(space.search_config), "epochs": sweep.search_epochs, "seed": seed,
                   "output": str(root / "search" / f"seed_{seed}"), "resume": True}
-        return config_io.build(SearchConfig, values, source="sweep search settings")
+        return config_io.build(space.search_config, values, source="sweep search settings")
 
     def retrain_cfg(genotype_file, seed, epochs, out):
-        values = {**retrain_base, **sweep.passed_on(RetrainConfig), "genotype": str(genotype_file), "epochs": epochs, "seed": seed,
-                  "output": str(out), "resume": True}
-        return config_io.build(RetrainConfig, values, source="sweep retrain settings")
+        values = {**retrain_base, **sweep.passed_on(space.retrain_config), "genotype": str(genotype_file),
+                  "epochs": epochs, "seed": seed, "output": str(out), "resume": True}
+        return config_io.build(space.retrain_config, values, source="sweep retrain settings")
 
     # every setting is checked before any trial starts (the retrain ones with a stand-in genotype)
     search_cfgs = {seed: search_cfg(seed) for seed in seeds}
-    retrain_cfg("DARTS_V2", seeds[0], sweep.select_epochs, root / "select")
+    retrain_cfg(space.stand_in_genotype, seeds[0], sweep.select_epochs, root / "select")
 
     _init_ray(sweep)
     storage = str((root / "ray").resolve())
     try:
-        log(f"stage 1/3: {len(seeds)} searches ({sweep.search_epochs} epochs, {sweep.workers_per_trial} worker(s) each)")
+        log(f"stage 1/3: {len(seeds)} {space.name} searches ({sweep.search_epochs} epochs, "
+            f"{sweep.workers_per_trial} worker(s) each)")
         found = _stage("search", [_trial_spec(sweep, "search", "search", f"seed_{s}", c, sweep.workers_per_trial, storage)
                                   for s, c in search_cfgs.items()], sweep, root, log)
-        trials = []
-        for seed in seeds:
-            metrics = found[f"seed_{seed}"]
-            genotype = gt.from_dict(json.loads(metrics["genotype"]))
-            trials.append({"seed": seed, "search_val_top1": metrics["val_top1"], "genotype": gt.to_dict(genotype),
-                           "param_free_normal": collapse.cell_counts(genotype)["param_free_normal"],
-                           "genotype_file": str(root / "search" / f"seed_{seed}" / "genotype.json")})
+        trials = [{"seed": seed, **space.trial(found[f"seed_{seed}"])} for seed in seeds]
 
         distinct = {}
         for t in trials:
@@ -230,23 +229,22 @@ def run(sweep: SweepConfig) -> dict:
         for t in distinct.values():
             genotype_file = root / "select" / f"seed_{t['seed']}.json"
             genotype_file.parent.mkdir(parents=True, exist_ok=True)
-            gt.save(gt.from_dict(t["genotype"]), genotype_file)
+            space.save(space.from_dict(t["genotype"]), genotype_file)
             cfg = retrain_cfg(genotype_file, seeds[0], sweep.select_epochs, root / "select" / f"seed_{t['seed']}")
             select_specs.append(_trial_spec(sweep, "select", "retrain", f"seed_{t['seed']}", cfg, sweep.workers_per_trial,
                                             storage))
         selected = _stage("select", select_specs, sweep, root, log)
         for t in trials:
             source = distinct[json.dumps(t["genotype"], sort_keys=True)]
-            m = selected[f"seed_{source['seed']}"]
-            t.update(select_top1=m["best_top1"], params=m["params"], same_genotype_as=source["seed"])
-        winner = max(trials, key=lambda t: (t["select_top1"], -t["seed"]))
+            t.update(space.selection(selected[f"seed_{source['seed']}"]), same_genotype_as=source["seed"])
+        winner = best_trial(space, trials)
 
         repeats = [winner["seed"] * 1000 + i for i in range(sweep.repeats)]
         log(f"stage 3/3: final retrain of seed {winner['seed']}'s genotype, {sweep.repeats} run(s) of "
             f"{sweep.final_epochs} epochs")
         final_file = root / "final" / "genotype.json"
         final_file.parent.mkdir(parents=True, exist_ok=True)
-        gt.save(gt.from_dict(winner["genotype"]), final_file)
+        space.save(space.from_dict(winner["genotype"]), final_file)
         final_specs = [_trial_spec(sweep, "final", "retrain", f"repeat_{i}",
                                    retrain_cfg(final_file, s, sweep.final_epochs, root / "final" / f"repeat_{i}"),
                                    sweep.final_workers or sweep.workers_per_trial, storage)
@@ -255,18 +253,15 @@ def run(sweep: SweepConfig) -> dict:
     finally:
         ray.shutdown()
 
-    top1s = [finals[f"repeat_{i}"]["top1"] for i in range(sweep.repeats)]
-    first = search_cfgs[seeds[0]]
     report = {
-        "search": {"method": first.method, "derive": first.derive, "unrolled": first.unrolled},
-        "winner": {"seed": winner["seed"], "genotype": winner["genotype"], "select_top1": winner["select_top1"]},
-        "trials": [{k: v for k, v in t.items() if k != "genotype_file"} for t in trials],
-        "final": {"mean": statistics.fmean(top1s), "std": statistics.stdev(top1s) if len(top1s) > 1 else 0.0,
-                  "runs": [{"seed": s, "top1": finals[f"repeat_{i}"]["top1"], "top5": finals[f"repeat_{i}"]["top5"],
-                            "params": finals[f"repeat_{i}"]["params"]} for i, s in enumerate(repeats)]},
+        "search": space.describe(search_cfgs[seeds[0]]),
+        "winner": {"seed": winner["seed"], "genotype": winner["genotype"], space.select_key: winner[space.select_key]},
+        "trials": trials,
+        "final": final_summary(space, [{"seed": s, **space.final_run(finals[f"repeat_{i}"])}
+                                       for i, s in enumerate(repeats)]),
         "seconds": time.time() - started,
     }
-    _write_report(root, report, log)
+    _write_report(root, report, space, log)
     return report
 
 
@@ -290,47 +285,22 @@ def _init_ray(sweep: SweepConfig) -> None:
                  _node_ip_address="127.0.0.1")
 
 
-def _write_report(root: Path, report: dict, log) -> None:
+def _write_report(root: Path, report: dict, space, log) -> None:
     atomic_write(root / "report.json", json.dumps(report, indent=2) + "\n")
-    winner = report["winner"]
-    search = report["search"]
-    lines = ["# dist-darts sweep report", "",
-             f"Searches: {'2nd' if search['unrolled'] else '1st'} order, method {search['method']}, derivation "
-             f"{search['derive']}. Run one sweep per method with the same seeds to compare them seed by seed.", "",
-             "| seed | search val top-1 | param-free ops, normal cell | selection top-1 | params | genotype |",
-             "|---:|---:|---:|---:|---:|---|"]
-    for t in report["trials"]:
-        mark = " **winner**" if t["seed"] == winner["seed"] else ""
-        same = "" if t["same_genotype_as"] == t["seed"] else f" (same as seed {t['same_genotype_as']})"
-        lines.append(f"| {t['seed']}{mark} | {t['search_val_top1']:.2f} | {t['param_free_normal']}/8 | "
-                     f"{t['select_top1']:.2f} | {t['params']:,} | "
-                     f"`{gt.format_genotype(gt.from_dict(t['genotype']))}`{same} |")
-    final = report["final"]
-    lines += ["", f"Winner: seed {winner['seed']} (selection top-1 {winner['select_top1']:.2f} %).",
-              f"Final top-1 over {len(final['runs'])} run(s): {final['mean']:.2f} +/- {final['std']:.2f} %.", ""]
-    drawings = _draw(root, winner, report["trials"])
+    winner, final = report["winner"], report["final"]
+    rows = [{**t, "label": f"{t['seed']}" + (" **winner**" if t["seed"] == winner["seed"] else ""),
+             "same": "" if t["same_genotype_as"] == t["seed"] else f" (same as seed {t['same_genotype_as']})"}
+            for t in report["trials"]]
+    lines = ["# dist-darts sweep report", "", space.headline(report["search"]), "", *space.table(rows)]
+    lines += ["", f"Winner: seed {winner['seed']} ({space.select_name} {winner[space.select_key]:.2f}{space.unit}).",
+              f"Final {space.final_name} over {len(final['runs'])} run(s): {final['mean']:.2f} +/- "
+              f"{final['std']:.2f}{space.unit}.", ""]
+    drawings = draw(space, root, winner, report["trials"])
     lines += [f"![{Path(p).stem}]({Path(p).name})" for p in drawings]
     atomic_write(root / "report.md", "\n".join(lines) + "\n")
     log("sweep finished\n" + summary_table(
-        [(f"seed {t['seed']}", f"search {t['search_val_top1']:.2f} % | select {t['select_top1']:.2f} % | "
-                               f"{t['params']:,} params") for t in report["trials"]]
+        [(f"seed {t['seed']}", space.summary(t)) for t in report["trials"]]
         + [("winner", f"seed {winner['seed']}"),
-           ("final top-1", f"{final['mean']:.2f} +/- {final['std']:.2f} % ({len(final['runs'])} run(s))"),
+           (f"final {space.final_name}", f"{final['mean']:.2f} +/- {final['std']:.2f}{space.unit} "
+                                         f"({len(final['runs'])} run(s))"),
            ("report", str(root / "report.md"))]))
-
-
-def _draw(root: Path, winner: dict, trials: list) -> list[str]:
-    """The winner's cells and a plot of selection accuracy per seed; skipped with a note where impossible."""
-    from .visualize import DrawingError, draw_genotype, plot_selection
-    paths = []
-    try:
-        paths += [str(p) for p in draw_genotype(gt.from_dict(winner["genotype"]), root / "winner", "png")]
-    except DrawingError as e:
-        logger.warning("no cell drawings: %s", e)
-    try:
-        paths.append(str(plot_selection([t["seed"] for t in trials], [t["select_top1"] for t in trials],
-                                        winner["seed"], root / "selection.png")))
-    except DrawingError as e:
-        logger.warning("no selection plot: %s", e)
-    return paths
-

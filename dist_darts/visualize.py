@@ -402,16 +402,18 @@ def animate(run_dir: str | os.PathLike, output: str | os.PathLike | None = None,
     return output
 
 
-def plot_selection(seeds: list[int], top1: list[float], winner: int, path: str | os.PathLike) -> Path:
-    """Bar chart of each seed's selection-retrain accuracy, the winner highlighted."""
+def plot_selection(seeds: list[int], scores: list[float], winner: int, path: str | os.PathLike,
+                   label: str = "selection top-1 (%)") -> Path:
+    """Bar chart of each seed's selection-retrain score (top-1, or perplexity), the winner highlighted."""
     plt = _pyplot()
     path = Path(path)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(seeds) + 2), 3.5))
-    ax.bar([str(s) for s in seeds], top1, color=["tab:orange" if s == winner else "tab:blue" for s in seeds])
+    ax.bar([str(s) for s in seeds], scores, color=["tab:orange" if s == winner else "tab:blue" for s in seeds])
     ax.set_xlabel("search seed")
-    ax.set_ylabel("selection top-1 (%)")
-    low = min(top1)
-    ax.set_ylim(max(0.0, low - 5.0), min(100.0, max(top1) + 2.0))
+    ax.set_ylabel(label)
+    low, high = min(scores), max(scores)
+    margin = max(0.25 * (high - low), 0.02 * high, 1e-3)  # the differences visible, not the distance from zero
+    ax.set_ylim(max(0.0, low - margin), high + margin)
     ax.set_title("selection retrain per seed (winner in orange)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

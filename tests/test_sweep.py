@@ -1,6 +1,7 @@
 """`dist-darts sweep` on a real local Ray runtime: all three stages, a killed worker, a killed driver."""
 
 import json
+import math
 import os
 import re
 import signal
@@ -112,6 +113,58 @@ def test_sweep_survives_a_killed_worker_and_a_killed_driver(tmp_path):
     assert "Trial status" not in resumed.stdout and "\r" not in log_text
 
 
+RNN_SIZES = "dataset: pydoc\nbatch-size: 8\nbptt: 10\nemsize: 16\nnhid: 16\nsteps-per-epoch: 3\n" \
+            "eval-batch-size: 4\n"
+
+
+def test_recurrent_sweep_ranks_by_perplexity(tmp_path):
+    """--space rnn: the three stages with the recurrent jobs, the winner the lowest selection val perplexity, the
+    final test perplexity from the workers' report after each retrain."""
+    (tmp_path / "search.yaml").write_text(RNN_SIZES)
+    (tmp_path / "retrain.yaml").write_text(RNN_SIZES + "test-batch-size: 4\n")
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "dist_darts", "sweep", "--space", "rnn", "--seeds", "2", "--search-epochs", "1",
+           "--select-epochs", "1", "--final-epochs", "1", "--repeats", "2", "--cpus-per-worker", "0.5",
+           "--search", str(tmp_path / "search.yaml"), "--retrain", str(tmp_path / "retrain.yaml"),
+           "--output", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env_for_subprocess(), timeout=900,
+                          start_new_session=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["search"] == {"space": "rnn", "dataset": "pydoc", "unrolled": False}
+    trials = report["trials"]
+    assert [t["seed"] for t in trials] == [0, 1]
+    for t in trials:
+        gt.recurrent_from_dict(t["genotype"])  # a valid recurrent cell
+        assert t["genotype"] == gt.recurrent_to_dict(gt.load_recurrent(str(out / "search" / f"seed_{t['seed']}" /
+                                                                           "genotype.json")))
+        assert math.isfinite(t["search_val_perplexity"]) and t["params"] > 0
+    best = min(trials, key=lambda t: (t["select_val_perplexity"], t["seed"]))
+    assert report["winner"]["seed"] == best["seed"] and report["winner"]["genotype"] == best["genotype"]
+    final = report["final"]
+    assert final["metric"] == "test_perplexity" and len(final["runs"]) == 2
+    for i, run in enumerate(final["runs"]):  # each repeat's own metrics.json (3 steps: no quality asked of it)
+        metrics = json.loads((out / "final" / f"repeat_{i}" / "metrics.json").read_text())
+        assert run["test_perplexity"] == pytest.approx(metrics["test_perplexity"]) and run["params"] > 0
+    assert final["mean"] == pytest.approx(sum(r["test_perplexity"] for r in final["runs"]) / 2)
+    md = (out / "report.md").read_text()
+    assert "| seed | search val perplexity | selection val perplexity |" in md and "**winner**" in md
+    assert "Final test perplexity over 2 run(s)" in md
+    assert (out / "winner_recurrent.png").exists() and (out / "selection.png").exists()
+    log_text = (out / "sweep.log").read_text()
+    for pattern in (r"search seed_[01]: epoch 1/1 \| val perplexity [\d.]+ \| ETA",
+                    r"final repeat_[01]: epoch 1/1 \| val perplexity [\d.]+ \(best [\d.]+\) \| ETA"):
+        assert re.search(pattern, log_text), pattern
+
+
+def test_settings_of_the_other_space_are_one_line_exit_2(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "dist_darts", "sweep", "--space", "rnn", "--layers", "5",
+                           "--output", str(tmp_path / "s")], capture_output=True, text=True,
+                          env=env_for_subprocess(), timeout=300)
+    assert done.returncode == 2 and "layers: not a setting of the rnn space" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
+
+
 def test_trial_progress_lines_and_eta(monkeypatch):
     from dist_darts import tune
     now = [1000.0]
@@ -135,6 +188,12 @@ def test_trial_progress_lines_and_eta(monkeypatch):
     now[0] += 100
     progress.on_trial_result(0, [retrain], retrain, {"epoch": 1, "top1": 90.0, "best_top1": 91.5})
     assert lines[-1] == "final repeat_0: epoch 1/2 | top-1 90.00 % (best 91.50 %) | ETA 0:01:40"
+    recurrent = tune.TrialProgress("search", lines.append, "rnn")
+    recurrent.on_trial_start(0, [trial], trial)
+    now[0] += 20
+    recurrent.on_trial_result(0, [trial], trial, {"epoch": 1, "val_perplexity": 812.345})
+    recurrent.on_trial_result(0, [trial], trial, {"final": True, "test_perplexity": 700.0})  # after the job: no line
+    assert lines[-1] == "search seed_3: epoch 1/10 | val perplexity 812.35 | ETA 0:03:00"
 
 
 @pytest.mark.parametrize("seeds,expected", [("3", [0, 1, 2]), ("5,7", [5, 7]), ("11,", [11])])

@@ -32,6 +32,9 @@ RNN_TOY = {
     "evaluate": ["--bptt", "70"],
 }
 RNN_TOY["retrain"] = RNN_TOY["search"] + ["--test-batch-size", "4"]
+# a recurrent sweep takes its sizes from the demo YAMLs its block names; only the length is cut here
+RNN_TOY["sweep"] = ["--steps-per-epoch", "2", "--search-epochs", "1", "--select-epochs", "1", "--final-epochs", "1",
+                    "--cpus-per-worker", "0.5"]
 
 
 def toy(args: list[str]) -> list[str]:

@@ -1,0 +1,187 @@
+"""What `dist-darts sweep` needs to know of a search space: its job configs and jobs, how its trials' metrics read,
+which selection score is better, and what its report shows. tune.py runs the three stages alike for every space;
+a new space is one more class here. Nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from . import collapse
+from . import genotype as gt
+from .config import RecurrentRetrainConfig, RecurrentSearchConfig, RetrainConfig, SearchConfig
+from .logs import log
+
+
+class ConvSpace:
+    """Convolutional cells: searches report val_top1, retrains top1 on the test split; higher is better."""
+
+    name = "cnn"
+    search_config, retrain_config = SearchConfig, RetrainConfig
+    stand_in_genotype = "DARTS_V2"  # checks the retrain settings before any trial runs
+    to_dict, from_dict, save, format = (staticmethod(gt.to_dict), staticmethod(gt.from_dict), staticmethod(gt.save),
+                                        staticmethod(gt.format_genotype))
+    select_key, select_name, higher_is_better = "select_top1", "selection top-1", True
+    final_key, final_name, unit = "top1", "top-1", " %"
+
+    @staticmethod
+    def job(kind: str):
+        from . import search, train
+        return search.run if kind == "search" else train.run
+
+    @staticmethod
+    def final_report(kind: str, result) -> dict | None:
+        return None  # the last epoch's report already holds what the report needs
+
+    def trial(self, metrics: dict) -> dict:
+        genotype = gt.from_dict(json.loads(metrics["genotype"]))
+        return {"search_val_top1": metrics["val_top1"], "genotype": gt.to_dict(genotype),
+                "param_free_normal": collapse.cell_counts(genotype)["param_free_normal"]}
+
+    @staticmethod
+    def selection(metrics: dict) -> dict:
+        return {"select_top1": metrics["best_top1"], "params": metrics["params"]}
+
+    @staticmethod
+    def final_run(metrics: dict) -> dict:
+        return {"top1": metrics["top1"], "top5": metrics["top5"], "params": metrics["params"]}
+
+    @staticmethod
+    def progress(kind: str, result: dict) -> str:
+        if kind == "search":
+            return f"val top-1 {result['val_top1']:.2f} %"
+        return f"top-1 {result['top1']:.2f} % (best {result['best_top1']:.2f} %)"
+
+    @staticmethod
+    def describe(search_cfg) -> dict:
+        return {"space": "cnn", "method": search_cfg.method, "derive": search_cfg.derive,
+                "unrolled": search_cfg.unrolled}
+
+    @staticmethod
+    def headline(search: dict) -> str:
+        return (f"Searches: {'2nd' if search['unrolled'] else '1st'} order, method {search['method']}, derivation "
+                f"{search['derive']}. Run one sweep per method with the same seeds to compare them seed by seed.")
+
+    def table(self, trials: list[dict]) -> list[str]:
+        lines = ["| seed | search val top-1 | param-free ops, normal cell | selection top-1 | params | genotype |",
+                 "|---:|---:|---:|---:|---:|---|"]
+        for t in trials:
+            lines.append(f"| {t['label']} | {t['search_val_top1']:.2f} | {t['param_free_normal']}/8 | "
+                         f"{t['select_top1']:.2f} | {t['params']:,} | `{self.format(self.from_dict(t['genotype']))}`"
+                         f"{t['same']} |")
+        return lines
+
+    @staticmethod
+    def summary(t: dict) -> str:
+        return f"search {t['search_val_top1']:.2f} % | select {t['select_top1']:.2f} % | {t['params']:,} params"
+
+    @staticmethod
+    def draw_winner(genotype: dict, root: Path) -> list[Path]:
+        from .visualize import draw_genotype
+        return draw_genotype(gt.from_dict(genotype), root / "winner", "png")
+
+
+class RecurrentSpace(ConvSpace):
+    """Recurrent cells: searches report val_perplexity; selection and final retrains are read from the report
+    each retrain worker sends after its job (the best weights' validation and test perplexity); lower is better."""
+
+    name = "rnn"
+    search_config, retrain_config = RecurrentSearchConfig, RecurrentRetrainConfig
+    stand_in_genotype = "RNN_DARTS_V2"
+    to_dict, from_dict, save, format = (staticmethod(gt.recurrent_to_dict), staticmethod(gt.recurrent_from_dict),
+                                        staticmethod(gt.save_recurrent), staticmethod(gt.format_recurrent))
+    select_key, select_name, higher_is_better = "select_val_perplexity", "selection val perplexity", False
+    final_key, final_name, unit = "test_perplexity", "test perplexity", ""
+
+    @staticmethod
+    def job(kind: str):
+        from . import rnn_jobs
+        return rnn_jobs.search if kind == "search" else rnn_jobs.retrain
+
+    @staticmethod
+    def final_report(kind: str, result) -> dict | None:
+        if kind == "search":
+            return None
+        return {"final": True, "val_perplexity": result.val_perplexity, "test_perplexity": result.test_perplexity,
+                "params": result.params}
+
+    def trial(self, metrics: dict) -> dict:
+        genotype = gt.recurrent_from_dict(json.loads(metrics["genotype"]))
+        return {"search_val_perplexity": metrics["val_perplexity"], "genotype": gt.recurrent_to_dict(genotype)}
+
+    @staticmethod
+    def selection(metrics: dict) -> dict:
+        return {"select_val_perplexity": metrics["val_perplexity"], "params": metrics["params"]}
+
+    @staticmethod
+    def final_run(metrics: dict) -> dict:
+        return {"val_perplexity": metrics["val_perplexity"], "test_perplexity": metrics["test_perplexity"],
+                "params": metrics["params"]}
+
+    @staticmethod
+    def progress(kind: str, result: dict) -> str:
+        if kind == "search":
+            return f"val perplexity {result['val_perplexity']:.2f}"
+        return f"val perplexity {result['val_perplexity']:.2f} (best {result['best_val_perplexity']:.2f})"
+
+    @staticmethod
+    def describe(search_cfg) -> dict:
+        return {"space": "rnn", "dataset": search_cfg.dataset, "unrolled": search_cfg.unrolled}
+
+    @staticmethod
+    def headline(search: dict) -> str:
+        return (f"Searches: recurrent cells on {search['dataset']}, {'2nd' if search['unrolled'] else '1st'} order "
+                f"DARTS. Lower perplexity is better; the winner has the lowest selection val perplexity.")
+
+    def table(self, trials: list[dict]) -> list[str]:
+        lines = ["| seed | search val perplexity | selection val perplexity | params | genotype |",
+                 "|---:|---:|---:|---:|---|"]
+        for t in trials:
+            lines.append(f"| {t['label']} | {t['search_val_perplexity']:.2f} | {t['select_val_perplexity']:.2f} | "
+                         f"{t['params']:,} | `{self.format(self.from_dict(t['genotype']))}`{t['same']} |")
+        return lines
+
+    @staticmethod
+    def summary(t: dict) -> str:
+        return (f"search ppl {t['search_val_perplexity']:.2f} | select ppl {t['select_val_perplexity']:.2f} | "
+                f"{t['params']:,} params")
+
+    @staticmethod
+    def draw_winner(genotype: dict, root: Path) -> list[Path]:
+        from .visualize import draw_recurrent_cell
+        return [draw_recurrent_cell(gt.recurrent_from_dict(genotype), root / "winner_recurrent.png",
+                                    "the winner's recurrent cell")]
+
+
+SPACES = {space.name: space for space in (ConvSpace(), RecurrentSpace())}
+
+
+def best_trial(space, trials: list[dict]) -> dict:
+    """The winner: the best selection score, the lower seed on a tie."""
+    sign = 1 if space.higher_is_better else -1
+    return max(trials, key=lambda t: (sign * t[space.select_key], -t["seed"]))
+
+
+def final_summary(space, runs: list[dict]) -> dict:
+    values = [r[space.final_key] for r in runs]
+    return {"metric": space.final_key, "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "runs": runs}
+
+
+def draw(space, root: Path, winner: dict, trials: list) -> list[str]:
+    """The winner's cells and a plot of the selection score per seed; skipped with a note where impossible."""
+    from .visualize import DrawingError, plot_selection
+    paths = []
+    try:
+        paths += [str(p) for p in space.draw_winner(winner["genotype"], root)]
+    except DrawingError as e:
+        log.warning("no cell drawings: %s", e)
+    try:
+        paths.append(str(plot_selection([t["seed"] for t in trials], [t[space.select_key] for t in trials],
+                                        winner["seed"], root / "selection.png",
+                                        space.select_name + (f" ({space.unit.strip()})" if space.unit else ""))))
+    except DrawingError as e:
+        log.warning("no selection plot: %s", e)
+    return paths
