@@ -75,8 +75,8 @@ def run_one(job: tuple) -> dict:
     """Search with one method and seed, then retrain the derived cells; runs in a worker process."""
     args, method, seed = job
     import torch
-    from dist_darts import collapse, search, train
-    from dist_darts.config import RetrainConfig, SearchConfig
+    from dist_darts import collapse, search
+    from dist_darts.config import SearchConfig
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix=f"collapse-{method}-{seed}-") as tmp:
         cfg = SearchConfig(dataset=args.dataset, workers=0, device="cpu", seed=seed, epochs=args.epochs,
@@ -95,12 +95,10 @@ def run_one(job: tuple) -> dict:
                "search_seconds_per_step": seconds / (result.epochs * args.steps_per_epoch),
                "genotype": json.dumps(search.gt.to_dict(result.genotype))}
         if args.retrain_epochs:
-            retrain = RetrainConfig(dataset=args.dataset, workers=0, device="cpu", seed=seed,
-                                    genotype=f"{tmp}/search/genotype.json", epochs=args.retrain_epochs,
-                                    steps_per_epoch=args.retrain_steps, layers=args.retrain_layers,
-                                    init_channels=args.retrain_channels, batch_size=64, learning_rate=0.05,
-                                    auxiliary=False, log_interval=10**6, output=f"{tmp}/retrain")
-            row["retrain_top1"] = train.run(retrain).top1
+            row["retrain_top1"] = _bench.short_retrain_top1(args.dataset, f"{tmp}/search/genotype.json", seed,
+                                                            args.retrain_epochs, args.retrain_steps,
+                                                            args.retrain_layers, args.retrain_channels,
+                                                            f"{tmp}/retrain")
     print(json.dumps({k: v for k, v in row.items() if k != "genotype"}), flush=True)
     return row
 
