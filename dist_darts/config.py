@@ -108,7 +108,8 @@ class JobConfig(DataConfig, RunConfig):
     overwrite: bool = opt(False, "delete what an earlier run left in --output, then start over (a non-empty run "
                                  "folder is refused otherwise)", "runtime")
     log_interval: int = opt(50, "steps between progress lines and TensorBoard step scalars", "runtime")
-    sync_bn: bool | None = opt(None, "SyncBatchNorm across ranks (GPUs only); unset = on for NCCL searches of "
+    sync_bn: bool | None = opt(None, "BatchNorm statistics over all ranks' batches (SyncBatchNorm on GPUs, an "
+                                     "all-reduced BatchNorm on CPU ranks); unset = on for NCCL searches of "
                                      "several ranks, and for other NCCL jobs of several ranks with fewer than 32 "
                                      "images per rank", "distributed")
 
@@ -131,8 +132,6 @@ class JobConfig(DataConfig, RunConfig):
         check_ranges(self, minimum=0, names=("steps_per_epoch", "checkpoint_steps", "learning_rate", "weight_decay",
                                              "grad_clip"))
         check_ranges(self, minimum=1, names=("epochs", "layers", "init_channels", "log_interval"))
-        if self.sync_bn and self.device == "cpu":
-            raise ConfigError("sync-bn: SyncBatchNorm needs GPUs (PyTorch refuses CPU modules)")
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"momentum: must be in [0, 1), got {self.momentum}")
 

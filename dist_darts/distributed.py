@@ -123,6 +123,55 @@ def average_buffers_(module: nn.Module) -> None:
     all_reduce_mean_([b for b in module.buffers() if b.is_floating_point()])
 
 
+class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over every rank's batch for CPU (gloo) ranks, where nn.SyncBatchNorm does not run. The batch
+    mean and variance come from sums all-reduced with torch.distributed.nn's differentiable all_reduce, so the
+    backward pass is the global batch's too: N ranks of B/N images take one process's step at B (up to the
+    order of the sums). Outside training, or alone, it is the plain BatchNorm."""
+
+    def _check_input_dim(self, x):
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
+
+    def forward(self, x):
+        if not self.training or world_size() == 1:
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce  # autograd-aware collectives
+        dims = [0, *range(2, x.dim())]
+        shape = [1, x.size(1)] + [1] * (x.dim() - 2)
+        count = x.new_tensor(float(x.numel() // x.size(1)))
+        dist.all_reduce(count)
+        mean = all_reduce(x.sum(dims)) / count
+        centred = x - mean.view(shape)
+        var = all_reduce((centred * centred).sum(dims)) / count  # two passes, as exact as the plain BatchNorm's
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean, alpha=m)
+                self.running_var.mul_(1 - m).add_(var * count / (count - 1), alpha=m)  # unbiased, as PyTorch's
+        out = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out
+
+
+def convert_gloo_sync_bn(module: nn.Module) -> nn.Module:
+    """`module` with every BatchNorm layer replaced in place by a GlooSyncBatchNorm holding the same parameters
+    and buffers (the same tensors, so optimisers and checkpoints see no difference)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, GlooSyncBatchNorm):
+            synced = GlooSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                       child.track_running_stats)
+            for key, value in list(child._parameters.items()) + list(child._buffers.items()):
+                setattr(synced, key, value)
+            synced.train(child.training)
+            setattr(module, name, synced)
+        else:
+            convert_gloo_sync_bn(child)
+    return module
+
+
 def all_gather_object(obj) -> list:
     if world_size() == 1:
         return [obj]

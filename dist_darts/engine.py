@@ -26,8 +26,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import config as config_io
 from .checkpoint import previous_path, tensor_bytes
-from .distributed import DistEnv, all_gather_object, all_reduce_sum, barrier, close_distributed, init_distributed, \
-    seed_everything
+from .distributed import DistEnv, all_gather_object, all_reduce_sum, barrier, close_distributed, convert_gloo_sync_bn, \
+    init_distributed, seed_everything
 from .logs import log, log_to_file, setup_logging
 from .runfolder import RunFolderError, RunFolderLock, atomic_write, claim, default_output
 
@@ -167,8 +167,6 @@ def use_sync_bn(cfg, env: DistEnv) -> bool:
     batch however it is split over GPUs, so the scaling rules see one batch) and for other NCCL jobs of several
     ranks whose per-rank batch is small."""
     if cfg.sync_bn is not None:
-        if cfg.sync_bn and env.device.type != "cuda":
-            raise config_io.ConfigError("sync-bn: SyncBatchNorm needs GPUs (PyTorch refuses CPU modules)")
         return cfg.sync_bn
     several_gpus = env.device.type == "cuda" and env.world_size > 1
     return several_gpus and (cfg.run_kind == "search" or cfg.batch_size < SYNC_BN_BELOW)
@@ -194,8 +192,9 @@ def prepare_model(model: nn.Module, device: torch.device, *, channels_last: bool
     explicitly, because DDP does not see gradients taken with torch.autograd.grad.
     Returns (plain module, module to call for training).
     """
-    if sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if sync_bn:  # PyTorch's SyncBatchNorm runs on GPUs only; gloo ranks get the all-reduced one of distributed.py
+        model = (nn.SyncBatchNorm.convert_sync_batchnorm(model) if device.type == "cuda"
+                 else convert_gloo_sync_bn(model))
     model = model.to(device, memory_format=memory_format(channels_last))
     train_model = model
     if world_size > 1:

@@ -198,6 +198,44 @@ def test_two_gloo_ranks_at_half_batch_with_accumulation_equal_one_process(tmp_pa
         assert torch.allclose(a, b, atol=1e-12, rtol=1e-10), (a, b)
 
 
+def _supernet_run(rows=slice(None), world_size=1, sync_bn=False, unrolled=False):
+    """Two search steps of a BatchNorm supernet in float64 on images split by `rows` (this rank's share)."""
+    model = _tiny_supernet().double()
+    w_opt, architect = _parts(model)
+    architect.unrolled = unrolled
+    if world_size > 1:
+        architect.average = all_reduce_mean_
+    model, train_model = prepare_model(model, torch.device("cpu"), channels_last=False, sync_bn=sync_bn,
+                                       world_size=world_size, exclude=tuple(model.arch_parameters()))
+    for step in range(2):
+        (xt, yt), (xv, yv) = _batch(8, step)
+        batch = (xt.double()[rows], yt[rows]), (xv.double()[rows], yv[rows])
+        search_step(model, train_model, architect, w_opt, nn.CrossEntropyLoss(), batch, 0.025, 5.0, _no_autocast,
+                    channels_last=False)
+    return [t.detach().clone() for t in model.state_dict().values()]
+
+
+def _sync_bn_worker(rank, port, out, unrolled):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    init_distributed("cpu")
+    torch.save(_supernet_run(slice(rank * 4, rank * 4 + 4), 2, sync_bn=True, unrolled=unrolled),
+               os.path.join(out, f"rank{rank}.pt"))
+    close_distributed()
+
+
+@pytest.mark.parametrize("unrolled", [False, True], ids=["first-order", "second-order"])
+def test_two_gloo_ranks_with_sync_bn_at_half_batch_equal_one_process(tmp_path, unrolled):
+    """The study's premise with BatchNorm: 2 CPU ranks of 4 images with --sync-bn (the all-reduced BatchNorm)
+    take one process's search steps at 8 images, weights, alphas and running statistics, in float64."""
+    mp.spawn(_sync_bn_worker, args=(free_port(), str(tmp_path), unrolled), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    assert all(torch.equal(a, b) for a, b in zip(r0, r1))
+    for a, b in zip(r0, _supernet_run(unrolled=unrolled)):
+        assert torch.allclose(a.double(), b.double(), atol=1e-10, rtol=1e-9), (a, b)
+
+
 def test_the_sweep_hands_the_rules_to_its_searches_only():
     sweep = config.SweepConfig(lr_scaling="linear", arch_lr_scaling="sqrt", base_batch_size=32, warmup_epochs=2,
                                arch_warmup_epochs=3, accumulate=2)
@@ -215,7 +253,7 @@ def test_sync_bn_is_on_by_default_for_multi_gpu_searches():
     retrain_cfg = config.RetrainConfig(dataset="digits", batch_size=256)
     assert use_sync_bn(search_cfg, gpus(2))  # whatever the per-rank batch: one BN batch however it is split
     assert not use_sync_bn(search_cfg, gpus(1))
-    assert not use_sync_bn(search_cfg, DistEnv(0, 2, 0, torch.device("cpu")))  # gloo: PyTorch has no CPU SyncBN
+    assert not use_sync_bn(search_cfg, DistEnv(0, 2, 0, torch.device("cpu")))  # gloo ranks: only when asked (--sync-bn)
     assert not use_sync_bn(retrain_cfg, gpus(2))  # a retrain keeps the small-batch rule
     assert use_sync_bn(config.RetrainConfig(dataset="digits", batch_size=16), gpus(2))
     assert not use_sync_bn(SearchConfig(dataset="digits", sync_bn=False), gpus(8))
