@@ -215,7 +215,7 @@ def run(sweep: SweepConfig) -> dict:
     _init_ray(sweep)
     storage = str((root / "ray").resolve())
     try:
-        log(f"stage 1/3: {len(seeds)} {space.name} searches ({sweep.search_epochs} epochs, "
+        log(f"stage 1/3: {len(seeds)} searches ({sweep.search_epochs} epochs, "
             f"{sweep.workers_per_trial} worker(s) each)")
         found = _stage("search", [_trial_spec(sweep, "search", "search", f"seed_{s}", c, sweep.workers_per_trial, storage)
                                   for s, c in search_cfgs.items()], sweep, root, log)
