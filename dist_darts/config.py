@@ -221,13 +221,15 @@ class SearchConfig(JobConfig):
     base_batch_size: int = opt(64, "global batch the learning rates are meant for (the paper's 64); the scaling "
                                    "rules compare the global batch (batch size x world size x accumulate) with it",
                                "schedule")
-    lr_scaling: str = opt("none", "weights: how the learning rate (and its cosine floor) follow global batch / "
-                                  "base batch: none (the paper's), linear, sqrt; the study that would pick a "
-                                  "default is not run yet", "optimiser", choices=SCALING_RULES)
+    lr_scaling: str = opt("linear", "weights: how the learning rate (and its cosine floor) follow global batch / "
+                                    "base batch: none, linear (the default: the batch-scaling study's choice, "
+                                    "docs/large-batch.md), sqrt; at the base batch all are the paper's",
+                          "optimiser", choices=SCALING_RULES)
     warmup_epochs: int = opt(0, "weights: linear learning-rate warm-up epochs, multiplied onto the cosine "
                                 "schedule", "schedule")
-    arch_lr_scaling: str = opt("none", "alphas: how the Adam learning rate follows global batch / base batch: none "
-                                       "(the paper's), linear, sqrt", "architecture search", choices=SCALING_RULES)
+    arch_lr_scaling: str = opt("linear", "alphas: how the Adam learning rate follows global batch / base batch: "
+                                         "none, linear (the default, as the weights'), sqrt", "architecture search",
+                               choices=SCALING_RULES)
     arch_warmup_epochs: int = opt(0, "alphas: frozen for the first K epochs while the weights train (PC-DARTS)",
                                   "architecture search")
     accumulate: int = opt(1, "micro-batches per step: the gradients of N batches of --batch-size are averaged "

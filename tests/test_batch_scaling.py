@@ -40,9 +40,9 @@ def test_each_rule_resolves_to_the_documented_rates(batch, world, accumulate, ru
     assert rates["learning_rate"] == pytest.approx(0.025 * factor)
     assert rates["learning_rate_min"] == pytest.approx(0.001 * factor)
     assert rates["arch_learning_rate"] == pytest.approx(3e-4 * factor)
-    # the two rules are independent: linear weights with the paper's alpha rate
+    # the two rules are independent: this rule for the weights with the paper's alpha rate
     mixed = config.search_rates(SearchConfig(dataset="digits", batch_size=batch, accumulate=accumulate,
-                                             lr_scaling=rule), world)
+                                             lr_scaling=rule, arch_lr_scaling="none"), world)
     assert mixed["learning_rate"] == rates["learning_rate"] and mixed["arch_learning_rate"] == 3e-4
 
 
@@ -97,24 +97,27 @@ def test_default_rules_leave_the_step_bit_identical_to_todays():
         assert torch.equal(a, b)
 
 
-def test_rule_fields_at_their_defaults_equal_explicit_none(tmp_path):
+def test_the_default_rules_are_linear_from_the_papers_batch(tmp_path):
+    """Unset, both rules are linear from base batch 64 (the study's choice): a search at batch 8 runs the paper's
+    rates times 8/64, bit for bit the same as rule none with those rates written out."""
     torch.set_num_threads(1)
     runs = {}
-    for name, extra in (("defaults", {}), ("explicit", dict(base_batch_size=8, lr_scaling="none", warmup_epochs=0,
-                                                           arch_lr_scaling="none", arch_warmup_epochs=0,
-                                                           accumulate=1))):
+    for name, extra in (("defaults", {}), ("hand-scaled", dict(lr_scaling="none", arch_lr_scaling="none",
+                                                               learning_rate=0.025 / 8, learning_rate_min=0.001 / 8,
+                                                               arch_learning_rate=3e-4 / 8))):
         cfg = SearchConfig(**TINY, epochs=1, steps_per_epoch=2, output=str(tmp_path / name), **extra)
         search.run(cfg)
         runs[name] = torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=False)["model"]
     for key, value in runs["defaults"].items():
-        assert torch.equal(value, runs["explicit"][key]), key
+        assert torch.equal(value, runs["hand-scaled"][key]), key
     resolved = config.load_yaml(str(tmp_path / "defaults" / "config.yaml"))  # the resolved section is no setting
-    assert "resolved" not in resolved and resolved["lr_scaling"] == "none"
+    assert "resolved" not in resolved and resolved["lr_scaling"] == resolved["arch_lr_scaling"] == "linear"
     written = yaml.safe_load((tmp_path / "defaults" / "config.yaml").read_text())["resolved"]
-    assert written == {"global_batch": 8, "learning_rate": 0.025, "learning_rate_min": 0.001,
-                       "arch_learning_rate": 3e-4}
-    assert "global batch 8 (8 per rank x 1 rank(s) x accumulate 1) | weights lr 0.025 (none) | alphas lr 0.0003 " \
-           "(none)" in (tmp_path / "defaults" / "log.txt").read_text()
+    assert written == {"global_batch": 8, "learning_rate": 0.025 / 8, "learning_rate_min": 0.001 / 8,
+                       "arch_learning_rate": 3e-4 / 8}
+    assert "global batch 8 (8 per rank x 1 rank(s) x accumulate 1) | weights lr 0.003125 (linear) | alphas lr " \
+           "3.75e-05 (linear)" in (tmp_path / "defaults" / "log.txt").read_text()
+    assert SearchConfig(dataset="digits").batch_size == 64  # at the paper's batch the defaults are its rates
 
 
 def test_alpha_warmup_freezes_the_alphas_for_k_epochs_then_moves_them(tmp_path, monkeypatch):
@@ -130,7 +133,7 @@ def test_alpha_warmup_freezes_the_alphas_for_k_epochs_then_moves_them(tmp_path, 
 
     monkeypatch.setattr(search, "Network", Recording)
     cfg = SearchConfig(**TINY, epochs=3, steps_per_epoch=1, arch_warmup_epochs=2, warmup_epochs=2,
-                       output=str(tmp_path / "run"))
+                       lr_scaling="none", output=str(tmp_path / "run"))
     search.run(cfg)
     per_epoch = [torch.load(tmp_path / "run" / "alphas" / f"epoch_{e:03d}.pt") for e in range(3)]
     for epoch in (0, 1):
