@@ -39,24 +39,19 @@ JOB_CONFIGS = {
 }
 
 
+def _run_job(args, kind: str) -> None:
+    """The `kind` job (search or retrain) of the space --space names, with its config from the command line."""
+    from .sweep_spaces import SPACES  # the jobs of each space, the sweep's too
+    space = SPACES[args.space]
+    space.job(kind)(config.from_args(space.config(kind), args))
+
+
 def cmd_search(args):
-    cfg = config.from_args(JOB_CONFIGS[args.space]["search"], args)
-    if args.space == "rnn":
-        from . import rnn_jobs
-        rnn_jobs.search(cfg)
-    else:
-        from . import search
-        search.run(cfg)
+    _run_job(args, "search")
 
 
 def cmd_retrain(args):
-    cfg = config.from_args(JOB_CONFIGS[args.space]["retrain"], args)
-    if args.space == "rnn":
-        from . import rnn_jobs
-        rnn_jobs.retrain(cfg)
-    else:
-        from . import train
-        train.run(cfg)
+    _run_job(args, "retrain")
 
 
 def cmd_sweep(args):

@@ -1,6 +1,7 @@
-"""What `dist-darts sweep` needs to know of a search space: its job configs and jobs, how its trials' metrics read,
-which selection score is better, and what its report shows. tune.py runs the three stages alike for every space;
-a new space is one more class here. Nothing here imports Ray.
+"""What the jobs need to know of a search space: its job configs and jobs (the CLI's search and retrain run them),
+and for `dist-darts sweep` how its trials' metrics read, which selection score is better, and what its report
+shows. tune.py runs the three stages alike for every space; a new space is one more class here. Nothing here
+imports Ray.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ class ConvSpace:
                                         staticmethod(gt.format_genotype))
     select_key, select_name, higher_is_better = "select_top1", "selection top-1", True
     final_key, final_name, unit = "top1", "top-1", " %"
+
+    def config(self, kind: str) -> type:
+        """The config class of the space's `kind` job (search or retrain)."""
+        return self.search_config if kind == "search" else self.retrain_config
 
     @staticmethod
     def job(kind: str):

@@ -50,8 +50,7 @@ def _worker(config: dict) -> None:
     """Runs on every Ray Train worker: the same run(cfg) as under torchrun, reporting each epoch to Ray (and, where
     the space's report needs numbers only the finished job has, once more after it)."""
     kind, space = config["kind"], SPACES[config["space"]]
-    cls = space.search_config if kind == "search" else space.retrain_config
-    cfg = config_io.build(cls, {}, config["cfg"])
+    cfg = config_io.build(space.config(kind), {}, config["cfg"])
     rank = ray.train.get_context().get_world_rank()
     run_ckpt = Path(cfg.output) / "checkpoints" / CHECKPOINT_NAME
     restored = ray.train.get_checkpoint()
