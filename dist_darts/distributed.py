@@ -139,9 +139,9 @@ class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         from torch.distributed.nn.functional import all_reduce  # autograd-aware collectives
         dims = [0, *range(2, x.dim())]
         shape = [1, x.size(1)] + [1] * (x.dim() - 2)
-        count = x.new_tensor(float(x.numel() // x.size(1)))
-        dist.all_reduce(count)
-        mean = all_reduce(x.sum(dims)) / count
+        # the global count rides in the sums' all-reduce: one collective fewer per layer and forward
+        sums = all_reduce(torch.cat([x.sum(dims), x.new_tensor([float(x.numel() // x.size(1))])]))
+        mean, count = sums[:-1] / sums[-1], sums[-1]
         centred = x - mean.view(shape)
         var = all_reduce((centred * centred).sum(dims)) / count  # two passes, as exact as the plain BatchNorm's
         if self.track_running_stats:
