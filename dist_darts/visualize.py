@@ -151,6 +151,20 @@ def draw_genotype(g: Genotype, prefix: str | os.PathLike, fmt: str = "png") -> l
     ]
 
 
+def draw_dag_cell(edges, nodes: int, path: str | os.PathLike, title: str = "") -> Path:
+    """Render a cell whose node 0 is its input and node `nodes - 1` its output (NAS-Bench-201's), from its
+    (op, source node, target node) edges; the format comes from the file suffix (.png, .svg or .pdf)."""
+    path = Path(path)
+    d = _digraph(_format(path))
+    if title:
+        d.attr(label=title, fontsize="24", fontname="times")
+    for i in range(nodes):
+        d.node(str(i), fillcolor="darkseagreen2" if i == 0 else "palegoldenrod" if i == nodes - 1 else "lightblue")
+    for op, j, i in edges:
+        d.edge(str(j), str(i), label=op, fillcolor="gray")
+    return _render(d, path)
+
+
 def edge_labels(steps: int = 4) -> list[str]:
     return [f"{_node_name(j)}→{i}" for i in range(steps) for j in range(2 + i)]
 
