@@ -24,8 +24,9 @@ class UsageError(ValueError):
 def _bad_input_errors():
     from .checkpoint import CheckpointError
     from .data import DataError
+    from .spaces.nb201.bench import BenchmarkError
     from .visualize import DrawingError
-    return (gt.GenotypeError, ConfigError, UsageError, DrawingError, CheckpointError, DataError)
+    return (gt.GenotypeError, ConfigError, UsageError, DrawingError, CheckpointError, DataError, BenchmarkError)
 
 
 # --- jobs -------------------------------------------------------------------------------------------------
@@ -147,6 +148,13 @@ def cmd_genotype_alphas(args):
                   mixing=METHODS[args.method].derivation)
     print(gt.format_genotype(g))
     print(plot_alphas(a_normal, a_reduce, args.output, genotype=g))
+
+
+def cmd_genotype_bench(args):
+    from .spaces import nb201
+    from .spaces.nb201 import bench
+    entry = bench.Benchmark(args.benchmark_file).lookup(nb201.load(args.arch_str))
+    print(json.dumps(entry, indent=2) if args.json else bench.format_entry(entry))
 
 
 def cmd_genotype_animate(args):
@@ -308,6 +316,19 @@ def build_parser(space: str = "cnn") -> argparse.ArgumentParser:
     p.add_argument("run", help="a search's run folder (its genotypes/ and alphas/ per-epoch files)")
     p.add_argument("--output", default=None, help="a .gif, or a .mp4 where ffmpeg exists (default: RUN/search.gif)")
     p.set_defaults(func=cmd_genotype_animate)
+
+    p = gsub.add_parser("bench", help="a NAS-Bench-201 cell's accuracies in the benchmark (200 epochs, mean of "
+                        "its trials)", formatter_class=fmt)
+    p.add_argument("arch_str", metavar="ARCH_STR",
+                   help="the cell's arch string, quoted (| is the shell's pipe), e.g. "
+                        "'|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|"
+                        "nor_conv_3x3~2|', or its genotype.json")
+    p.add_argument("--benchmark-file", required=True, metavar="PATH",
+                   help="NAS-Bench-201-v1_0-e61699.pth or -v1_1-096897.pth, NATS-Bench's "
+                        "NATS-tss-v1_0-3ffb9.pickle.pbz2 or its NATS-tss-v1_0-3ffb9-simple/ folder (read without "
+                        "running code from it)")
+    p.add_argument("--json", action="store_true", help="print the entry as JSON")
+    p.set_defaults(func=cmd_genotype_bench)
 
     p_model = sub.add_parser("model", help="inspect evaluation networks", formatter_class=fmt)
     msub = p_model.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -42,7 +42,10 @@ def search_ref():
     return _load(Path(__file__).parent / "fixtures", "xautodl_nb201_search.pt")
 
 
-@pytest.mark.parametrize("arch", [BEST, "|avg_pool_3x3~0|+|nor_conv_1x1~0|none~1|+|skip_connect~0|none~1|nor_conv_3x3~2|"])
+EVERY_OP = "|avg_pool_3x3~0|+|nor_conv_1x1~0|none~1|+|skip_connect~0|none~1|nor_conv_3x3~2|"
+
+
+@pytest.mark.parametrize("arch", [BEST, EVERY_OP])
 def test_evaluation_network_loads_the_authors_state_dict_and_gives_their_logits(infer_ref, arch):
     c, ref = infer_ref["config"], infer_ref["archs"][arch]
     torch.manual_seed(0)
@@ -177,8 +180,7 @@ def test_darts_minus_skip_adds_the_edges_input():
 
 
 def test_draw_cell(tmp_path):
-    text = nb201.draw("|avg_pool_3x3~0|+|nor_conv_1x1~0|none~1|+|skip_connect~0|none~1|nor_conv_3x3~2|",
-                      tmp_path / "cell.svg").read_text()
+    text = nb201.draw(EVERY_OP, tmp_path / "cell.svg").read_text()
     for label in ("avg_pool_3x3", "nor_conv_1x1", "skip_connect", "nor_conv_3x3", ">3<"):
         assert label in text, label
     assert ">none<" not in text
