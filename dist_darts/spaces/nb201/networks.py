@@ -121,15 +121,15 @@ class SearchCell(nn.Module):
 
     def forward(self, x, weights, skip=None):
         """The cell on x with op weights (edges x ops); `skip` (DARTS- only) weighs an extra skip on each edge."""
-        nodes = [x]
+        nodes, k = [x], 0
         for i in range(1, NODES):
             node = 0
-            for j in range(i):
-                k = EDGES.index((i, j))
+            for j in range(i):  # edge k of EDGES is (i, j)
                 # 'none' adds weight * 0: leaving it out changes neither the output nor any gradient
                 edge = sum(op(nodes[j]) * w for n, (op, w) in enumerate(zip(self.edges[f"{i}<-{j}"], weights[k]))
                            if n != NONE_INDEX)
                 node = node + (edge if skip is None else edge + skip * nodes[j])
+                k += 1
             nodes.append(node)
         return nodes[-1]
 
