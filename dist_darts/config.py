@@ -184,6 +184,11 @@ class SearchConfig(JobConfig):
                                    "a new runs/search/DATE-TIME per run)", "runtime")
     epochs: int = opt(50, "search epochs", "schedule")
     train_portion: float = opt(0.5, "share of the training set used for weights; the rest trains the alphas", "data")
+    train_subset: float = opt(0.0, "weights: a class-balanced fraction of the training set, drawn once from the seed "
+                                   "(PC-DARTS' ImageNet search: 0.1); with --arch-subset it replaces "
+                                   "--train-portion's split; 0 = off", "data")
+    arch_subset: float = opt(0.0, "alphas: a class-balanced fraction of the training set disjoint from "
+                                  "--train-subset's (PC-DARTS' ImageNet search: 0.025); 0 = off", "data")
     learning_rate: float = opt(0.025, "weights: initial SGD learning rate (cosine schedule)", "optimiser")
     learning_rate_min: float = opt(0.001, "weights: final learning rate of the cosine schedule", "schedule")
     arch_learning_rate: float = opt(3e-4, "alphas: Adam learning rate", "architecture search")
@@ -193,6 +198,10 @@ class SearchConfig(JobConfig):
     unrolled: bool = opt(False, "second-order DARTS (unrolled virtual step); default first order",
                          "architecture search")
     partial_channels: int = opt(1, "PC-DARTS channel proportion K (1 = off; PC-DARTS uses 4)", "architecture search")
+    stem: str = opt("auto", "the supernet's stem: cifar (one 3x3 convolution at the input's size), imagenet "
+                            "(PC-DARTS' ImageNet search network: three stride-2 convolutions, 224 px to 28 px "
+                            "before the cells), auto = imagenet for inputs of 112 px and more", "model",
+                    choices=("auto", "cifar", "imagenet"))
     method: str = opt("darts", "how the alphas weigh the ops: darts (softmax), darts-minus (an auxiliary skip on every "
                                "edge, weight 1 -> 0), beta-darts (beta-decay penalty on the alphas), sdarts-rs "
                                "(uniform noise on softmax(alphas) in the weight step), fair-darts (sigmoids + zero-one "
@@ -244,6 +253,10 @@ class SearchConfig(JobConfig):
             raise ConfigError("precision: fp16 is for retraining; search with bf16 (GPU) or fp32")
         if not 0.0 < self.train_portion < 1.0:
             raise ConfigError(f"train-portion: must be between 0 and 1, got {self.train_portion}")
+        check_ranges(self, minimum=0, names=("train_subset", "arch_subset"))
+        if (self.train_subset > 0) != (self.arch_subset > 0) or self.train_subset + self.arch_subset > 1:
+            raise ConfigError(f"train-subset, arch-subset: give both (or neither), summing to at most 1, got "
+                              f"{self.train_subset} and {self.arch_subset}")
         check_ranges(self, minimum=1, names=("partial_channels",))
         check_ranges(self, minimum=0, names=("hessian_every", "max_skip"))
         check_ranges(self, minimum=1, names=("pt_tune_epochs",))

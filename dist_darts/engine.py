@@ -356,9 +356,10 @@ def available_memory(device: torch.device) -> int:
     return available
 
 
-def check_memory(job: Job, estimate: int, what: str) -> None:
+def check_memory(job: Job, estimate: int, what: str, estimate_at: Callable[[int], int] | None = None) -> None:
     """Log the step's estimated peak memory per rank and refuse (MemoryEstimateError on every rank alike) when
-    a rank's device cannot hold it; CPU ranks on one host share its memory."""
+    a rank's device cannot hold it; CPU ranks on one host share its memory. With `estimate_at` (the estimate as
+    a function of the batch per rank) the refusal names the largest batch that fits."""
     cfg, device = job.cfg, job.env.device
     ranks = all_gather_object((socket.gethostname(), str(device), available_memory(device)))
     short = None
@@ -372,10 +373,26 @@ def check_memory(job: Job, estimate: int, what: str) -> None:
     if short is not None:
         host, dev, free, sharing = short
         need = f"{gib(estimate * sharing)} for {sharing} ranks" if sharing > 1 else gib(estimate)
+        advice = "lower --batch-size, --init-channels or --layers"
+        if estimate_at is not None and estimate_at(1) * sharing <= free:
+            largest = _largest_fitting(estimate_at, cfg.batch_size, free / sharing)
+            advice = (f"--batch-size {largest} fits (about {gib(estimate_at(largest))} per rank; --accumulate keeps "
+                      "the global batch), or lower --init-channels or --layers")
+        elif estimate_at is not None:
+            advice = "not even --batch-size 1 fits: lower --init-channels or --layers"
         raise MemoryEstimateError(
             f"memory: one {what} step needs about {need} (batch {cfg.batch_size}, {cfg.init_channels} initial "
-            f"channels, {cfg.layers} layers) but {dev} on host {host} has only {gib(free)} free: lower --batch-size, "
-            "--init-channels or --layers")
+            f"channels, {cfg.layers} layers) but {dev} on host {host} has only {gib(free)} free: {advice}")
+
+
+def _largest_fitting(estimate_at: Callable[[int], int], high: int, free: float) -> int:
+    """The largest batch below high whose estimate fits in free, given that batch 1's does (the estimate grows
+    with the batch: bisection)."""
+    low = 1
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if estimate_at(mid) <= free else (low, mid)
+    return low
 
 
 def gib(n: float) -> str:

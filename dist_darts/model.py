@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from .genotype import Genotype, load, validate
-from .ops import OPS, FactorizedReduce, Identity, ReLUConvBN, drop_path
+from .ops import OPS, FactorizedReduce, Identity, ReLUConvBN, drop_path, imagenet_stem
 
 
 class Cell(nn.Module):
@@ -158,18 +158,7 @@ class NetworkImageNet(_Network):
     def __init__(self, C, num_classes, layers, auxiliary, genotype):
         super().__init__(layers, auxiliary, genotype)
         genotype = self.genotype
-        self.stem0 = nn.Sequential(
-            nn.Conv2d(3, C // 2, kernel_size=3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(C // 2),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(C),
-        )
-        self.stem1 = nn.Sequential(
-            nn.ReLU(inplace=True),
-            nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(C),
-        )
+        self.stem0, self.stem1 = imagenet_stem(C)
         C_prev, C_aux = _build_cells(self, genotype, layers, C, C, C, reduction_prev=True)
         if auxiliary:
             self.auxiliary_head = AuxiliaryHeadImageNet(C_aux, num_classes)

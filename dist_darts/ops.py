@@ -203,6 +203,24 @@ OPS = {
 }
 
 
+def imagenet_stem(C: int) -> tuple[nn.Sequential, nn.Sequential]:
+    """The ImageNet networks' stem: stem0 (two stride-2 3x3 convolutions to C channels, a quarter of the input's
+    side) and stem1 (a third one, an eighth), as DARTS' NetworkImageNet and PC-DARTS' ImageNet supernet have it."""
+    stem0 = nn.Sequential(
+        nn.Conv2d(3, C // 2, kernel_size=3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(C // 2),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(C),
+    )
+    stem1 = nn.Sequential(
+        nn.ReLU(inplace=True),
+        nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(C),
+    )
+    return stem0, stem1
+
+
 def build_op(primitive: str, C: int, stride: int, affine: bool, fast_depthwise: bool = True) -> nn.Module:
     """OPS[primitive](C, stride, affine), its depthwise convs with their custom CPU backward or the stock one."""
     op = OPS[primitive](C, stride, affine)

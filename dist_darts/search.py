@@ -7,12 +7,14 @@ training batch, as in the original. Genotype and softmaxed alphas are saved ever
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -29,11 +31,12 @@ from .logs import log, summary_table
 from .methods import ALPHA_STEP, WEIGHT_STEP
 from .projection import Projection, decision_count
 from .runfolder import atomic_write
-from .supernet import Network
+from .supernet import Network, choose_stem, fits
 
 # settings that define the search; a resume with any of them changed is refused
 RESUME_KEYS = ("dataset", "layers", "init_channels", "batch_size", "train_portion", "unrolled", "partial_channels",
-               "method", "epochs", "seed", "accumulate", "derive", "pt_tune_epochs")
+               "method", "epochs", "seed", "accumulate", "derive", "pt_tune_epochs", "stem", "train_subset",
+               "arch_subset")
 @dataclass
 class SearchResult:
     genotype: gt.Genotype
@@ -89,25 +92,46 @@ def _draw(run_dir: Path, genotype: gt.Genotype, model: Network) -> list[str]:
 
 def search_memory(cfg: SearchConfig, model: Network, num_classes: int, image_size: int, precision: str,
                   world_size: int) -> int:
-    """Estimated peak bytes of one search step on one rank, from the activations of two narrow copies of the
-    supernet (4 and 8 channels, multiples of K with PC-DARTS) on images halved down to 32 px: activations are
-    affine in the channels and grow with the area (the supernet is fully convolutional)."""
-    K = cfg.partial_channels
+    """Estimated peak bytes of one search step on one rank at cfg.batch_size (search_memory_at)."""
+    return search_memory_at(cfg, model, num_classes, image_size, precision, world_size)(cfg.batch_size)
+
+
+def search_memory_at(cfg: SearchConfig, model: Network, num_classes: int, image_size: int, precision: str,
+                     world_size: int):
+    """The estimated peak bytes of one search step on one rank as a function of the batch per rank, from the
+    activations of two narrow copies of the supernet (4 and 8 channels, multiples of K with PC-DARTS) on images
+    halved towards 32 px while every reduction still halves an even map: activations are affine in the channels
+    and grow with the area (the supernet is fully convolutional)."""
+    K, stem = cfg.partial_channels, model.stem_kind
     narrow = K * math.ceil(4 / K)
     probe_size = image_size
-    while probe_size > 32 and probe_size % 2 == 0:
+    while probe_size > 32 and probe_size % 2 == 0 and fits(probe_size // 2, stem):
         probe_size //= 2
     # the second-order alpha step runs in fp32 whatever the precision
     half = precision in ("bf16", "fp16") and not cfg.unrolled
 
     def activations(channels):
-        return saved_activation_bytes(lambda: Network(channels, num_classes, cfg.layers, partial_channels=K),
-                                      probe_size, half)
+        return saved_activation_bytes(
+            lambda: Network(channels, num_classes, cfg.layers, partial_channels=K, stem=stem), probe_size, half)
 
     per_image = affine_at(activations, cfg.init_channels, narrow, 2 * narrow) * (image_size / probe_size) ** 2
     # weights, gradients, momentum; the virtual step's gradients, unrolled and perturbed weights; DDP's buckets
     copies = 3 + 4 * cfg.unrolled + (world_size > 1)
-    return step_memory(sum(p.numel() for p in model.parameters()), copies, per_image, cfg.batch_size, image_size)
+    params = sum(p.numel() for p in model.parameters())
+    return lambda batch_size: step_memory(params, copies, per_image, batch_size, image_size)
+
+
+def supernet_stem(cfg: SearchConfig, image_size: int) -> str:
+    """The stem the supernet gets for inputs of image_size (--stem auto chosen), refusing a side on which some
+    reduction would halve an odd map, with the nearest sides that run."""
+    stem = choose_stem(cfg.stem, image_size)
+    if not fits(image_size, stem):
+        below = next(s for s in range(image_size, 0, -1) if fits(s, stem))
+        above = next(s for s in range(image_size, 4 * image_size) if fits(s, stem))
+        raise ConfigError(f"image-size: the search supernet with the {stem} stem cannot take {image_size} px images "
+                          f"(a reduction would halve a map of odd side): use --image-size {below} or {above}"
+                          + (" (or --stem cifar)" if stem == "imagenet" else ""))
+    return stem
 
 
 def search_step(model: Network, train_model: nn.Module, architect: Architect, w_optimizer: torch.optim.Optimizer,
@@ -149,6 +173,15 @@ def search_step(model: Network, train_model: nn.Module, architect: Architect, w_
     return StepOutput(loss, torch.cat(logits), y_train, {"search/train_loss_step": loss, **scalars})
 
 
+def _subsets_record(weights_indices, alphas_indices) -> dict:
+    """Sizes and SHA-256 of the two subsets' sample indices (config.yaml's resolved section records it)."""
+    digest = hashlib.sha256()
+    for indices in (weights_indices, alphas_indices):
+        digest.update(np.asarray(indices, np.int64).tobytes())
+        digest.update(b"|")
+    return {"weights_images": len(weights_indices), "alphas_images": len(alphas_indices), "sha256": digest.hexdigest()}
+
+
 def _as_dict(genotype: gt.Genotype | None) -> dict | None:
     return None if genotype is None else gt.to_dict(genotype)
 
@@ -167,15 +200,24 @@ class SearchTask:
 
     def __init__(self, job: Job, loaders):
         cfg, self.job, self.loaders = job.cfg, job, loaders
+        self.stem = supernet_stem(cfg, loaders.image_size)
         model = Network(cfg.init_channels, loaders.num_classes, cfg.layers, partial_channels=cfg.partial_channels,
-                        method=cfg.method)
-        check_memory(job, search_memory(cfg, model, loaders.num_classes, loaders.image_size,
-                                        autocast_factory(cfg.precision, job.env.device)[1], job.env.world_size),
-                     "search")
+                        method=cfg.method, stem=self.stem)
+        memory_at = search_memory_at(cfg, model, loaders.num_classes, loaders.image_size,
+                                     autocast_factory(cfg.precision, job.env.device)[1], job.env.world_size)
+        check_memory(job, memory_at(cfg.batch_size), "search", memory_at)
         seed_model_randomness(cfg.seed, job.env.rank)  # identical weights, per-rank noise from here on
         self.model, self.train_model = prepare_job_model(model, job, exclude=tuple(model.arch_parameters()))
         self.criterion = nn.CrossEntropyLoss()
         self.rates = job.resolved = search_rates(cfg, job.env.world_size)
+        self.subsets = None
+        if cfg.train_subset:  # what a resume must read again: checked against the checkpoint's identity
+            self.subsets = _subsets_record(loaders.train.plan.indices, loaders.val.plan.indices)
+            job.resolved = {**self.rates, "subsets": self.subsets}
+            log.info("subsets: %d images for the weights, %d for the alphas (class-balanced, seed %d, sha256 %s)",
+                     self.subsets["weights_images"], self.subsets["alphas_images"], cfg.seed,
+                     self.subsets["sha256"][:16])
+        log.info("supernet stem: %s (%d px images)", self.stem, loaders.image_size)
         log.info("global batch %d (%d per rank x %d rank(s) x accumulate %d) | weights lr %.6g (%s) | alphas lr %.6g "
                  "(%s) | base batch %d", self.rates["global_batch"], cfg.batch_size, job.env.world_size,
                  cfg.accumulate, self.rates["learning_rate"], cfg.lr_scaling, self.rates["arch_learning_rate"],
@@ -230,7 +272,9 @@ class SearchTask:
                 self.model.projection = self.projection
 
     def identity(self) -> dict:
-        return {}
+        """The ImageNet stem and the subsets' digest, where used (a CIFAR-stem run over the portion split has none)."""
+        return {**({"stem": self.stem} if self.stem != "cifar" else {}),
+                **({"subsets": self.subsets["sha256"]} if self.subsets else {})}
 
     def begin_epoch(self, epoch: int, start_step: int):
         cfg = self.job.cfg

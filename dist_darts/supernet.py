@@ -12,6 +12,10 @@ caller's: the network computes in the format of its input and parameters.
 
 ``method`` (methods.METHODS) decides how the alphas weigh the ops; a search step says which of its passes a forward
 belongs to with ``sampling(phase, generator)`` and the epoch with ``set_epoch``.
+
+``stem`` is "cifar" (one 3x3 convolution at the input's size, the original's) or "imagenet" (PC-DARTS' ImageNet
+supernet: three stride-2 convolutions, 224 px to 28 px before the cells, the first cell reading the 56 px map
+through a FactorizedReduce); the cells and their reductions are the same.
 """
 
 import contextlib
@@ -22,10 +26,34 @@ import torch.nn.functional as F
 
 from .genotype import PRIMITIVES, Genotype, derive, edge_weights
 from .methods import METHODS, Darts
-from .ops import FactorizedReduce, Identity, ReLUConvBN, build_op, scaled_forward
+from .ops import FactorizedReduce, Identity, ReLUConvBN, build_op, imagenet_stem, scaled_forward
 from .projection import Projection
 
 NONE_INDEX = PRIMITIVES.index("none")
+STEMS = ("cifar", "imagenet")
+IMAGENET_STEM_FROM = 112  # --stem auto: inputs of this side and more get the ImageNet stem
+
+
+def choose_stem(stem: str, image_size: int) -> str:
+    """The stem "auto" stands for at this input size (others as they are)."""
+    if stem != "auto":
+        return stem
+    return "imagenet" if image_size >= IMAGENET_STEM_FROM else "cifar"
+
+
+def cell_sides(image_size: int, stem: str) -> tuple[int, int]:
+    """Sides of the two maps the first cell reads (s0, s1): the stride-2 convolutions round up."""
+    if stem == "cifar":
+        return image_size, image_size
+    s0 = (image_size + 3) // 4  # ceil(ceil(side / 2) / 2)
+    return s0, (s0 + 1) // 2
+
+
+def fits(image_size: int, stem: str) -> bool:
+    """Whether the supernet runs on inputs of this side: every map a FactorizedReduce (the reduction cells'
+    skip_connect, the next cell's preprocess0) or PC-DARTS' 2x2 pooling halves must have an even side."""
+    s0, s1 = cell_sides(image_size, stem)
+    return s1 % 4 == 0 and (s0 == s1 or s0 == 2 * s1)
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -157,7 +185,7 @@ class Network(nn.Module):
     """The search supernet (stem multiplier 3; reduction cells at layers//3 and 2*layers//3)."""
 
     def __init__(self, C, num_classes, layers, steps=4, multiplier=4, stem_multiplier=3, partial_channels=1,
-                 fold_alphas=True, fast_depthwise=True, method: str = "darts"):
+                 fold_alphas=True, fast_depthwise=True, method: str = "darts", stem: str = "cifar"):
         super().__init__()
         self.method: Darts = METHODS[method]
         self._phase, self._generator, self._epoch, self._epochs = None, None, 0, 1
@@ -168,11 +196,17 @@ class Network(nn.Module):
         self._multiplier = multiplier
         self.partial_channels = partial_channels
 
+        if stem not in STEMS:
+            raise ValueError(f"stem {stem!r} is not one of {', '.join(STEMS)}")
+        self.stem_kind = stem
         C_curr = stem_multiplier * C
-        self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        if stem == "cifar":
+            self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        else:
+            self.stem0, self.stem1 = imagenet_stem(C_curr)
         C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
         self.cells = nn.ModuleList()
-        reduction_prev = False
+        reduction_prev = stem == "imagenet"  # the first cell's s0 is stem0's map, twice s1's side
         for i in range(layers):
             reduction = i in (layers // 3, 2 * layers // 3)
             if reduction:
@@ -237,7 +271,11 @@ class Network(nn.Module):
         if self.partial_channels > 1:
             e_normal = edge_weights(self.betas_normal, self._steps)
             e_reduce = edge_weights(self.betas_reduce, self._steps)
-        s0 = s1 = self.stem(input)
+        if self.stem_kind == "cifar":
+            s0 = s1 = self.stem(input)
+        else:
+            s0 = self.stem0(input)
+            s1 = self.stem1(s0)
         for cell in self.cells:
             if cell.reduction:
                 s0, s1 = s1, cell(s0, s1, w_reduce, e_reduce, skip)

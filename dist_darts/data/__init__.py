@@ -21,7 +21,7 @@ import numpy as np
 
 from . import datasets
 from .datasets import DataError
-from .plan import IGNORE_LABEL, ShardPlan
+from .plan import IGNORE_LABEL, ShardPlan, class_balanced_subsets
 
 __all__ = ["build_loaders", "Loaders", "DataError", "IGNORE_LABEL", "BACKENDS", "PURPOSES", "dali_available",
            "resolve_backend"]
@@ -107,8 +107,12 @@ def build_loaders(cfg, dist_env, purpose: str) -> Loaders:
         # both halves of the TRAINING set, both with training augmentation (no cutout), as DARTS' search
         order = np.random.default_rng([seed, SPLIT]).permutation(len(data.train.labels))
         cut = int(np.floor(portion * len(order)))
-        train, val = make(data.train, [plan(order[:cut], data.train, SEARCH_TRAIN, True, "search training half"),
-                                       plan(order[cut:], data.train, SEARCH_VAL, True, "search validation half")])
+        weights_part, alphas_part = order[:cut], order[cut:]
+        subsets = getattr(cfg, "train_subset", 0.0), getattr(cfg, "arch_subset", 0.0)
+        if all(subsets):  # PC-DARTS' sampling replaces the portion split: class-balanced, disjoint
+            weights_part, alphas_part = class_balanced_subsets(data.train.labels, subsets, seed, SPLIT)
+        train, val = make(data.train, [plan(weights_part, data.train, SEARCH_TRAIN, True, "search training half"),
+                                       plan(alphas_part, data.train, SEARCH_VAL, True, "search validation half")])
     if purpose == "retrain":
         everything = np.arange(len(data.train.labels))
         (train,) = make(data.train, [plan(everything, data.train, RETRAIN_TRAIN, True, "training set", cutout)])

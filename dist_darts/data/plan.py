@@ -89,6 +89,24 @@ class PlannedLoader:
         return self.plan.batches(self.epoch, self.start_step)
 
 
+def class_balanced_subsets(labels, fractions, seed: int, stream: int) -> list[np.ndarray]:
+    """Disjoint subsets of the positions of `labels`, one per fraction, each holding round(fraction * n) of
+    every class's n samples (at least one while the class has samples left), sorted. Class c's samples are
+    permuted by a generator seeded by (seed, stream, c) and cut in order: the same subsets on every rank and
+    in every resume, whatever the world size."""
+    labels = np.asarray(labels)
+    parts = [[] for _ in fractions]
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        members = members[np.random.default_rng([seed, stream, int(c)]).permutation(len(members))]
+        start = 0
+        for part, fraction in zip(parts, fractions):
+            take = min(max(1, round(fraction * len(members))), len(members) - start)
+            part.append(members[start:start + take])
+            start += take
+    return [np.sort(np.concatenate(part)) for part in parts]
+
+
 def crop_flip_cutout(rng, n: int, size: int, cutout: int):
     """DARTS' CIFAR augmentation for n images of size x size: (offsets, flips, cutout boxes or None).
 
