@@ -103,7 +103,7 @@ def cmd_genotype_draw(args):
         print(draw_recurrent_cell(g, f"{args.output}.{args.format}", args.genotype))
         return
     if args.side_by_side:  # NNI's picture: both cells in one image
-        print(draw_side_by_side(gt.load(args.genotype), f"{args.output}.png", args.genotype))
+        print(draw_side_by_side(gt.load(args.genotype), f"{args.output}.{args.format}", args.genotype))
         return
     for path in draw_genotype(gt.load(args.genotype), args.output, args.format):
         print(path)
@@ -227,10 +227,17 @@ def requested_space(argv) -> str:
     return pre.parse_known_args(argv)[0].space
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default in its help, once: a help text that says its default itself keeps its own words."""
+
+    def _get_help_string(self, action):
+        return action.help if "(default:" in (action.help or "") else super()._get_help_string(action)
+
+
 def build_parser(space: str = "cnn") -> argparse.ArgumentParser:
     """The parser; `space` picks the option set of the jobs (search, retrain, evaluate)."""
     jobs = JOB_CONFIGS.get(space, JOB_CONFIGS["cnn"])
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _DefaultsHelp
     parser = argparse.ArgumentParser(prog="dist-darts", description="Distributed Differentiable Architecture "
                                      "Search (DARTS): search, retrain, evaluate, sweep, genotypes, models and the "
                                      "published cells (hub).")
@@ -290,14 +297,14 @@ def build_parser(space: str = "cnn") -> argparse.ArgumentParser:
     p.add_argument("genotype", help=geno_help)
     p.add_argument("--output", default="cell", help="file prefix: writes PREFIX_normal.FMT and PREFIX_reduce.FMT")
     p.add_argument("--format", choices=["png", "svg", "pdf"], default="png", help="image format")
-    p.add_argument("--side-by-side", action="store_true", help="both cells side by side in one PNG, PREFIX.png")
+    p.add_argument("--side-by-side", action="store_true", help="both cells side by side in one image, PREFIX.FMT")
     p.set_defaults(func=cmd_genotype_draw)
 
     p = gsub.add_parser("convert", help="convert a genotype to JSON, an NNI dict or drawings", formatter_class=fmt)
     p.add_argument("genotype", help=geno_help)
     p.add_argument("--output", required=True, help="output file (its suffix picks the format unless --to is given)")
     p.add_argument("--to", choices=["json", "nni", "png", "svg", "pdf"], default=None,
-                   help="output format (default: from the output file's suffix)")
+                   help="output format (default: unset = from the output file's suffix)")
     p.set_defaults(func=cmd_genotype_convert)
 
     p = gsub.add_parser("alphas", help="derive the genotype from saved alphas and plot their softmax",
@@ -354,12 +361,13 @@ def build_parser(space: str = "cnn") -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser(requested_space(sys.argv[1:] if argv is None else argv)).parse_args(argv)
     from .driver import Diverged
+    from .sweep_spaces import SweepFailed
     try:
         args.func(args)
     except _bad_input_errors() as e:
         print(f"dist-darts: error: {e}", file=sys.stderr)
         return 2
-    except Diverged as e:
+    except (Diverged, SweepFailed) as e:
         print(f"dist-darts: {e}", file=sys.stderr)
         return 1
     return 0

@@ -65,11 +65,8 @@ class RunConfig:
     seed: int = opt(2, "random seed (model init and data split are identical on every rank)", "runtime")
     device: str = opt("auto", "auto = cuda:LOCAL_RANK when CUDA is available, else cpu", "runtime",
                       choices=("auto", "cpu", "cuda"))
-    precision: str = opt("auto", "autocast precision of the weight step, the first-order alpha step and evaluation: "
-                                 "auto = bf16 on GPU, fp32 on CPU; fp16 (retrain only) uses a gradient scaler; the "
-                                 "second-order (--unrolled) alpha step always runs in fp32 (TF32 on GPUs): its "
-                                 "finite-difference Hessian term is below bf16's rounding", "runtime",
-                         choices=PRECISIONS)
+    precision: str = opt("auto", "autocast precision of training and evaluation: auto = bf16 on GPU, fp32 on CPU",
+                         "runtime", choices=PRECISIONS[:3])
     channels_last: bool = opt(True, "channels_last memory format for weights and activations (faster on GPU and "
                                     "CPU)", "runtime")
     compile: bool = opt(False, "torch.compile the network", "runtime")
@@ -90,7 +87,8 @@ class DataConfig:
                             choices=DATA_BACKENDS)
     download: bool = opt(False, "download the data set with torchvision when missing (needs a network)", "data")
     workers: int = opt(4, "data loading workers per rank", "data")
-    batch_size: int = opt(64, "batch size per rank (the global batch is this times the world size)", "data")
+    batch_size: int = opt(64, "images per step on EACH rank (the global batch is this times the world size; "
+                              "--space rnn's --batch-size counts over all ranks instead)", "data")
     image_size: int = opt(0, "image side in pixels; 0 = the data set's own (an image folder: the size its images "
                              "share, 224 for ImageNet or mixed sizes)", "data")
 
@@ -150,6 +148,21 @@ def search_rates(cfg: SearchConfig, world_size: int) -> dict:
     a = scaling_factor(cfg.arch_lr_scaling, global_batch, cfg.base_batch_size)
     return {"global_batch": global_batch, "learning_rate": cfg.learning_rate * w,
             "learning_rate_min": cfg.learning_rate_min * w, "arch_learning_rate": cfg.arch_learning_rate * a}
+
+
+LARGE_BATCH_WARMUP = 5  # epochs of linear warm-up a retrain above its base batch gets unless told otherwise
+
+
+def retrain_rates(cfg: RetrainConfig, world_size: int) -> dict:
+    """The global batch, learning rates and warm-up a retrain runs with on world_size ranks (config.yaml's
+    resolved section)."""
+    global_batch = cfg.batch_size * world_size
+    factor = scaling_factor(cfg.lr_scaling, global_batch, cfg.base_batch_size)
+    warmup = cfg.warmup_epochs
+    if warmup is None:
+        warmup = LARGE_BATCH_WARMUP if global_batch > cfg.base_batch_size and factor > 1 else 0
+    return {"global_batch": global_batch, "learning_rate": cfg.learning_rate * factor,
+            "learning_rate_min": cfg.learning_rate_min * factor, "warmup_epochs": min(warmup, cfg.epochs)}
 
 
 def check_ranges(cfg, minimum, names) -> None:
@@ -227,6 +240,10 @@ class SearchConfig(JobConfig):
     pt_tune_epochs: int = opt(10, "DARTS-PT: search epochs between two decisions (the paper's 10; 17 decisions "
                                   "in the DARTS cell, so the selection runs 16 x N + 1 epochs after --epochs)",
                               "architecture search")
+    precision: str = opt("auto", "autocast precision of the weight step, the first-order alpha step and evaluation: "
+                                 "auto = bf16 on GPU, fp32 on CPU; the second-order (--unrolled) alpha step always "
+                                 "runs in fp32 (TF32 on GPUs): its finite-difference Hessian term is below bf16's "
+                                 "rounding", "runtime", choices=PRECISIONS[:3])
     base_batch_size: int = opt(64, "global batch the learning rates are meant for (the paper's 64); the scaling "
                                    "rules compare the global batch (batch size x world size x accumulate) with it",
                                "schedule")
@@ -249,8 +266,6 @@ class SearchConfig(JobConfig):
         super().__post_init__()
         check_ranges(self, minimum=1, names=("base_batch_size", "accumulate"))
         check_ranges(self, minimum=0, names=("warmup_epochs", "arch_warmup_epochs"))
-        if self.precision == "fp16":
-            raise ConfigError("precision: fp16 is for retraining; search with bf16 (GPU) or fp32")
         if not 0.0 < self.train_portion < 1.0:
             raise ConfigError(f"train-portion: must be between 0 and 1, got {self.train_portion}")
         check_ranges(self, minimum=0, names=("train_subset", "arch_subset"))
@@ -285,22 +300,37 @@ class RetrainConfig(JobConfig):
     output: str | None = opt(None, "run folder: config, logs, TensorBoard events, checkpoints, metrics.json "
                                    "(default: a new runs/retrain/DATE-TIME per run)", "runtime")
     genotype: str = opt("DARTS_V2", "published name, genotype JSON or NNI architecture-dict JSON", "model")
+    precision: str = opt("auto", "autocast precision of the training step and evaluation: auto = bf16 on GPU, fp32 "
+                                 "on CPU; fp16 uses a gradient scaler", "runtime", choices=PRECISIONS)
     epochs: int = opt(600, "training epochs", "schedule")
-    batch_size: int = opt(96, "batch size per rank (the global batch is this times the world size)", "data")
+    batch_size: int = opt(96, "images per step on EACH rank (the global batch is this times the world size; "
+                              "--space rnn's --batch-size counts over all ranks instead)", "data")
     layers: int = opt(20, "cells", "model")
     init_channels: int = opt(36, "initial channels C", "model")
     auxiliary: bool = opt(True, "auxiliary head after the second reduction cell", "model")
     auxiliary_weight: float = opt(0.4, "weight of the auxiliary loss", "model")
     drop_path_prob: float = opt(0.2, "drop path probability, ramped linearly from 0 over the epochs", "model")
-    learning_rate: float = opt(0.025, "initial SGD learning rate, for a global batch of --base-batch-size",
-                               "optimiser")
+    learning_rate: float = opt(0.025, "initial SGD learning rate, for a global batch of --base-batch-size "
+                                      "(scaled by --lr-scaling for others)", "optimiser")
     momentum: float = opt(0.9, "SGD momentum", "optimiser")
     weight_decay: float = opt(3e-4, "weight decay", "optimiser")
     grad_clip: float = opt(5.0, "gradient norm clipping", "optimiser")
     ema_decay: float = opt(0.0, "exponential moving average of the weights (0 = off, e.g. 0.9999)", "optimiser")
-    base_batch_size: int = opt(0, "global batch the learning rate is meant for; a larger global batch scales it "
-                                  "linearly (0 = no scaling)", "schedule")
-    warmup_epochs: int = opt(0, "linear learning-rate warm-up epochs", "schedule")
+    base_batch_size: int = opt(96, "global batch the learning rate is meant for (the paper's 96 on CIFAR; the "
+                                   "ImageNet preset's 128); --lr-scaling compares the global batch (batch size x "
+                                   "world size) with it", "schedule")
+    lr_scaling: str = opt("linear", "how the learning rate (and its cosine floor) follow global batch / base batch: "
+                                    "none, linear (as the search's default, docs/large-batch.md), sqrt; at the base "
+                                    "batch all are the paper's", "optimiser", choices=SCALING_RULES)
+    warmup_epochs: int | None = opt(None, "linear learning-rate warm-up epochs (default: unset = 5 when the global "
+                                          "batch is above --base-batch-size, Goyal et al.'s gradual warm-up for "
+                                          "large batches, else 0)", "schedule")
+    val_portion: float = opt(0.0, "share of each class of the training images held out as a validation split "
+                                  "(seeded, the same on every rank): reported as val_top1 each epoch and choosing "
+                                  "best.pt; 0 = train on all of them (the paper's final retrain: no best.pt, the last "
+                                  "epoch is the result)", "data")
+    evaluate_test: bool = opt(True, "evaluate the test split once, after the last epoch (the sweep's selection "
+                                    "retrains turn it off: they never read the test split)", "runtime")
     lr_schedule: str = opt("cosine", "learning-rate schedule", "schedule", choices=("cosine", "step"))
     learning_rate_min: float = opt(0.0, "final learning rate of the cosine schedule", "schedule")
     lr_decay: float = opt(0.97, "step schedule: learning rate factor per epoch", "schedule")
@@ -311,8 +341,11 @@ class RetrainConfig(JobConfig):
         super().__post_init__()
         if not 0.0 <= self.drop_path_prob < 1.0:
             raise ConfigError(f"drop-path-prob: must be in [0, 1), got {self.drop_path_prob}")
-        check_ranges(self, minimum=0, names=("cutout", "warmup_epochs", "base_batch_size", "auxiliary_weight",
-                                             "learning_rate_min", "lr_decay"))
+        check_ranges(self, minimum=0, names=("cutout", "warmup_epochs", "auxiliary_weight", "learning_rate_min",
+                                             "lr_decay"))
+        check_ranges(self, minimum=1, names=("base_batch_size",))
+        if not 0.0 <= self.val_portion < 1.0:
+            raise ConfigError(f"val-portion: must be in [0, 1), got {self.val_portion}")
         if not 0.0 <= self.label_smoothing < 1.0 or not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError("label-smoothing and ema-decay must be in [0, 1)")
 
@@ -330,7 +363,9 @@ class EvaluateConfig(DataConfig, RunConfig):
                                           "36; ImageNet 48)", "model")
     dataset: str | None = opt(None, "data set (default: the checkpoint's)", "data", choices=tuple(DATASETS))
     data_dir: str | None = opt(None, "data set folder (default: the checkpoint's)", "data")
-    batch_size: int = opt(128, "batch size per rank", "data")
+    batch_size: int = opt(128, "images per step on each rank", "data")
+    precision: str = opt("auto", "autocast precision of evaluation: auto = bf16 on GPU, fp32 on CPU", "runtime",
+                         choices=PRECISIONS)
     output: str | None = opt(None, "folder for metrics.json, config.yaml and log.txt (default: evaluate/NAME in the "
                                    "checkpoint's run folder, NAME the checkpoint's file name without suffix)",
                              "runtime")
@@ -355,7 +390,8 @@ class TextDataConfig:
                        choices=TEXT_DATASETS)
     data_dir: str | None = opt(None, "corpus folder with train.txt, valid.txt and test.txt (not for pydoc)", "data")
     download: bool = opt(False, "download ptb or wt2 into --data-dir when missing (needs a network)", "data")
-    batch_size: int = opt(256, "token streams per step, over all ranks (each rank owns a contiguous slice)", "data")
+    batch_size: int = opt(256, "token streams per step over ALL ranks together, the global batch (each rank owns a "
+                               "contiguous slice; --space cnn's --batch-size is per rank instead)", "data")
     bptt: int = opt(35, "sequence length (truncated backpropagation through time)", "data")
 
     def __post_init__(self):
@@ -403,8 +439,6 @@ class RecurrentJobConfig(TextDataConfig, RunConfig):
         for name in ("dropout", "dropouth", "dropoutx", "dropouti", "dropoute"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name}: must be in [0, 1), got {getattr(self, name)}")
-        if self.precision == "fp16":
-            raise ConfigError("precision: fp16 is not supported by the recurrent jobs; use bf16 (GPU) or fp32")
 
 
 @dataclass
@@ -436,7 +470,8 @@ class RecurrentRetrainConfig(RecurrentJobConfig):
     seed: int = opt(1267, "random seed", "runtime")
     epochs: int = opt(8000, "epochs (the original's upper limit)", "schedule")
     log_interval: int = opt(200, "steps between progress lines and TensorBoard step scalars", "runtime")
-    batch_size: int = opt(64, "token streams per step, over all ranks (each rank owns a contiguous slice)", "data")
+    batch_size: int = opt(64, "token streams per step over ALL ranks together, the global batch (each rank owns a "
+                              "contiguous slice; --space cnn's --batch-size is per rank instead)", "data")
     emsize: int = opt(850, "embedding size (must equal --nhid: the decoder is tied to the embedding)", "model")
     nhid: int = opt(850, "hidden units of the recurrent cell", "model")
     dropoute: float = opt(0.1, "dropout of whole words from the embedding", "model")
@@ -445,6 +480,9 @@ class RecurrentRetrainConfig(RecurrentJobConfig):
                           "last N epochs", "schedule")
     max_seq_len_delta: int = opt(20, "a drawn sequence is at most bptt + this long", "data")
     test_batch_size: int = opt(1, "streams of the test split's evaluation, over all ranks", "data")
+    evaluate_test: bool = opt(True, "evaluate the test split once, after the last epoch, on the best weights (the "
+                                    "sweep's selection retrains turn it off: they never read the test split)",
+                              "runtime")
 
     def __post_init__(self):
         super().__post_init__()
@@ -507,25 +545,39 @@ class SweepSettings:
     cpus_per_worker: float = opt(1.0, "CPUs per worker (fractions are fine on a small CPU box)", "distributed")
     max_concurrent_trials: int = opt(0, "trials at a time (0 = as many as the resources allow)", "distributed")
     max_failures: int = opt(2, "retries of a failed trial; each retry resumes from its last checkpoint", "distributed")
-    search_epochs: int = opt(50, "epochs of each search", "schedule")
-    select_epochs: int = opt(20, "epochs of each selection retrain (the DARTS authors used 20)", "schedule")
-    final_epochs: int = opt(600, "epochs of the winner's final retrain", "schedule")
+    search_epochs: int | None = opt(None, "epochs of each search, over the --search YAML's (default: unset = the "
+                                          "YAML's epochs, else the paper's 50)", "schedule")
+    select_epochs: int | None = opt(None, "epochs of each selection retrain (default: unset = the paper's short "
+                                          "period, DARTS section 3.2: 100 for --space cnn, 300 for rnn)", "schedule")
+    select_val_portion: float = opt(0.1, "share of each class of the training images that a selection retrain "
+                                         "holds out and ranks the genotypes on (the test split is never read before "
+                                         "the final stage); 0.1 of CIFAR-10 is 5,000 images: a top-1 standard "
+                                         "error of about 0.3 points (--space cnn)", "data")
+    final_epochs: int | None = opt(None, "epochs of the winner's final retrain, over the --retrain YAML's "
+                                         "(default: unset = the YAML's epochs, else the paper's 600 for cnn, the "
+                                         "original's 8000 for rnn)", "schedule")
     repeats: int = opt(1, "final retrains of the winner, each with its own seed (mean and std are reported)",
                        "schedule")
     output: str = opt("runs/sweep", "sweep folder: search/, select/, final/, ray/ and report.json, report.md",
                       "runtime")
     resume: bool = opt(False, "continue a sweep whose driver died: finished trials are not run again", "runtime")
+    overwrite: bool = opt(False, "delete what an earlier sweep left in --output, then start over (a non-empty sweep "
+                                 "folder is refused otherwise)", "runtime")
     address: str | None = opt(None, "an existing Ray cluster (e.g. ray://host:10001 or auto); default: start a "
                                     "private local one with the CPUs and GPUs there are", "distributed")
-    search: str | None = opt(None, "YAML file of search settings (any `search` key)", "runtime")
-    retrain: str | None = opt(None, "YAML file of retrain settings (any `retrain` key) for selection and final",
-                              "runtime")
+    search: str | None = opt(None, "YAML file of search settings (any `search` key but output, resume, overwrite "
+                                   "and seed, which the sweep sets per trial)", "runtime")
+    retrain: str | None = opt(None, "YAML file of retrain settings for selection and final (any `retrain` key but "
+                                    "output, resume, overwrite, seed, val-portion and evaluate-test, which the sweep "
+                                    "sets per trial; its epochs are the final retrains')", "runtime")
 
     def __post_init__(self):
         check_types(self)
         self.seed_list()
         check_ranges(self, minimum=1, names=("workers_per_trial", "search_epochs", "select_epochs", "final_epochs",
                                              "repeats"))
+        if not 0.0 < self.select_val_portion < 1.0:
+            raise ConfigError(f"select-val-portion: must be between 0 and 1, got {self.select_val_portion}")
         check_ranges(self, minimum=0, names=("final_workers", "gpus_per_worker", "max_concurrent_trials",
                                              "max_failures"))
         if self.cpus_per_worker <= 0:

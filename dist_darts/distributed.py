@@ -9,6 +9,7 @@ import datetime
 import gc
 import os
 import random
+import socket
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +40,21 @@ def _env_int(name: str, default: int) -> int:
 _OWN_GROUP = False  # whether init_distributed created the group (Ray Train creates and destroys its own)
 
 
+def _listening_fd(host: str, port: int) -> int | None:
+    """A socket listening on MASTER_ADDR:MASTER_PORT only, for rank 0's store, which takes the descriptor over:
+    TCPStore's own server listens on every interface, so a store meant for 127.0.0.1 would be reachable from the
+    network. None where host is no address of this machine (the store then listens as TCPStore does)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        server = socket.socket(family, kind, proto)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(address)
+        server.listen(128)
+        return server.detach()
+    except OSError:
+        return None
+
+
 def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistEnv:
     """Join (or create) the default process group; idempotent, and a no-op for a single process.
 
@@ -66,7 +82,10 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistEnv:
     timeout = datetime.timedelta(seconds=timeout_s)
     # torchrun's agent hosts the store itself; otherwise rank 0 does
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
-    store = dist.TCPStore(host, port, world_size, is_master=(rank == 0 and not agent_store), timeout=timeout)
+    is_master = rank == 0 and not agent_store
+    listen_fd = _listening_fd(host, port) if is_master else None
+    store = dist.TCPStore(host, port, world_size, is_master=is_master, timeout=timeout,
+                          **({} if listen_fd is None else {"master_listen_fd": listen_fd}))
     store = dist.PrefixStore(f"dist_darts/attempt_{restart}", store)
     dist.init_process_group("nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world_size,
                             timeout=timeout)

@@ -285,7 +285,7 @@ def _draw(run_dir: Path, genotype: gt.RecurrentGenotype, alphas: torch.Tensor) -
 @dataclass
 class RecurrentTrainResult:
     val_perplexity: float
-    test_perplexity: float
+    test_perplexity: float | None  # None with --no-evaluate-test (the sweep's selection retrains)
     params: int
     epochs: int
     run_dir: str
@@ -433,10 +433,10 @@ def _retrain(job: Job, genotype: gt.RecurrentGenotype, on_epoch: EpochHook | Non
     with swapped_weights(task.model, evaluated_weights(best)):
         val_loss = evaluate_loss(task.model, task.val_data, cfg.eval_batch_size, task.val_rows, cfg.bptt, job.autocast)
         test_loss = evaluate_loss(task.model, task.test_data, cfg.test_batch_size, task.test_rows, cfg.bptt,
-                                  job.autocast)
+                                  job.autocast) if cfg.evaluate_test else None
     seconds = time.time() - job.started
-    result = RecurrentTrainResult(perplexity(val_loss), perplexity(test_loss), task.params, cfg.epochs,
-                                  str(job.run_dir), seconds)
+    result = RecurrentTrainResult(perplexity(val_loss), None if test_loss is None else perplexity(test_loss),
+                                  task.params, cfg.epochs, str(job.run_dir), seconds)
     if env.is_main:
         _write_metrics(job.run_dir, {"val_perplexity": result.val_perplexity,
                                      "test_perplexity": result.test_perplexity, "val_loss": val_loss,
@@ -448,7 +448,8 @@ def _retrain(job: Job, genotype: gt.RecurrentGenotype, on_epoch: EpochHook | Non
             ("network", f"RNNModel {cfg.emsize} units, {task.ntoken} words"),
             ("parameters", f"{task.params:,} ({task.params / 1e6:.2f} M)"),
             ("epochs", f"{cfg.epochs} (best {best['epoch']})"),
-            ("val / test perplexity", f"{result.val_perplexity:.2f} / {result.test_perplexity:.2f}"),
+            ("val / test perplexity", f"{result.val_perplexity:.2f} / " + (
+                "not evaluated" if result.test_perplexity is None else f"{result.test_perplexity:.2f}")),
             ("time", f"{seconds:.0f} s"),
         ]))
     return result

@@ -16,16 +16,44 @@ from .config import RecurrentRetrainConfig, RecurrentSearchConfig, RetrainConfig
 from .logs import log
 
 
+class SweepFailed(RuntimeError):
+    """A trial failed after its retries: the sweep ends with one line naming its log (exit code 1)."""
+
+
 class ConvSpace:
-    """Convolutional cells: searches report val_top1, retrains top1 on the test split; higher is better."""
+    """Convolutional cells: searches report val_top1 (the alphas' half of the training images); selection retrains
+    the best val_top1 on their hold-out of the training images; final retrains their test top-1 after the last
+    epoch; higher is better."""
 
     name = "cnn"
     search_config, retrain_config = SearchConfig, RetrainConfig
     stand_in_genotype = "DARTS_V2"  # checks the retrain settings before any trial runs
     to_dict, from_dict, save, format = (staticmethod(gt.to_dict), staticmethod(gt.from_dict), staticmethod(gt.save),
                                         staticmethod(gt.format_genotype))
-    select_key, select_name, higher_is_better = "select_top1", "selection top-1", True
-    final_key, final_name, unit = "top1", "top-1", " %"
+    select_key, select_name, higher_is_better = "select_val_top1", "selection val top-1", True
+    final_key, final_name, unit = "test_top1", "test top-1", " %"
+    paper_select_epochs = 100  # DARTS section 3.2: each candidate cell trained from scratch for 100 epochs
+    splits = {"search_val_top1": "the half of the training images that trains the alphas, the search's last epoch",
+              "select_val_top1": "the selection retrain's hold-out of the training images (--select-val-portion), "
+                                 "its best epoch",
+              "test_top1": "the test split, once, after a final retrain's last epoch",
+              "test_top5": "the test split, once, after a final retrain's last epoch"}
+
+    @staticmethod
+    def selection_settings(sweep) -> dict:
+        """What the sweep sets in each selection retrain: a hold-out to rank on, no test split."""
+        return {"val_portion": sweep.select_val_portion, "evaluate_test": False}
+
+    @staticmethod
+    def selection_split(sweep) -> str:
+        return f"a {sweep.select_val_portion:g} hold-out of the training images"
+
+    @staticmethod
+    def check_data(cfg) -> None:
+        """The data set's files are there (or downloaded now, once): a DataError otherwise."""
+        from .data import datasets
+        if cfg.dataset != "synthetic" and cfg.data_backend != "synthetic":
+            datasets.load(cfg.dataset, cfg.data_dir, cfg.download, cfg.image_size)
 
     def config(self, kind: str) -> type:
         """The config class of the space's `kind` job (search or retrain)."""
@@ -38,7 +66,11 @@ class ConvSpace:
 
     @staticmethod
     def final_report(kind: str, result) -> dict | None:
-        return None  # the last epoch's report already holds what the report needs
+        if kind == "search":
+            return None  # the last epoch's report already holds what the report needs
+        numbers = {"test_top1": result.test_top1, "test_top5": result.test_top5, "val_top1": result.val_top1,
+                   "best_val_top1": result.best_val_top1}
+        return {"final": True, "params": result.params, **{k: v for k, v in numbers.items() if v is not None}}
 
     def trial(self, metrics: dict) -> dict:
         genotype = gt.from_dict(json.loads(metrics["genotype"]))
@@ -47,17 +79,18 @@ class ConvSpace:
 
     @staticmethod
     def selection(metrics: dict) -> dict:
-        return {"select_top1": metrics["best_top1"], "params": metrics["params"]}
+        return {"select_val_top1": metrics["best_val_top1"], "params": metrics["params"]}
 
     @staticmethod
     def final_run(metrics: dict) -> dict:
-        return {"top1": metrics["top1"], "top5": metrics["top5"], "params": metrics["params"]}
+        return {"test_top1": metrics["test_top1"], "test_top5": metrics["test_top5"], "params": metrics["params"]}
 
     @staticmethod
     def progress(kind: str, result: dict) -> str:
-        if kind == "search":
-            return f"val top-1 {result['val_top1']:.2f} %"
-        return f"top-1 {result['top1']:.2f} % (best {result['best_top1']:.2f} %)"
+        if kind == "search" or "best_val_top1" in result:
+            best = f" (best {result['best_val_top1']:.2f} %)" if kind != "search" else ""
+            return f"val top-1 {result['val_top1']:.2f} %{best}"
+        return f"train top-1 {result['train_top1']:.2f} %"  # a final retrain reads no split but training until its end
 
     @staticmethod
     def describe(search_cfg) -> dict:
@@ -67,20 +100,24 @@ class ConvSpace:
     @staticmethod
     def headline(search: dict) -> str:
         return (f"Searches: {'2nd' if search['unrolled'] else '1st'} order, method {search['method']}, derivation "
-                f"{search['derive']}. Run one sweep per method with the same seeds to compare them seed by seed.")
+                f"{search['derive']}. Run one sweep per method with the same seeds to compare them seed by seed.\n\n"
+                "Splits: search val top-1 is on the half of the training images that trains the alphas; selection "
+                "val top-1 (the best epoch) on a hold-out of the training images that the selection retrain never "
+                "trains on; only the final retrains read the test split, once, after their last epoch.")
 
     def table(self, trials: list[dict]) -> list[str]:
-        lines = ["| seed | search val top-1 | param-free ops, normal cell | selection top-1 | params | genotype |",
+        lines = ["| seed | search val top-1 | param-free ops, normal cell | selection val top-1 | params | genotype |",
                  "|---:|---:|---:|---:|---:|---|"]
         for t in trials:
             lines.append(f"| {t['label']} | {t['search_val_top1']:.2f} | {t['param_free_normal']}/8 | "
-                         f"{t['select_top1']:.2f} | {t['params']:,} | `{self.format(self.from_dict(t['genotype']))}`"
+                         f"{t['select_val_top1']:.2f} | {t['params']:,} | `{self.format(self.from_dict(t['genotype']))}`"
                          f"{t['same']} |")
         return lines
 
     @staticmethod
     def summary(t: dict) -> str:
-        return f"search {t['search_val_top1']:.2f} % | select {t['select_top1']:.2f} % | {t['params']:,} params"
+        return (f"search {t['search_val_top1']:.2f} % | select val {t['select_val_top1']:.2f} % | "
+                f"{t['params']:,} params")
 
     @staticmethod
     def draw_winner(genotype: dict, root: Path) -> list[Path]:
@@ -99,6 +136,24 @@ class RecurrentSpace(ConvSpace):
                                         staticmethod(gt.save_recurrent), staticmethod(gt.format_recurrent))
     select_key, select_name, higher_is_better = "select_val_perplexity", "selection val perplexity", False
     final_key, final_name, unit = "test_perplexity", "test perplexity", ""
+    paper_select_epochs = 300  # DARTS section 3.2: each candidate cell trained from scratch for 300 epochs on PTB
+    splits = {"search_val_perplexity": "the corpus's validation split, the search's last epoch",
+              "select_val_perplexity": "the corpus's validation split, the selection retrain's best weights",
+              "val_perplexity": "the corpus's validation split, a final retrain's best weights",
+              "test_perplexity": "the corpus's test split, once, after a final retrain"}
+
+    @staticmethod
+    def selection_settings(sweep) -> dict:
+        return {"evaluate_test": False}  # the corpus has its own validation split
+
+    @staticmethod
+    def selection_split(sweep) -> str:
+        return "the corpus's validation split"
+
+    @staticmethod
+    def check_data(cfg) -> None:
+        from .data.text import load_text
+        load_text(cfg.dataset, cfg.data_dir, cfg.download)
 
     @staticmethod
     def job(kind: str):
@@ -109,8 +164,8 @@ class RecurrentSpace(ConvSpace):
     def final_report(kind: str, result) -> dict | None:
         if kind == "search":
             return None
-        return {"final": True, "val_perplexity": result.val_perplexity, "test_perplexity": result.test_perplexity,
-                "params": result.params}
+        numbers = {"val_perplexity": result.val_perplexity, "test_perplexity": result.test_perplexity}
+        return {"final": True, "params": result.params, **{k: v for k, v in numbers.items() if v is not None}}
 
     def trial(self, metrics: dict) -> dict:
         genotype = gt.recurrent_from_dict(json.loads(metrics["genotype"]))
@@ -138,7 +193,9 @@ class RecurrentSpace(ConvSpace):
     @staticmethod
     def headline(search: dict) -> str:
         return (f"Searches: recurrent cells on {search['dataset']}, {'2nd' if search['unrolled'] else '1st'} order "
-                f"DARTS. Lower perplexity is better; the winner has the lowest selection val perplexity.")
+                f"DARTS. Lower perplexity is better; the winner has the lowest selection val perplexity.\n\n"
+                "Splits: search and selection perplexities are on the corpus's validation split; only the final "
+                "retrains' test perplexity is on its test split.")
 
     def table(self, trials: list[dict]) -> list[str]:
         lines = ["| seed | search val perplexity | selection val perplexity | params | genotype |",

@@ -1,7 +1,11 @@
 """Retraining a genotype from scratch: `run(cfg) -> TrainResult`; and `evaluate_checkpoint(cfg)`.
 
 NetworkCIFAR (or NetworkImageNet for 224-pixel data) with auxiliary loss, drop path ramped linearly, label
-smoothing, cutout, cosine or step schedule with linear scaling and warm-up, optional EMA of the weights.
+smoothing, cutout, cosine or step schedule with the learning rate scaled to the global batch and warm-up, optional
+EMA of the weights.
+
+The protocol of the paper: a checkpoint is chosen (best.pt) only on a validation hold-out of the training images
+(--val-portion); the test split is read once, after the last epoch, for the report, and never chooses anything.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import torch.nn as nn
 
 from . import checkpoint as ckpt_io
 from . import genotype as gt
-from .config import DATASETS, ConfigError, EvaluateConfig, RetrainConfig
+from .config import DATASETS, ConfigError, EvaluateConfig, RetrainConfig, retrain_rates
 from .data import build_loaders
 from .distributed import average_buffers_, seed_model_randomness
 from .driver import EpochEnd, StepOutput, run_epochs
@@ -34,19 +38,20 @@ RESUME_KEYS = ("dataset", "genotype", "layers", "init_channels", "auxiliary", "b
 
 @dataclass
 class TrainResult:
-    top1: float
-    top5: float
-    best_top1: float
+    test_top1: float | None  # the test split, the last epoch's weights (None with --no-evaluate-test)
+    test_top5: float | None
+    val_top1: float | None  # the hold-out's, last epoch (None without --val-portion)
+    best_val_top1: float | None  # the hold-out's best epoch: best.pt
     params: int
     epochs: int
     run_dir: str
     seconds: float
 
 
-def lr_factor(cfg: RetrainConfig, epoch: int) -> float:
+def lr_factor(cfg: RetrainConfig, epoch: int, warmup_epochs: int) -> float:
     """The learning-rate multiplier of an epoch: linear warm-up, then cosine or step decay."""
-    if epoch < cfg.warmup_epochs:
-        return (epoch + 1) / cfg.warmup_epochs
+    if epoch < warmup_epochs:
+        return (epoch + 1) / warmup_epochs
     if cfg.lr_schedule == "step":
         return cfg.lr_decay ** epoch
     floor = cfg.learning_rate_min / cfg.learning_rate if cfg.learning_rate else 0.0
@@ -139,26 +144,26 @@ class RetrainTask:
         seed_model_randomness(cfg.seed, job.env.rank)  # identical weights, per-rank drop-path masks from here on
         self.model, self.train_model = prepare_job_model(net, job)
         self.params = count_parameters(self.model)
-        lr = cfg.learning_rate
-        global_batch = cfg.batch_size * job.env.world_size
-        if cfg.base_batch_size and global_batch != cfg.base_batch_size:
-            lr *= global_batch / cfg.base_batch_size
-            log.info("learning rate scaled linearly to %.4g for a global batch of %d", lr, global_batch)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr, momentum=cfg.momentum,
+        rates = job.resolved = retrain_rates(cfg, job.env.world_size)
+        log.info("global batch %d (%d per rank x %d rank(s)) | lr %.6g (%s from %.6g at base batch %d) | warm-up %d "
+                 "epoch(s)", rates["global_batch"], cfg.batch_size, job.env.world_size, rates["learning_rate"],
+                 cfg.lr_scaling, cfg.learning_rate, cfg.base_batch_size, rates["warmup_epochs"])
+        self.optimizer = torch.optim.SGD(self.model.parameters(), rates["learning_rate"], momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: lr_factor(cfg, e))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           lambda e: lr_factor(cfg, e, rates["warmup_epochs"]))
         self.ema = WeightEMA(self.model, cfg.ema_decay) if cfg.ema_decay else None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.steps = min(len(loaders.train), cfg.steps_per_epoch or len(loaders.train))
         self.epochs = cfg.epochs
-        self.images_per_step = global_batch
-        self.best_top1 = 0.0
-        self.metrics = {"top1": math.nan, "top5": math.nan}
+        self.images_per_step = rates["global_batch"]
+        self.best_val_top1 = None  # no hold-out: no best epoch, the last one is the result
+        self.metrics = {}
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.job.scaler.state_dict(),
-                "ema": None if self.ema is None else self.ema.state_dict(), "best": self.best_top1,
+                "ema": None if self.ema is None else self.ema.state_dict(), "best": self.best_val_top1,
                 "genotype": gt.to_dict(self.genotype), "num_classes": self.loaders.num_classes,
                 "image_size": self.loaders.image_size}
 
@@ -169,7 +174,7 @@ class RetrainTask:
         self.job.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
-        self.best_top1 = state["best"]
+        self.best_val_top1 = state["best"]  # the hold-out's best top-1 (None: no hold-out)
 
     def identity(self) -> dict:
         return {"genotype": gt.to_dict(self.genotype)}
@@ -187,25 +192,30 @@ class RetrainTask:
         return train_step(self.model, self.train_model, self.optimizer, self.job.scaler, self.criterion, batch,
                           cfg.grad_clip, cfg.auxiliary_weight, self.job.autocast, self.ema, cfg.channels_last)
 
+    @property
+    def evaluated_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
     def end_epoch(self, epoch: int, train: dict) -> EpochEnd:
         cfg = self.job.cfg
         self.scheduler.step()
         if self.ema is not None:
             average_buffers_(self.ema.module)
-        val = evaluate(self.ema.module if self.ema is not None else self.model, self.loaders.val, self.job.autocast,
-                       channels_last=cfg.channels_last)
-        is_best = val["top1"] > self.best_top1
-        self.best_top1 = max(self.best_top1, val["top1"])
-        row = {"epoch": epoch + 1, "lr": self.lr, "train_loss": train["loss"], "train_top1": train["top1"],
-               "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
-               "drop_path_prob": float(self.model.drop_path_prob)}
-        return EpochEnd(
-            metrics={"epoch": epoch + 1, "train_top1": train["top1"], "top1": val["top1"], "top5": val["top5"],
-                     "best_top1": self.best_top1, "params": self.params},
-            row=row, scalars={f"train/{k}": v for k, v in row.items() if k != "epoch"},
-            line=f"epoch {epoch + 1}/{cfg.epochs} lr {self.lr:.5f} | train loss {train['loss']:.4f} top1 "
-                 f"{train['top1']:.2f}% | val loss {val['loss']:.4f} top1 {val['top1']:.2f}% top5 {val['top5']:.2f}%",
-            is_best=is_best)
+        row = {"epoch": epoch + 1, "lr": self.lr, "train_loss": train["loss"], "train_top1": train["top1"]}
+        metrics = {"epoch": epoch + 1, "train_top1": train["top1"], "params": self.params}
+        line = (f"epoch {epoch + 1}/{cfg.epochs} lr {self.lr:.5f} | train loss {train['loss']:.4f} top1 "
+                f"{train['top1']:.2f}%")
+        is_best = False
+        if self.loaders.val is not None:  # the hold-out of the training images: the only split that chooses
+            val = evaluate(self.evaluated_model, self.loaders.val, self.job.autocast, channels_last=cfg.channels_last)
+            is_best = self.best_val_top1 is None or val["top1"] > self.best_val_top1
+            self.best_val_top1 = val["top1"] if is_best else self.best_val_top1
+            row.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"])
+            metrics.update(val_top1=val["top1"], val_top5=val["top5"], best_val_top1=self.best_val_top1)
+            line += f" | val loss {val['loss']:.4f} top1 {val['top1']:.2f}% top5 {val['top5']:.2f}%"
+        row["drop_path_prob"] = float(self.model.drop_path_prob)
+        return EpochEnd(metrics=metrics, row=row, scalars={f"train/{k}": v for k, v in row.items() if k != "epoch"},
+                        line=line, is_best=is_best)
 
 
 def run(cfg: RetrainConfig, on_epoch: EpochHook | None = None) -> TrainResult:
@@ -217,22 +227,29 @@ def run(cfg: RetrainConfig, on_epoch: EpochHook | None = None) -> TrainResult:
 def _train(job: Job, genotype: gt.Genotype, on_epoch: EpochHook | None) -> TrainResult:
     task = RetrainTask(job, build_loaders(job.cfg, job.env, "retrain"), genotype)
     metrics = run_epochs(job, task, on_epoch)
-    cfg, best, params = job.cfg, task.best_top1, task.params
+    cfg, params = job.cfg, task.params
+    test = {"top1": None, "top5": None}
+    if cfg.evaluate_test:  # once, after the last epoch: the report's number, never a choice
+        test = evaluate(task.evaluated_model, task.loaders.test, job.autocast, channels_last=cfg.channels_last)
     seconds = time.time() - job.started
-    result = TrainResult(metrics["top1"], metrics["top5"], best, params, cfg.epochs, str(job.run_dir), seconds)
+    result = TrainResult(test["top1"], test["top5"], metrics.get("val_top1"), task.best_val_top1, params, cfg.epochs,
+                         str(job.run_dir), seconds)
     if job.env.is_main:
-        _write_metrics(job.run_dir, {"top1": result.top1, "top5": result.top5, "best_top1": best, "params": params,
-                                     "epochs": cfg.epochs, "genotype": gt.to_dict(genotype),
+        # each number named by its split: test (after the last epoch), val (the hold-out; best = best.pt's epoch)
+        _write_metrics(job.run_dir, {"test_top1": result.test_top1, "test_top5": result.test_top5,
+                                     "val_top1": result.val_top1, "best_val_top1": result.best_val_top1,
+                                     "params": params, "epochs": cfg.epochs, "genotype": gt.to_dict(genotype),
                                      "world_size": job.env.world_size, "seconds": seconds})
-        log.info("retrain finished\n%s", summary_table([
-            ("run folder", str(job.run_dir)),
-            ("network", f"{type(task.model).__name__} C={cfg.init_channels} layers={cfg.layers}"),
-            ("parameters", f"{params:,} ({params / 1e6:.2f} M)"),
-            ("epochs", str(cfg.epochs)),
-            ("final top-1 / top-5", f"{result.top1:.2f} % / {result.top5:.2f} %"),
-            ("best top-1", f"{best:.2f} %"),
-            ("time", f"{seconds:.0f} s"),
-        ]))
+        rows = [("run folder", str(job.run_dir)),
+                ("network", f"{type(task.model).__name__} C={cfg.init_channels} layers={cfg.layers}"),
+                ("parameters", f"{params:,} ({params / 1e6:.2f} M)"),
+                ("epochs", str(cfg.epochs))]
+        if result.test_top1 is not None:
+            rows.append(("test top-1 / top-5", f"{result.test_top1:.2f} % / {result.test_top5:.2f} % (last epoch)"))
+        if result.val_top1 is not None:
+            rows.append(("val top-1", f"{result.val_top1:.2f} % (last), {result.best_val_top1:.2f} % (best.pt)"))
+        rows.append(("time", f"{seconds:.0f} s"))
+        log.info("retrain finished\n%s", summary_table(rows))
     return result
 
 
@@ -258,9 +275,10 @@ def _evaluate(job: Job, arch: dict, weights: dict) -> dict:
         raise ckpt_io.CheckpointError(f"checkpoint {cfg.checkpoint} does not fit this network ({detail})") from None
     job.commit()
     model = prepare_model(net, job.env.device, channels_last=cfg.channels_last, compile=cfg.compile)[0]
-    stats = evaluate(model, loaders.val, job.autocast, channels_last=cfg.channels_last)
-    metrics = {"top1": stats["top1"], "top5": stats["top5"], "loss": stats["loss"], "images": stats["count"],
-               "params": count_parameters(model), "checkpoint": str(cfg.checkpoint), "dataset": cfg.dataset}
+    stats = evaluate(model, loaders.test, job.autocast, channels_last=cfg.channels_last)
+    metrics = {"split": "test", "top1": stats["top1"], "top5": stats["top5"], "loss": stats["loss"],
+               "images": stats["count"], "params": count_parameters(model), "checkpoint": str(cfg.checkpoint),
+               "dataset": cfg.dataset}
     if job.env.is_main:
         _write_metrics(job.run_dir, metrics)
         print(f"top-1 {metrics['top1']:.2f} %  top-5 {metrics['top5']:.2f} %  on {metrics['images']} images  "

@@ -89,17 +89,25 @@ def _cell_graph(edges, concat, title: str, fmt: str):
     g = _digraph(fmt)
     if title:
         g.attr(label=title, fontsize="24", fontname="times")
-    g.node("c_{k-2}", fillcolor="darkseagreen2")
-    g.node("c_{k-1}", fillcolor="darkseagreen2")
+    _add_cell(g, edges, concat)
+    return g
+
+
+def _add_cell(g, edges, concat, prefix: str = "") -> None:
+    """The cell's nodes and edges into graph g; node ids start with prefix (two cells in one graph)."""
+    def node(name, color):
+        g.node(prefix + name, label=name, fillcolor=color)
+
+    node("c_{k-2}", "darkseagreen2")
+    node("c_{k-1}", "darkseagreen2")
     steps = len(edges) // 2
     for i in range(steps):
-        g.node(str(i), fillcolor="lightblue")
+        node(str(i), "lightblue")
     for k, (op, j) in enumerate(edges):
-        g.edge(_node_name(j), str(k // 2), label=op, fillcolor="gray")
-    g.node("c_{k}", fillcolor="palegoldenrod")
+        g.edge(prefix + _node_name(j), prefix + str(k // 2), label=op, fillcolor="gray")
+    node("c_{k}", "palegoldenrod")
     for i in concat:
-        g.edge(_node_name(i), "c_{k}", fillcolor="gray")
-    return g
+        g.edge(prefix + _node_name(i), prefix + "c_{k}", fillcolor="gray")
 
 
 def draw_cell(edges, concat, path: str | os.PathLike, title: str = "") -> Path:
@@ -132,8 +140,19 @@ def cells_side_by_side(g: Genotype, title: str = "") -> Image.Image:
 
 
 def draw_side_by_side(g: Genotype, path: str | os.PathLike, title: str = "") -> Path:
-    """Draw both cells of `g` side by side into one image file (PNG, or any format PIL writes by suffix)."""
+    """Draw both cells of `g` side by side into one image file: .svg and .pdf drawn by Graphviz as one graph, PNG
+    (or any format PIL writes by suffix) pasted from the two cells' images."""
     path = Path(path)
+    if path.suffix.lower() in (".svg", ".pdf"):  # vector formats: both cells as clusters of one graph
+        both = _digraph(_format(path))
+        if title:
+            both.attr(label=title, labelloc="t", fontsize="24", fontname="times")
+        for key, (edges, concat, name) in enumerate(((g.normal, g.normal_concat, "Normal cell"),
+                                                     (g.reduce, g.reduce_concat, "Reduction cell"))):
+            with both.subgraph(name=f"cluster_{key}") as cell:
+                cell.attr(label=name, color="white")
+                _add_cell(cell, edges, concat, prefix=f"cell{key}_")
+        return _render(both, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         cells_side_by_side(g, title).save(path)
@@ -421,14 +440,13 @@ def plot_selection(seeds: list[int], scores: list[float], winner: int, path: str
     """Bar chart of each seed's selection-retrain score (top-1, or perplexity), the winner highlighted."""
     plt = _pyplot()
     path = Path(path)
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(seeds) + 2), 3.5))
-    ax.bar([str(s) for s in seeds], scores, color=["tab:orange" if s == winner else "tab:blue" for s in seeds])
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * len(seeds) + 2), 3.5))
+    bars = ax.bar([str(s) for s in seeds], scores, color=["tab:orange" if s == winner else "tab:blue" for s in seeds])
+    ax.bar_label(bars, fmt="%.2f")  # the exact scores: the bars start at 0, so small gaps look as small as they are
     ax.set_xlabel("search seed")
     ax.set_ylabel(label)
-    low, high = min(scores), max(scores)
-    margin = max(0.25 * (high - low), 0.02 * high, 1e-3)  # the differences visible, not the distance from zero
-    ax.set_ylim(max(0.0, low - margin), high + margin)
-    ax.set_title("selection retrain per seed (winner in orange)")
+    ax.set_ylim(0.0, 1.12 * max(scores))  # from zero: a bar's length is its score
+    ax.set_title("selection retrain per seed\n(winner in orange)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

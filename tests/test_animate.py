@@ -92,6 +92,21 @@ def test_side_by_side_cells(tmp_path):
         assert im.format == "PNG" and im.size == (both.width, both.height + 40)
 
 
+def test_selection_plot_bars_start_at_zero_and_the_title_fits(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from dist_darts.visualize import plot_selection
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    plot_selection([0, 1, 2], [47.5, 48.0, 47.9], 1, tmp_path / "selection.png", "selection val top-1 (%)")
+    (fig,) = figures
+    ax = fig.axes[0]
+    assert ax.get_ylim()[0] == 0.0 and ax.get_ylim()[1] > 48.0
+    renderer = fig.canvas.get_renderer()
+    title = ax.title.get_window_extent(renderer)
+    assert fig.bbox.x0 <= title.x0 and title.x1 <= fig.bbox.x1 and title.y1 <= fig.bbox.y1
+
+
 def test_the_cli_animates_and_plots_a_run(run, tmp_path):
     gif = tmp_path / "cli.gif"
     assert cli("genotype", "animate", str(run), "--output", str(gif)).stdout.strip() == str(gif)

@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -43,6 +44,32 @@ def test_convert_json_nni_and_drawings(tmp_path, capsys):
 def test_draw(tmp_path, capsys):
     assert main(["genotype", "draw", "DARTS_V2", "--output", str(tmp_path / "v2"), "--format", "pdf"]) == 0
     assert (tmp_path / "v2_normal.pdf").read_bytes().startswith(b"%PDF")
+    # both cells in one image, in the format asked for
+    assert main(["genotype", "draw", "DARTS_V2", "--output", str(tmp_path / "both"), "--format", "svg",
+                 "--side-by-side"]) == 0
+    svg = (tmp_path / "both.svg").read_text()
+    assert "<svg" in svg and "Normal cell" in svg and "Reduction cell" in svg and not (tmp_path / "both.png").exists()
+
+
+COMMANDS = (["search"], ["retrain"], ["evaluate"], ["sweep"], ["search", "--space", "rnn"],
+            ["retrain", "--space", "rnn"], ["evaluate", "--space", "rnn"], ["genotype", "draw"], ["genotype", "convert"], ["genotype", "alphas"],
+            ["genotype", "animate"], ["model", "summary"], ["hub", "list"])
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_help_says_each_default_once_and_per_command(command, capsys):
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert not re.search(r"\(default: [^)]*\) \(default:", text)
+    if command[0] == "retrain" and len(command) == 1:  # no alpha step here, and fp16 is offered: it is allowed
+        assert "alpha" not in text.split("--precision")[1].split("--")[0] and "fp16" in text
+    if command[0] in ("search", "sweep") or command[-1] == "rnn":  # refused there, so not offered
+        assert "{auto,fp32,bf16}" in text and "bf16,fp16" not in text
+    if command[0] in ("search", "retrain") and command[-1] != "rnn":
+        assert "images per step on EACH rank" in text
+    if command[0] in ("search", "retrain") and command[-1] == "rnn":
+        assert "over ALL ranks together" in text
 
 
 def test_alphas_plot_and_derive(tmp_path, capsys):

@@ -391,9 +391,10 @@ def test_local_head_listens_on_loopback_only_and_keeps_its_token_private(local_h
 
 # the sweep's private runtime, started exactly as `dist-darts sweep` starts it, with one task run on it
 PRIVATE_RUNTIME = """
-import sys, ray
+import sys
 from dist_darts import config, tune
-tune._init_ray(config.SweepConfig())
+tune._init_ray(config.SweepConfig())  # imports Ray: the sweep decides its mode before Ray is imported
+ray = tune.ray
 ray.get(ray.remote(lambda: 1).options(num_cpus=0).remote())
 print("up", flush=True)
 sys.stdin.readline()
@@ -450,3 +451,39 @@ def test_job_submit_sweep(local_head):
     assert len(report["trials"]) == 2
     assert report["winner"]["seed"] in {0, 1}
     assert "mean" in report["final"]
+
+
+@pytest.mark.slow
+def test_a_sweeps_trials_listen_on_loopback_only_their_rendezvous_store_included(tmp_path):
+    """A demo-sized sweep with 2 DDP workers per trial: every listening socket of the driver's process tree,
+    sampled while it runs (the Ray Train workers' torch.distributed store among them), is on loopback."""
+    if not Path("/proc/net/tcp").is_file():
+        pytest.skip("lists sockets through /proc (Linux)")
+    pytest.importorskip("ray")
+    folder = tempfile.mkdtemp(prefix="ddr-", dir="/tmp")
+    env = env_for_subprocess()
+    for name in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
+        env.pop(name, None)
+    cmd = [sys.executable, "-m", "dist_darts", "sweep", "--seeds", "1", "--dataset", "digits", "--layers", "3",
+           "--init-channels", "4", "--batch-size", "8", "--steps-per-epoch", "40", "--search-epochs", "1",
+           "--select-epochs", "1", "--final-epochs", "1", "--workers-per-trial", "2", "--cpus-per-worker", "0.5",
+           "--max-failures", "0", "--output", str(tmp_path / "sweep")]
+    driver = subprocess.Popen(cmd, env=dict(env, RAY_TMPDIR=folder), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen = set()
+    try:
+        while driver.poll() is None:
+            seen.update(listening_sockets(process_tree(driver.pid)))
+            time.sleep(0.2)
+        output = driver.stdout.read()
+        assert driver.returncode == 0, output[-3000:]
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+    trainers = {s for s in seen if "RayTrainWorker" in s[1]}
+    assert trainers, seen  # sampled while the trials trained
+    # rank 0 of a 2-worker trial holds the store besides its Ray server: more than one listening socket
+    assert any(sum(t[0] == pid for t in trainers) > 1 for pid, *_ in trainers), trainers
+    assert not exposed(seen), exposed(seen)

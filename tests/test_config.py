@@ -68,7 +68,7 @@ def test_save_round_trip(tmp_path):
     ("dataset: digits\nmomentum: -5\n", r"momentum: must be in \[0, 1\), got -5.0"),
     ("dataset: digits\narch-learning-rate: -1\n", "arch-learning-rate: must be > 0, got -1.0"),
     ("dataset: digits\narch-beta1: 1.5\n", r"arch-beta1: must be in \[0, 1\), got 1.5"),
-    ("dataset: digits\nprecision: fp16\n", "precision: fp16 is for retraining"),
+    ("dataset: digits\nprecision: fp16\n", "precision .*'fp16' is not one of auto, fp32, bf16"),
 ])
 def test_bad_config(tmp_path, yaml_text, message):
     y = tmp_path / "c.yaml"

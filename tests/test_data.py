@@ -206,10 +206,10 @@ def test_photos_are_patches_of_the_photographs_scikit_image_ships():
 def test_loaders_have_the_promised_shape(cifar10_dir, purpose):
     loaders = build_loaders(cfg(data_dir=cifar10_dir, cutout=16), env(), purpose)
     assert (loaders.num_classes, loaders.image_size) == (10, 32)
-    expected = {"search": (5, 5), "retrain": (10, 4), "evaluate": (None, 4)}[purpose]
-    lengths = tuple(None if x is None else len(x) for x in (loaders.train, loaders.val))
+    expected = {"search": (5, 5, None), "retrain": (10, None, 4), "evaluate": (None, None, 4)}[purpose]
+    lengths = tuple(None if x is None else len(x) for x in (loaders.train, loaders.val, loaders.test))
     assert lengths == expected
-    for loader in filter(None, (loaders.train, loaders.val)):
+    for loader in filter(None, (loaders.train, loaders.val, loaders.test)):
         batches = list(loader)
         assert len(batches) == len(loader)
         for x, y in batches:
@@ -218,7 +218,7 @@ def test_loaders_have_the_promised_shape(cifar10_dir, purpose):
 
 
 def test_evaluation_batches_are_normalised_pixels(cifar10_dir):
-    (x, y), *_ = build_loaders(cfg(data_dir=cifar10_dir), env(), "evaluate").val
+    (x, y), *_ = build_loaders(cfg(data_dir=cifar10_dir), env(), "evaluate").test
     assert torch.equal(decode(x), torch.from_numpy(coded_images(range(N_TRAIN, N_TRAIN + 4))).permute(0, 3, 1, 2))
     mean, std = STATS["cifar10"]
     red = (8 * 0 + 3) / 255  # row 0 of the red channel
@@ -285,10 +285,10 @@ def test_shards_are_disjoint_complete_and_equal(cifar10_dir, world_size):
         seen = [sid for lo in per_rank for x, _ in collect(lo.train, epoch) for sid in sample_ids(x)]
         assert len(seen) == len(set(seen)) == steps * 3 * world_size and set(seen) <= set(range(N_TRAIN))
     # evaluation: every test sample exactly once over all ranks, padding labelled IGNORE_LABEL
-    assert len({len(lo.val) for lo in per_rank}) == 1
+    assert len({len(lo.test) for lo in per_rank}) == 1
     seen = []
     for lo in per_rank:
-        for x, y in lo.val:
+        for x, y in lo.test:
             seen += [sid for sid, label in zip(sample_ids(x), y.tolist()) if label != IGNORE_LABEL]
             assert all(label == IGNORE_LABEL or label == sid % 10 for sid, label in zip(sample_ids(x), y.tolist()))
     assert sorted(seen) == list(range(N_TRAIN, N_TRAIN + N_TEST))
@@ -335,17 +335,17 @@ def test_set_epoch_start_step_reproduces_the_epoch_tail(cifar10_dir, folder_dir,
 def test_workers_do_not_change_batches(folder_dir):
     one, two = (build_loaders(cfg("folder", folder_dir, workers=w), env(), "retrain") for w in (0, 2))
     assert_same_batches(collect(one.train, 2), collect(two.train, 2))
-    assert_same_batches(collect(one.val), collect(two.val))
+    assert_same_batches(collect(one.test), collect(two.test))
 
 
 def test_image_folder_batches(folder_dir):
     loaders = build_loaders(cfg("folder", folder_dir, batch_size=2), env(), "retrain")
-    assert (loaders.num_classes, loaders.image_size, len(loaders.train), len(loaders.val)) == (3, 224, 6, 5)
+    assert (loaders.num_classes, loaders.image_size, len(loaders.train), len(loaders.test)) == (3, 224, 6, 5)
     x, y = next(iter(loaders.train))
     assert x.shape == (2, 3, 224, 224) and x.dtype == torch.float32 and y.dtype == torch.int64
-    labels = torch.cat([y for _, y in loaders.val])
+    labels = torch.cat([y for _, y in loaders.test])
     assert labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, IGNORE_LABEL]
-    pixels = decode(torch.cat([x for x, _ in loaders.val]), "folder")
+    pixels = decode(torch.cat([x for x, _ in loaders.test]), "folder")
     assert pixels.min() >= 0 and pixels.max() <= 255
 
 
@@ -355,7 +355,7 @@ def test_synthetic_batches_are_fixed_and_shaped_like_the_dataset():
     it = iter(loaders.train)
     (x, y), (u, v) = next(it), next(it)
     assert x.shape == (2, 3, 224, 224) and x is u and y is v and y.dtype == torch.int64
-    assert len(build_loaders(cfg("synthetic", batch_size=100), env(), "evaluate").val) == 100
+    assert len(build_loaders(cfg("synthetic", batch_size=100), env(), "evaluate").test) == 100
 
 
 # --- one-line errors ---------------------------------------------------------------------------------------------
@@ -388,7 +388,7 @@ def test_damaged_files_give_one_line(tmp_path, cifar10_dir):
     folder = write_image_folder(tmp_path / "folder", n_train=1, n_val=1)
     (folder / "val" / "cat" / "cat_0.JPEG").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     for workers in (0, 1):  # from a worker process too (torch then takes 5 s to stop it)
-        val = build_loaders(cfg("folder", str(folder), workers=workers), env(), "evaluate").val
+        val = build_loaders(cfg("folder", str(folder), workers=workers), env(), "evaluate").test
         with pytest.raises(DataError) as info:
             list(val)
         assert str(info.value).startswith(f"{folder}/val/cat/cat_0.JPEG is not a readable image (")
@@ -463,7 +463,7 @@ def test_bad_settings_give_one_line(cifar10_dir, monkeypatch):
     assert "dali-gpu needs a CUDA device" in error_of(cfg(data_dir=cifar10_dir, backend="dali-gpu"))
     monkeypatch.setattr("dist_darts.data.dali_available", lambda: False)
     assert "pip install 'dist-darts[dali]'" in error_of(cfg(data_dir=cifar10_dir, backend="dali-cpu"))
-    assert build_loaders(cfg(data_dir=cifar10_dir, backend="auto"), env(), "evaluate").val is not None
+    assert build_loaders(cfg(data_dir=cifar10_dir, backend="auto"), env(), "evaluate").test is not None
 
 
 def test_failed_download_gives_one_line(tmp_path, monkeypatch):
@@ -493,3 +493,45 @@ def test_in_memory_gpu_batches_make_no_host_sync(cifar10_dir, purpose):
         torch.cuda.set_sync_debug_mode("default")
     for (x, y), (u, v) in zip(batches, collect(cpu.train)):
         assert torch.allclose(x.cpu(), u, atol=1e-6) and torch.equal(y.cpu(), v)
+
+
+def test_retrain_holdout_is_class_balanced_seeded_and_the_same_on_every_rank(cifar10_dir):
+    def split(rank, world_size, seed=0, portion=0.25):
+        loaders = build_loaders(cfg(data_dir=cifar10_dir, batch_size=2, seed=seed, val_portion=portion),
+                                env(rank, world_size), "retrain")
+        return set(loaders.train.plan.indices.tolist()), set(loaders.val.plan.indices.tolist())
+
+    train, held = split(0, 1)
+    labels = np.arange(N_TRAIN) % 10  # the fixture's labels: sample id mod 10
+    assert not train & held and train | held == set(range(N_TRAIN))
+    assert np.bincount(labels[sorted(held)], minlength=10).tolist() == [1] * 10  # round(0.25 x 4) of each class
+    assert all(split(r, 3) == (train, held) for r in range(3)) and split(0, 1) == (train, held)
+    assert split(0, 1, seed=1) != (train, held)
+    # the hold-out is evaluated like the test split: every sample once over the ranks, no augmentation
+    seen = [sid for r in range(2)
+            for x, y in build_loaders(cfg(data_dir=cifar10_dir, batch_size=2, val_portion=0.25), env(r, 2), "retrain").val
+            for sid, label in zip(sample_ids(x), y.tolist()) if label != IGNORE_LABEL]
+    assert sorted(seen) == sorted(held)
+    assert build_loaders(cfg(data_dir=cifar10_dir), env(), "retrain").val is None  # no hold-out asked for
+
+
+def test_a_download_happens_once_however_many_ask_at_once(tmp_path):
+    """Ranks and trials sharing a data folder: the first to take the folder's lock downloads, the others wait and
+    then find the files (threads open the lock file separately, as processes do)."""
+    import threading
+    import time
+
+    fetched = []
+
+    def fetch():
+        fetched.append(1)
+        time.sleep(0.3)
+        (tmp_path / "data.bin").write_bytes(b"x")
+
+    threads = [threading.Thread(target=datasets._require, args=("toy", str(tmp_path), ["data.bin"], "data.bin", True,
+                                                                 fetch)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert fetched == [1] and (tmp_path / "data.bin").read_bytes() == b"x"

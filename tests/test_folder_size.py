@@ -81,7 +81,7 @@ def test_training_at_32_is_cifar_style(digits_folder):
                        if torch.equal(image, shifted(p, dy, dx, flip))]
             assert sources and all(k // 16 == label for k in sources)  # 16 training files per class
         break
-    val = next(iter(build_loaders(cfg(digits_folder), env(), "retrain").val))[0]
+    val = next(iter(build_loaders(cfg(digits_folder), env(), "retrain").test))[0]
     assert torch.equal(decode(val, "folder"), torch.stack(originals(digits_folder, "test")[:4]))  # as stored
 
 
@@ -101,7 +101,7 @@ def test_dali_cpu_agrees_at_the_native_size(digits_folder):
     torch_loaders, dali_loaders = (build_loaders(cfg(digits_folder, backend), env(), "retrain")
                                    for backend in ("torch", "dali-cpu"))
     assert dali_loaders.image_size == 32
-    for split in ("train", "val"):
+    for split in ("train", "test"):
         for (x, y), (u, v) in zip(getattr(torch_loaders, split), getattr(dali_loaders, split)):
             assert u.shape == (4, 3, 32, 32) and torch.equal(y, v)
             assert (x - u).abs().max() < 1e-4  # the same crop and flip; no resampling at the native size

@@ -36,14 +36,16 @@ def test_search_run_folder(search_dir):
 def test_retrain_and_evaluate_the_found_genotype(search_dir, tmp_path):
     out = tmp_path / "retrain"
     cli("retrain", *TINY_RETRAIN, "--genotype", str(search_dir / "genotype.json"), "--epochs", "2",
-        "--steps-per-epoch", "3", "--cutout", "--drop-path-prob", "0.2", "--ema-decay", "0.9", "--output", str(out))
+        "--steps-per-epoch", "3", "--cutout", "--drop-path-prob", "0.2", "--ema-decay", "0.9", "--val-portion", "0.2",
+        "--output", str(out))
     metrics = json.loads((out / "metrics.json").read_text())
-    assert {"top1", "top5", "params", "best_top1"} <= metrics.keys() and metrics["params"] > 0
-    assert (out / "checkpoints" / "best.pt").exists()
+    assert {"test_top1", "test_top5", "params", "val_top1", "best_val_top1"} <= metrics.keys() and metrics["params"] > 0
+    assert (out / "checkpoints" / "best.pt").exists()  # chosen on the hold-out
     proc = cli("evaluate", "--checkpoint", str(out / "checkpoints" / "last.pt"), "--workers", "0")
     assert "top-1" in proc.stdout
     evaluated = json.loads((out / "evaluate" / "last" / "metrics.json").read_text())
-    assert evaluated["top1"] == pytest.approx(metrics["top1"]) and evaluated["params"] == metrics["params"]
+    assert evaluated["top1"] == pytest.approx(metrics["test_top1"]) and evaluated["params"] == metrics["params"]
+    assert evaluated["split"] == "test"
     assert json.loads((out / "metrics.json").read_text()) == metrics  # the retrain's own results stay
 
 
@@ -53,7 +55,7 @@ def test_resuming_a_finished_retrain_keeps_its_results(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     cli(*args, "--resume")
     again = json.loads((tmp_path / "metrics.json").read_text())
-    keys = ("top1", "top5", "best_top1")
+    keys = ("test_top1", "test_top5", "val_top1")
     assert {k: again[k] for k in keys} == {k: metrics[k] for k in keys}
 
 

@@ -47,4 +47,4 @@ def test_resuming_a_finished_run_reports_its_result_again(tmp_path, kind):
     result = run(config.build(cls, {}, settings), on_epoch=lambda m, c: first.append(m))
     resumed = run(config.build(cls, {}, dict(settings, resume=True)), on_epoch=lambda m, c: again.append(m))
     assert len(first) == 1 and again == first
-    assert resumed.genotype == result.genotype if kind == "search" else resumed.top1 == result.top1
+    assert resumed.genotype == result.genotype if kind == "search" else resumed.test_top1 == result.test_top1

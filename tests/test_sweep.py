@@ -90,11 +90,21 @@ def test_sweep_survives_a_killed_worker_and_a_killed_driver(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert {"winner", "trials", "final"} <= report.keys()
     assert [t["seed"] for t in report["trials"]] == [0, 1]
-    best = max(report["trials"], key=lambda t: (t["select_top1"], -t["seed"]))
+    # the paper's protocol: the winner has the best validation top-1 of the selection retrains (a hold-out of the
+    # training images); the test split is read by the final retrains only
+    best = max(report["trials"], key=lambda t: (t["select_val_top1"], -t["seed"]))
     assert report["winner"]["seed"] == best["seed"]
     assert report["winner"]["genotype"] == best["genotype"]
     assert len(report["final"]["runs"]) == 2 and report["final"]["std"] >= 0.0
-    assert 0.0 <= report["final"]["mean"] <= 100.0
+    assert 0.0 <= report["final"]["mean"] <= 100.0 and report["final"]["metric"] == "test_top1"
+    assert set(report["splits"]) == {"search_val_top1", "select_val_top1", "test_top1", "test_top5"}
+    for s in (0, 1):
+        selected = out / "select" / f"seed_{s}"
+        if selected.is_dir():  # never the test split, and best.pt chosen on the hold-out
+            metrics = json.loads((selected / "metrics.json").read_text())
+            assert metrics["test_top1"] is None and metrics["best_val_top1"] is not None
+            config = (selected / "config.yaml").read_text()
+            assert "val_portion: 0.1" in config and "evaluate_test: false" in config
     md = (out / "report.md").read_text()
     assert "| seed |" in md and "**winner**" in md and "method darts, derivation original" in md
     for t in report["trials"]:  # the collapse count per seed, to compare a sweep per method seed by seed
@@ -105,8 +115,8 @@ def test_sweep_survives_a_killed_worker_and_a_killed_driver(tmp_path):
     # each trial's reports as they arrived: one line each, in the sweep's log and on its console, no Tune tables
     log_text = (out / "sweep.log").read_text()
     for pattern in (r"search seed_[01]: epoch \d+/\d+ \| val top-1 [\d.]+ % \| ETA \d+:\d\d:\d\d",
-                    r"select seed_[01]: epoch \d+/\d+ \| top-1 [\d.]+ % \(best [\d.]+ %\) \| ETA \d+:\d\d:\d\d",
-                    r"final repeat_[01]: epoch \d+/\d+ \| top-1 [\d.]+ % \(best [\d.]+ %\) \| ETA \d+:\d\d:\d\d"):
+                    r"select seed_[01]: epoch \d+/\d+ \| val top-1 [\d.]+ % \(best [\d.]+ %\) \| ETA \d+:\d\d:\d\d",
+                    r"final repeat_[01]: epoch \d+/\d+ \| train top-1 [\d.]+ % \| ETA \d+:\d\d:\d\d"):
         assert re.search(pattern, log_text), pattern
     assert re.search(r"final repeat_[01]: epoch", resumed.stdout)
     assert log_text.index("stage 2/3") < re.search("select seed_", log_text).start() < log_text.index("stage 3/3")
@@ -186,8 +196,12 @@ def test_trial_progress_lines_and_eta(monkeypatch):
     progress.stage = "final"
     progress.on_trial_start(0, [retrain], retrain)
     now[0] += 100
-    progress.on_trial_result(0, [retrain], retrain, {"epoch": 1, "top1": 90.0, "best_top1": 91.5})
-    assert lines[-1] == "final repeat_0: epoch 1/2 | top-1 90.00 % (best 91.50 %) | ETA 0:01:40"
+    progress.on_trial_result(0, [retrain], retrain, {"epoch": 1, "train_top1": 90.0})
+    assert lines[-1] == "final repeat_0: epoch 1/2 | train top-1 90.00 % | ETA 0:01:40"
+    progress.stage = "select"
+    progress.on_trial_result(0, [retrain], retrain, {"epoch": 2, "train_top1": 95.0, "val_top1": 90.0,
+                                                     "best_val_top1": 91.5})
+    assert lines[-1].startswith("select repeat_0: epoch 2/2 | val top-1 90.00 % (best 91.50 %) | ETA")
     recurrent = tune.TrialProgress("search", lines.append, "rnn")
     recurrent.on_trial_start(0, [trial], trial)
     now[0] += 20
@@ -205,3 +219,19 @@ def test_seed_lists(seeds, expected):
 def test_bad_seeds(seeds):
     with pytest.raises(ConfigError, match="seeds"):
         SweepConfig(seeds=seeds)
+
+
+def test_a_trial_failing_after_its_retries_ends_the_sweep_with_one_line(tmp_path):
+    """A batch larger than the search's half of the digits passes every check before Ray (the data is there) and
+    fails inside the trial: exit 1, one line naming the trial and its log, no traceback."""
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "dist_darts", "sweep", "--seeds", "1", "--dataset", "digits", "--layers", "3",
+           "--init-channels", "4", "--batch-size", "1000", "--search-epochs", "1", "--max-failures", "0",
+           "--cpus-per-worker", "0.5", "--output", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env_for_subprocess(), timeout=900,
+                          start_new_session=True)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("dist-darts: stage search: trial seed_0 (") and "failed after 0 retries" in last
+    log_file = Path(re.search(r"its log: (\S+?)\)", last).group(1))
+    assert log_file.is_file() and "Traceback" not in done.stderr

@@ -5,8 +5,8 @@ yields `(images, labels)` on `dist_env.device`: images float32 NCHW normalised w
 labels int64. Batches are a pure function of (cfg.seed, rank, world_size, epoch, step), so a run resumed with
 `set_epoch(e, start_step=k)` sees exactly the batches k, k+1, ... it would have seen.
 
-Training loaders drop the last partial global batch. Evaluation loaders (`val` of retrain/evaluate) cover every
-sample exactly once over all ranks and pad the last global batch with samples labelled -100 (IGNORE_LABEL):
+Training loaders drop the last partial global batch. Evaluation loaders (`test`, and a retrain's hold-out `val`)
+cover every sample exactly once over all ranks and pad the last global batch with samples labelled -100 (IGNORE_LABEL):
 count correct predictions and losses only where `labels >= 0`, e.g. `F.cross_entropy(..., reduction="sum")`
 (ignore_index=-100 is its default) divided by the all-reduced count of `labels >= 0`; a batch may be all padding.
 """
@@ -29,15 +29,16 @@ __all__ = ["build_loaders", "Loaders", "DataError", "IGNORE_LABEL", "BACKENDS", 
 BACKENDS = ("auto", "torch", "dali-cpu", "dali-gpu", "synthetic")
 PURPOSES = ("search", "retrain", "evaluate")
 # seed streams: the search split and each loader's shuffle draw from their own generators
-SPLIT, SEARCH_TRAIN, SEARCH_VAL, RETRAIN_TRAIN, EVALUATE = range(5)
+SPLIT, SEARCH_TRAIN, SEARCH_VAL, RETRAIN_TRAIN, EVALUATE, HOLDOUT = range(6)
 
 
 class Loaders(NamedTuple):
     """What build_loaders returns; each loader as the module docstring says."""
     train: Any  # None for evaluate
-    val: Any  # search: the held-out half of the training set; retrain/evaluate: the test (val) split
+    val: Any  # search: the alphas' half of the training set; retrain: the --val-portion hold-out (or None)
     num_classes: int
     image_size: int
+    test: Any = None  # retrain/evaluate: the data set's test (val) split; never read by a search
 
 
 def dali_available() -> bool:
@@ -113,10 +114,30 @@ def build_loaders(cfg, dist_env, purpose: str) -> Loaders:
             weights_part, alphas_part = class_balanced_subsets(data.train.labels, subsets, seed, SPLIT)
         train, val = make(data.train, [plan(weights_part, data.train, SEARCH_TRAIN, True, "search training half"),
                                        plan(alphas_part, data.train, SEARCH_VAL, True, "search validation half")])
+    test = None
     if purpose == "retrain":
-        everything = np.arange(len(data.train.labels))
-        (train,) = make(data.train, [plan(everything, data.train, RETRAIN_TRAIN, True, "training set", cutout)])
+        kept, held = holdout_split(data.train.labels, getattr(cfg, "val_portion", 0.0), seed)
+        plans = [plan(kept, data.train, RETRAIN_TRAIN, True, "training set", cutout)]
+        if len(held):  # evaluated like the test split: no augmentation
+            plans.append(plan(held, data.train, HOLDOUT, False, "validation hold-out"))
+        train, *held_out = make(data.train, plans)
+        val = held_out[0] if held_out else None
     if purpose != "search":
         everything = np.arange(len(data.test.labels))
-        (val,) = make(data.test, [plan(everything, data.test, EVALUATE, False, "test set")])
-    return Loaders(train, val, data.num_classes, data.image_size)
+        (test,) = make(data.test, [plan(everything, data.test, EVALUATE, False, "test set")])
+    return Loaders(train, val, data.num_classes, data.image_size, test)
+
+
+def holdout_split(labels, portion: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held-out) positions of a training split: round(portion x n_c) images of each class c held out,
+    drawn by a generator of (seed, HOLDOUT), so the split is the same on every rank and every restart."""
+    labels = np.asarray(labels)
+    if not 0.0 <= portion < 1.0:
+        raise DataError(f"bad data setting: val_portion {portion}")
+    shuffled = np.random.default_rng([seed, HOLDOUT]).permutation(len(labels))
+    by_class = shuffled[np.argsort(labels[shuffled], kind="stable")]  # each class's images, in a seeded order
+    counts = np.bincount(labels)
+    rank_in_class = np.arange(len(labels)) - np.repeat(np.cumsum(counts) - counts, counts)
+    quota = np.round(portion * counts).astype(np.int64)
+    held = np.sort(by_class[rank_in_class < quota[labels[by_class]]])
+    return np.setdiff1d(np.arange(len(labels)), held), held

@@ -16,6 +16,8 @@ Larger ones train with ImageNet's RandomResizedCrop, flip and colour jitter, and
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from typing import NamedTuple, Union
 
@@ -135,13 +137,25 @@ def _require(name, root, relpaths, expected, download, fetch):
         return [p for p in relpaths if not os.path.exists(os.path.join(root, p))]
 
     if missing() and download:
-        try:
-            fetch()
-        except Exception as exc:  # urllib, tarfile and checksum errors all mean the same: no usable download
-            raise DataError(f"{name}: downloading to {root} failed ({one_line(exc)}); "
-                            f"put {expected} there by hand") from None
+        with download_lock(root):
+            try:
+                if missing():  # not fetched meanwhile by the process that held the lock
+                    fetch()
+            except Exception as exc:  # urllib, tarfile and checksum errors all mean the same: no usable download
+                raise DataError(f"{name}: downloading to {root} failed ({one_line(exc)}); "
+                                f"put {expected} there by hand") from None
     if missing():
         raise DataError(f"{name}: {root} has no {expected}; {DOWNLOAD_HINT}")
+
+
+@contextlib.contextmanager
+def download_lock(root: str):
+    """Exclusive use of data folder `root` while downloading into it: of all the ranks and trials on the machines
+    that share the folder, one downloads; the others wait, then find the files."""
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, ".dist-darts-download.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or its process dies
+        yield
 
 
 def _check_labels(name, path, labels, num_classes):

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..config import TEXT_DATASETS
-from .datasets import DataError, one_line
+from .datasets import DataError, download_lock, one_line
 
 EOS = "<eos>"
 UNK = "<unk>"
@@ -119,8 +119,13 @@ def load_text(name: str, root: str | None = None, download: bool = False) -> Cor
     if not root:
         raise DataError(f"{name}: no data directory given (--data-dir)")
     root = os.path.expanduser(root)
-    if download and name in DOWNLOADS and not all(os.path.isfile(os.path.join(root, f"{s}.txt")) for s in SPLITS):
-        fetch(name, root)
+    def missing():
+        return not all(os.path.isfile(os.path.join(root, f"{s}.txt")) for s in SPLITS)
+
+    if download and name in DOWNLOADS and missing():
+        with download_lock(root):
+            if missing():  # not fetched meanwhile by the process that held the lock
+                fetch(name, root)
     return read_folder(name, root)
 
 
