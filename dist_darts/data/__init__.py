@@ -129,15 +129,12 @@ def build_loaders(cfg, dist_env, purpose: str) -> Loaders:
 
 
 def holdout_split(labels, portion: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(kept, held-out) positions of a training split: round(portion x n_c) images of each class c held out,
-    drawn by a generator of (seed, HOLDOUT), so the split is the same on every rank and every restart."""
+    """(kept, held-out) positions of a training split: a class-balanced share `portion` of each class held out,
+    drawn from (seed, HOLDOUT), so the split is the same on every rank and every restart."""
     labels = np.asarray(labels)
     if not 0.0 <= portion < 1.0:
         raise DataError(f"bad data setting: val_portion {portion}")
-    shuffled = np.random.default_rng([seed, HOLDOUT]).permutation(len(labels))
-    by_class = shuffled[np.argsort(labels[shuffled], kind="stable")]  # each class's images, in a seeded order
-    counts = np.bincount(labels)
-    rank_in_class = np.arange(len(labels)) - np.repeat(np.cumsum(counts) - counts, counts)
-    quota = np.round(portion * counts).astype(np.int64)
-    held = np.sort(by_class[rank_in_class < quota[labels[by_class]]])
+    if portion == 0.0:
+        return np.arange(len(labels)), np.arange(0)
+    (held,) = class_balanced_subsets(labels, [portion], seed, HOLDOUT)
     return np.setdiff1d(np.arange(len(labels)), held), held
