@@ -18,7 +18,9 @@ Every method is plain DARTS plus one small change, with the defaults of its auth
   DARTS's); the cell is derived from softmax(alphas), as the authors do.
 
 Random draws come from the `generator` the caller hands in: seeded alike on every rank, they make the noise of
-sdarts-rs and the samples of drnas identical on all ranks, so the alphas stay identical under DDP.
+sdarts-rs and the samples of drnas identical on all ranks, so the alphas stay identical under DDP. The network
+draws one sample per phase of a step (supernet.Network.sampling): the second-order step's four passes and the
+micro-batches of --accumulate all see it, so its finite difference measures the weights' change, not noise.
 """
 
 from __future__ import annotations

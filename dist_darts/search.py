@@ -116,11 +116,11 @@ def search_step(model: Network, train_model: nn.Module, architect: Architect, w_
                 generator: torch.Generator | None = None) -> StepOutput:
     """One DARTS step, as the original: the alphas' step on a validation batch (first or second order), then the
     weights' step on a training batch (forward, backward, gradient-norm clip, SGD). A stochastic method draws its
-    noise from `generator`.
+    noise from `generator`: one sample for the alpha step (all its passes) and one for the weight step.
 
     With accumulate N, both batches are split into N equal micro-batches whose gradients are averaged into the one
-    step: the same step as the whole batch at once, up to BatchNorm normalising over each micro-batch. Without
-    update_alphas (the alphas' warm-up) only the weights move."""
+    step: the same step as the whole batch at once (the same samples too), up to BatchNorm normalising over each
+    micro-batch. Without update_alphas (the alphas' warm-up) only the weights move."""
     (x_train, y_train), (x_val, y_val) = batch
     if len(y_train) % accumulate or len(y_val) % accumulate:
         raise ValueError(f"batches of {len(y_train)} and {len(y_val)} do not split into {accumulate} equal "
@@ -133,16 +133,17 @@ def search_step(model: Network, train_model: nn.Module, architect: Architect, w_
     w_optimizer.zero_grad(set_to_none=True)
     losses, logits = [], []
     micro = list(zip(x_train.chunk(accumulate), y_train.chunk(accumulate)))
-    for i, (x, y) in enumerate(micro):
-        # DDP all-reduces the weights' gradients once, on the last micro-batch's backward
-        syncs = i == len(micro) - 1 or not hasattr(train_model, "no_sync")
-        with contextlib.nullcontext() if syncs else train_model.no_sync(), model.sampling(WEIGHT_STEP, generator):
-            with autocast():
-                out = train_model(x).float()
-            loss = criterion(out, y)
-            (loss / accumulate).backward()
-        losses.append(loss.detach())
-        logits.append(out.detach())
+    with model.sampling(WEIGHT_STEP, generator):  # one block: every micro-batch sees the step's one sample
+        for i, (x, y) in enumerate(micro):
+            # DDP all-reduces the weights' gradients once, on the last micro-batch's backward
+            syncs = i == len(micro) - 1 or not hasattr(train_model, "no_sync")
+            with contextlib.nullcontext() if syncs else train_model.no_sync():
+                with autocast():
+                    out = train_model(x).float()
+                loss = criterion(out, y)
+                (loss / accumulate).backward()
+            losses.append(loss.detach())
+            logits.append(out.detach())
     nn.utils.clip_grad_norm_(architect.weights, grad_clip)
     w_optimizer.step()
     loss = torch.stack(losses).mean()

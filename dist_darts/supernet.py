@@ -11,7 +11,9 @@ the cell's concat) and ``fast_depthwise`` (ops.DepthwiseConv2d's CPU backward). 
 caller's: the network computes in the format of its input and parameters.
 
 ``method`` (methods.METHODS) decides how the alphas weigh the ops; a search step says which of its passes a forward
-belongs to with ``sampling(phase, generator)`` and the epoch with ``set_epoch``.
+belongs to with ``sampling(phase, generator)`` and the epoch with ``set_epoch``. Every forward inside one
+``sampling`` block draws the same random numbers (one sample per phase of a step, however many passes and
+micro-batches the phase runs).
 """
 
 import contextlib
@@ -161,6 +163,7 @@ class Network(nn.Module):
         super().__init__()
         self.method: Darts = METHODS[method]
         self._phase, self._generator, self._epoch, self._epochs = None, None, 0, 1
+        self._draw_state = None  # the generator's state at the start of the sampling block, or None
         self._C = C
         self._num_classes = num_classes
         self._layers = layers
@@ -205,13 +208,16 @@ class Network(nn.Module):
     @contextlib.contextmanager
     def sampling(self, phase: str, generator: torch.Generator | None):
         """Forwards inside belong to `phase` of a search step (methods.WEIGHT_STEP or ALPHA_STEP) and draw their
-        random numbers from `generator`; outside, the op weights are deterministic."""
-        saved = self._phase, self._generator
+        random numbers from `generator`, each forward from the state it had at the block's start: the unrolled
+        step's four passes and every micro-batch see one sample, as one pass over the whole batch would. Outside,
+        the op weights are deterministic."""
+        saved = self._phase, self._generator, self._draw_state
         self._phase, self._generator = phase, generator
+        self._draw_state = None if generator is None else generator.get_state()
         try:
             yield
         finally:
-            self._phase, self._generator = saved
+            self._phase, self._generator, self._draw_state = saved
 
     def mixing_weights(self, alphas: torch.Tensor, cell: str) -> torch.Tensor:
         weights = self.method.mix(alphas, self._phase, self._generator, self._epoch, self._epochs)
@@ -230,6 +236,8 @@ class Network(nn.Module):
         return [(name, p) for name, p in self.named_parameters() if name not in self._arch_names]
 
     def forward(self, input):
+        if self._draw_state is not None:  # the block's one sample, drawn again
+            self._generator.set_state(self._draw_state)
         w_normal = self.mixing_weights(self.alphas_normal, "normal")
         w_reduce = self.mixing_weights(self.alphas_reduce, "reduce")
         skip = self.skip_coefficient if self.method.auxiliary_skip else None

@@ -1,6 +1,7 @@
 """The search methods (dist_darts.methods): each one's defining equation against an independent computation on a
 tiny supernet, its derivation, its noise identical on 2 gloo ranks, and an exact resume mid-search."""
 
+import contextlib
 import os
 
 import pytest
@@ -228,3 +229,71 @@ def test_resume_mid_epoch_is_exact(tmp_path, method, monkeypatch):
     monkeypatch.setattr(search, "search_step", step)
     search.run(cfg("crashed", resume=True))
     assert_same_state(model_state(tmp_path / "straight"), model_state(tmp_path / "crashed"))
+
+
+def _fixed_sample_second_order(net, x_train, y_train, x_val, y_val, lr, wd, seed, r=0.01):
+    """DARTS's second-order alpha gradient written out, each of its four passes drawing from a freshly seeded
+    generator: the formula with one fixed sample."""
+    names, weights = zip(*net.named_weights())
+    alphas = net.arch_parameters()
+
+    def loss(ws, x, y):
+        with net.sampling(ALPHA_STEP, torch.Generator().manual_seed(seed)):
+            logits = torch.func.functional_call(net, dict(zip(names, ws)), (x,), strict=False)
+            return F.cross_entropy(logits.float(), y)  # the loss in float32, as the architect's
+
+    g_train = torch.autograd.grad(loss(weights, x_train, y_train), weights)
+    unrolled = [(w - lr * (g + wd * w)).detach().requires_grad_() for w, g in zip(weights, g_train)]
+    grads = torch.autograd.grad(loss(unrolled, x_val, y_val), list(alphas) + unrolled)
+    d_alpha, v = grads[:len(alphas)], grads[len(alphas):]
+    eps = r / torch.cat([t.reshape(-1) for t in v]).norm()
+    g_plus = torch.autograd.grad(loss([w + eps * t for w, t in zip(weights, v)], x_train, y_train), alphas)
+    g_minus = torch.autograd.grad(loss([w - eps * t for w, t in zip(weights, v)], x_train, y_train), alphas)
+    return [a - lr * (p - m) / (2 * eps) for a, p, m in zip(d_alpha, g_plus, g_minus)]
+
+
+@pytest.mark.parametrize("method", ["drnas", "sdarts-rs"])
+def test_second_order_uses_one_sample_for_all_four_passes(method):
+    net = _net(method)
+    lr, wd = 0.1, 3e-4
+    arch = Architect(net, nn.CrossEntropyLoss(), torch.optim.Adam(net.arch_parameters()),
+                     torch.optim.SGD(net.weights(), lr), 0.9, wd, unrolled=True)
+    (x_train, y_train), (x_val, y_val) = _batch(0), _batch(1)
+    with net.sampling(ALPHA_STEP, torch.Generator().manual_seed(5)):
+        ours, _ = arch.alpha_gradients(x_train, y_train, x_val, y_val, lr)
+    expected = _fixed_sample_second_order(net, x_train, y_train, x_val, y_val, lr, wd, seed=5)
+    for a, b in zip(ours, expected):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_forwards_in_one_sampling_block_draw_one_sample():
+    net = _net("drnas")
+    x, _ = _batch()
+    generator = torch.Generator().manual_seed(2)
+    with net.sampling(WEIGHT_STEP, generator):
+        first, second = net(x), net(x)
+    assert torch.equal(first, second)
+    with net.sampling(WEIGHT_STEP, generator):  # the next block (the next phase or step): a new sample
+        assert not torch.allclose(net(x), first)
+
+
+@pytest.mark.parametrize("unrolled", [False, True])
+@pytest.mark.parametrize("method", ["drnas", "sdarts-rs"])
+def test_accumulation_is_the_whole_batch_with_its_one_sample(method, unrolled):
+    """The supernet in eval mode normalises with fixed statistics, so micro-batches must reproduce the whole batch's
+    step exactly, noise included: one sample for the alpha step and one for the weight step."""
+    (x_train, y_train), (x_val, y_val) = _batch(0, n=8), _batch(1, n=8)
+    states = []
+    for accumulate in (1, 4):
+        net = _net(method).eval()
+        net.set_epoch(3, 10)
+        w_opt = torch.optim.SGD(net.weights(), 0.1, momentum=0.9, weight_decay=3e-4)
+        arch = Architect(net, nn.CrossEntropyLoss(), torch.optim.Adam(net.arch_parameters(), 0.01), w_opt, 0.9,
+                         3e-4, unrolled=unrolled)
+        search.search_step(net, net, arch, w_opt, nn.CrossEntropyLoss(), ((x_train, y_train), (x_val, y_val)), 0.1,
+                           5.0, contextlib.nullcontext, False, accumulate,
+                           generator=torch.Generator().manual_seed(9))
+        states.append(net.state_dict())
+    assert not torch.equal(states[0]["alphas_normal"], _net(method).alphas_normal)  # the step moved the alphas
+    for k in states[0]:
+        assert torch.allclose(states[0][k], states[1][k], rtol=1e-7, atol=1e-10), k
