@@ -22,12 +22,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .genotype import PRIMITIVES, Genotype, derive, edge_weights
+from .genotype import NONE_INDEX, PRIMITIVES, Genotype, derive, edge_weights
 from .methods import METHODS, Darts
 from .ops import FactorizedReduce, Identity, ReLUConvBN, build_op, scaled_forward
 from .projection import Projection
-
-NONE_INDEX = PRIMITIVES.index("none")
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
