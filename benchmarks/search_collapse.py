@@ -56,7 +56,9 @@ def parse_args(argv=None):
     p.add_argument("--derive", default="original", choices=("original", "darts-pt"),
                    help="cell derivation of every run (default: original; darts-pt adds DARTS-PT's selection epochs)")
     p.add_argument("--pt-tune-epochs", type=int, default=1, help="with --derive darts-pt: search epochs between two "
-                   "decisions (default: 1, for the CPU; the paper's is 10)")
+                   "decisions (default: 1, for the CPU; the authors' is 5)")
+    p.add_argument("--darts-settings", action="store_true", help="run every method at DARTS's optimiser settings "
+                   "instead of its authors' (--method's own, docs/methods.md); the sizes above apply either way")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time, one torch thread each (default: 2)")
     p.add_argument("--plot", default="docs/search_collapse.png", help="plot file (default: %(default)s)")
     args = p.parse_args(argv)
@@ -76,14 +78,15 @@ def run_one(job: tuple) -> dict:
     args, method, seed = job
     import torch
     from dist_darts import collapse, search
-    from dist_darts.config import SearchConfig
+    from dist_darts.config import SearchConfig, build
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix=f"collapse-{method}-{seed}-") as tmp:
-        cfg = SearchConfig(dataset=args.dataset, workers=0, device="cpu", seed=seed, epochs=args.epochs,
-                           steps_per_epoch=args.steps_per_epoch, layers=args.layers,
-                           init_channels=args.init_channels, batch_size=args.batch_size, method=method,
-                           derive=args.derive, pt_tune_epochs=args.pt_tune_epochs, log_interval=10**6,
-                           output=f"{tmp}/search")
+        settings = dict(dataset=args.dataset, workers=0, device="cpu", seed=seed, epochs=args.epochs,
+                        steps_per_epoch=args.steps_per_epoch, layers=args.layers, init_channels=args.init_channels,
+                        batch_size=args.batch_size, method=method, derive=args.derive,
+                        pt_tune_epochs=args.pt_tune_epochs, log_interval=10**6, output=f"{tmp}/search")
+        # build() adds the method's own settings (its rates from its base batch) where these do not set them
+        cfg = SearchConfig(**settings) if args.darts_settings else build(SearchConfig, overrides=settings)
         started = time.perf_counter()
         result = search.run(cfg)
         seconds = time.perf_counter() - started

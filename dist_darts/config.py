@@ -220,14 +220,26 @@ class SearchConfig(JobConfig):
                                "(uniform noise on softmax(alphas) in the weight step), fair-darts (sigmoids + zero-one "
                                "loss), drnas (Dirichlet samples); see docs/methods.md", "architecture search",
                       choices=("darts", "darts-minus", "beta-darts", "sdarts-rs", "fair-darts", "drnas"))
-    hessian_every: int = opt(0, "every N epochs, estimate the dominant eigenvalue of the validation loss's Hessian "
-                                "in the alphas (RobustDARTS' collapse signal; 20 power-iteration steps of 2 "
-                                "forward/backward passes on one validation batch); 0 = off", "architecture search")
-    early_stop: str = opt("none", "end the search at the first epoch where a collapse rule fires, keeping the "
-                                  "previous epoch's genotype: skips (DARTS+: more than 2 skip_connects in the "
-                                  "normal cell of the original rule), eigenvalue (RobustDARTS: the Hessian "
-                                  "eigenvalue above 1.3x its minimum; needs --hessian-every), none",
-                          "architecture search", choices=("none", "skips", "eigenvalue"))
+    hessian_every: int = opt(0, "every N epochs, estimate the largest eigenvalue of the validation loss's Hessian "
+                                "in the alphas (RobustDARTS' collapse signal, which its authors estimate every 2 "
+                                "epochs; 20 power-iteration steps of 2 forward/backward passes on one validation "
+                                "batch); 0 = off", "architecture search")
+    early_stop: str = opt("none", "end the search at the first epoch where a collapse rule fires: skips (DARTS+'s "
+                                  "criterion 1: 2 or more skip_connects in the normal cell of the original rule; "
+                                  "that epoch's genotype is the result), eigenvalue (RobustDARTS: the local average "
+                                  "of the Hessian eigenvalue grew by more than --eigenvalue-factor over "
+                                  "--eigenvalue-delta estimates; the result is the genotype of the earlier local "
+                                  "average's epoch; needs --hessian-every), none", "architecture search",
+                          choices=("none", "skips", "eigenvalue"))
+    eigenvalue_window: int = opt(5, "--early-stop eigenvalue: estimates per local average (RobustDARTS's)",
+                                 "architecture search")
+    eigenvalue_delta: int = opt(4, "--early-stop eigenvalue: the local average compared with is this many estimates "
+                                   "earlier, and the search rolls back to its epoch (RobustDARTS's)",
+                                "architecture search")
+    eigenvalue_factor: float = opt(1.3, "--early-stop eigenvalue: fire when the newer local average exceeds the "
+                                        "earlier one by more than this factor (RobustDARTS's)", "architecture search")
+    eigenvalue_start_epoch: int = opt(10, "--early-stop eigenvalue: the earliest epoch, counted from 0, the search "
+                                          "may roll back to (RobustDARTS's)", "architecture search")
     max_skip: int | None = opt(None, "derive the normal cell with at most N skip_connects (P-DARTS's rule: the "
                                      "kept skip_connect of least weight is struck off and the cell derived again, "
                                      "until N remain); unset = the original's rule", "architecture search")
@@ -237,8 +249,9 @@ class SearchConfig(JobConfig):
                                   "accuracy, then each node its two most needed inputs, with --pt-tune-epochs of "
                                   "search between decisions; see docs/methods.md)", "architecture search",
                       choices=("original", "darts-pt"))
-    pt_tune_epochs: int = opt(10, "DARTS-PT: search epochs between two decisions (the paper's 10; 17 decisions "
-                                  "in the DARTS cell, so the selection runs 16 x N + 1 epochs after --epochs)",
+    pt_tune_epochs: int = opt(5, "DARTS-PT: search epochs between two decisions, at a constant tenth of the "
+                                 "weights' learning rate (the authors' scripts' 5; 17 decisions in the DARTS cell, "
+                                 "so the selection runs 16 x N + 1 epochs after --epochs)",
                               "architecture search")
     precision: str = opt("auto", "autocast precision of the weight step, the first-order alpha step and evaluation: "
                                  "auto = bf16 on GPU, fp32 on CPU; the second-order (--unrolled) alpha step always "
@@ -274,7 +287,14 @@ class SearchConfig(JobConfig):
                               f"{self.train_subset} and {self.arch_subset}")
         check_ranges(self, minimum=1, names=("partial_channels",))
         check_ranges(self, minimum=0, names=("hessian_every", "max_skip"))
-        check_ranges(self, minimum=1, names=("pt_tune_epochs",))
+        check_ranges(self, minimum=1, names=("pt_tune_epochs", "eigenvalue_window", "eigenvalue_delta"))
+        check_ranges(self, minimum=0, names=("eigenvalue_start_epoch",))
+        if self.eigenvalue_factor <= 0:
+            raise ConfigError(f"eigenvalue-factor: must be > 0, got {self.eigenvalue_factor}")
+        if self.method == "drnas" and self.partial_channels > 1:  # docs/methods.md: what DrNAS's authors run
+            raise ConfigError("partial-channels: DrNAS's progressive learning (partial channels K=6 -> 4 with the ops "
+                              "pruned 7 -> 4 at epoch 25) is not built, and PC-DARTS's edge normalisation is no part "
+                              "of DrNAS; use --partial-channels 1 with --method drnas")
         if self.derive == "darts-pt" and self.early_stop != "none":  # the selection needs the whole search first
             raise ConfigError("early-stop: DARTS-PT selects the cell after the whole search; use --early-stop none "
                               "with --derive darts-pt")
@@ -663,12 +683,27 @@ def load_yaml(path: str) -> dict:
 
 PRESETS = Path(__file__).resolve().parent / "presets"
 
+# --method X brings the settings its authors' released code searches the DARTS space with, wherever they differ
+# from DARTS's (the SearchConfig defaults); a key given in the YAML file or on the command line still wins. The
+# base batch is the authors' batch, so the scaling rules give their rates at it. Sources (file:line) and the
+# settings not taken over: docs/methods.md.
+METHOD_DEFAULTS = {
+    "fair-darts": {"batch_size": 128, "base_batch_size": 128, "learning_rate": 0.005, "arch_learning_rate": 3e-3,
+                   "arch_beta1": 0.9},
+    "drnas": {"learning_rate": 0.1, "learning_rate_min": 0.0, "arch_learning_rate": 6e-4},
+}
+
+
+def method_defaults(method: str, given: dict) -> dict:
+    """The settings --method `method` brings that `given` (the keys set explicitly) does not set."""
+    return {k: v for k, v in METHOD_DEFAULTS.get(method, {}).items() if k not in given}
+
 
 def build(cls, yaml_values: dict | None = None, overrides: dict | None = None, source: str = "config"):
     """A config of type cls from YAML values and explicit overrides, checked field by field.
 
     Under both lies the data set's preset for this kind of job, where one exists: presets/KIND_DATASET.yaml
-    (the ImageNet retrain recipe)."""
+    (the ImageNet retrain recipe), and under that a search method's own settings (METHOD_DEFAULTS)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
     for where, given in ((source, yaml_values or {}), ("command line", overrides or {})):
@@ -680,6 +715,8 @@ def build(cls, yaml_values: dict | None = None, overrides: dict | None = None, s
     preset = PRESETS / f"{kind}_{values.get('dataset', fields['dataset'].default if 'dataset' in fields else '')}.yaml"
     if preset.is_file():
         values = {**{k: _coerce(cls, fields[k], v, str(preset)) for k, v in load_yaml(str(preset)).items()}, **values}
+    if "method" in fields:
+        values.update(method_defaults(values.get("method", fields["method"].default), values))
     return cls(**values)
 
 

@@ -26,6 +26,15 @@ PRIMITIVES = [
     "dil_conv_5x5",
 ]
 
+NONE_INDEX = PRIMITIVES.index("none")
+
+
+def without_none(t: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+    """t with its 'none' column (the last dimension's) set to `fill`: the op set of a method that searches without
+    'none' (FairDARTS, DrNAS), kept in the alphas' 8 columns so every genotype and alpha file keeps its format."""
+    return t.masked_fill(torch.arange(t.shape[-1], device=t.device) == NONE_INDEX, fill)
+
+
 # Ops an evaluation cell may use: the search primitives (less 'none') plus the two NASNet/AmoebaNet ones.
 EVAL_OPS = PRIMITIVES[1:] + ["sep_conv_7x7", "conv_7x1_1x7"]
 
@@ -203,8 +212,9 @@ def derive(alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor,
     With `max_skip` (P-DARTS's rule), the normal cell keeps at most that many skip_connects: while it holds more,
     the kept skip_connect of least weight is struck off its edge and the cell derived again (that edge then offers
     its next op, or loses its place to another edge). `mixing` "sigmoid" (FairDARTS) ranks independent sigmoids
-    of the alphas instead of their softmax; "weights" takes the tensors as op weights already (DARTS-PT's
-    projected weights).
+    of the alphas instead of their softmax; "softmax-without-none" the softmax over the ops other than 'none'
+    (DrNAS, whose search has no 'none'); "weights" takes the tensors as op weights already (DARTS-PT's projected
+    weights).
     """
     edges = sum(2 + i for i in range(steps))
     for name, a in (("alphas_normal", alphas_normal), ("alphas_reduce", alphas_reduce)):
@@ -213,15 +223,16 @@ def derive(alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor,
     if max_skip is not None and max_skip < 0:
         raise GenotypeError(f"max_skip: needs a count of 0 or more, got {max_skip}")
 
-    transforms = {"softmax": lambda a: torch.softmax(a, dim=-1), "sigmoid": torch.sigmoid, "weights": torch.clone}
+    transforms = {"softmax": lambda a: torch.softmax(a, dim=-1), "sigmoid": torch.sigmoid, "weights": torch.clone,
+                  "softmax-without-none": lambda a: torch.softmax(without_none(a, float("-inf")), dim=-1)}
     if mixing not in transforms:
-        raise GenotypeError(f"mixing: softmax, sigmoid or weights, got {mixing!r}")
+        raise GenotypeError(f"mixing: {', '.join(transforms)}; got {mixing!r}")
 
     def op_weights(alphas, betas):
         weights = transforms[mixing](alphas.detach().float().cpu())
         if betas is not None:
             weights = weights * edge_weights(betas.detach().float().cpu(), steps).unsqueeze(-1)
-        weights[:, PRIMITIVES.index("none")] = float("-inf")  # 'none' never wins an edge nor ranks one
+        weights[:, NONE_INDEX] = float("-inf")  # 'none' never wins an edge nor ranks one
         return weights
 
     def parse(weights):

@@ -6,25 +6,37 @@ Every method is plain DARTS plus one small change, with the defaults of its auth
 - darts-minus (DARTS-, Chu et al.): an auxiliary skip connection on every edge, outside the mixture, scaled by
   beta = 1 - epoch / epochs, so skip_connect no longer needs to win the alphas to pass the signal on.
 - beta-darts (beta-DARTS, Ye et al.): the alpha step's loss gains lambda * mean over edges of
-  logsumexp(alphas), lambda = 50 * epoch / 100 (as in the authors' architect).
+  logsumexp(alphas), lambda = 50 * epoch / epochs. The authors' architect has 50 * epoch / 100 for their
+  100-epoch NAS-Bench-201 search (the only path of theirs that runs: their DARTS-space script crashes), which is
+  this linear rise from 0 to 50 over the search; over a 50-epoch search the literal 100 would stop at 24.5.
 - sdarts-rs (SDARTS-RS, Chen & Hsieh): the weight step sees softmax(alphas) + U(-eps, eps), clipped to [0, 1] and
   renormalised per edge, eps rising linearly from 0.03 to 0.3 over the search; the alpha step sees no noise.
-- fair-darts (FairDARTS, Chu et al.): independent sigmoids instead of the softmax, and the alpha step's loss gains
-  10 * the zero-one loss -mean((sigmoid(alphas) - 0.5)^2). The cell is derived by the original top-2 rule on the
-  sigmoids (the paper's 0.85 threshold gives cells of any in-degree, which the genotype format does not hold).
-- drnas (DrNAS, Chen et al.): the op weights are a sample of Dirichlet(elu(alphas) + 1) in every training forward
-  (weight and alpha steps; the pathwise gradient reaches the concentration); evaluation uses the Dirichlet's mean.
-  Its default regulariser is the L2 penalty on the alphas, which is the alpha optimiser's weight decay (1e-3, as
-  DARTS's); the cell is derived from softmax(alphas), as the authors do.
+- fair-darts (FairDARTS, Chu et al.): independent sigmoids instead of the softmax over the 7 ops other than 'none'
+  (the authors' op set), and the alpha step's loss gains 10 * the zero-one loss -mean((sigmoid(alphas) - 0.5)^2)
+  over those 7. The cell is derived by the original top-2 rule on the sigmoids: the authors' threshold_sparse
+  parse takes the same two edges per node but drops an edge whose best sigmoid is below 0.85, leaving nodes
+  with fewer than two inputs, which the genotype format (two per node) does not hold.
+- drnas (DrNAS, Chen et al.): the op weights of the 7 ops other than 'none' (the authors' op set) are a sample of
+  Dirichlet(elu(alphas) + 1) in every training forward (weight and alpha steps; the pathwise gradient reaches the
+  concentration); evaluation uses the Dirichlet's mean. Its default regulariser is the L2 penalty on the alphas,
+  which is the alpha optimiser's weight decay (1e-3, as DARTS's); the cell is derived from the softmax of the
+  alphas over the 7 ops, as the authors do.
+
+A method whose authors search without 'none' keeps the alphas' 8 columns (genotype and alpha files keep their
+format): the 'none' column gets weight 0 in every forward and in the derivation, so no gradient reaches it.
 
 Random draws come from the `generator` the caller hands in: seeded alike on every rank, they make the noise of
-sdarts-rs and the samples of drnas identical on all ranks, so the alphas stay identical under DDP.
+sdarts-rs and the samples of drnas identical on all ranks, so the alphas stay identical under DDP. The network
+draws one sample per phase of a step (supernet.Network.sampling): the second-order step's four passes and the
+micro-batches of --accumulate all see it, so its finite difference measures the weights' change, not noise.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .genotype import NONE_INDEX, without_none
 
 # phases of a search step in which a network's forward runs; None = evaluation (deterministic weights)
 WEIGHT_STEP, ALPHA_STEP = "weights", "alphas"
@@ -34,7 +46,7 @@ class Darts:
     """Plain DARTS; the base every method changes one part of."""
 
     name = "darts"
-    derivation = "softmax"  # what genotype.derive ranks: softmax or sigmoid of the alphas
+    derivation = "softmax"  # what genotype.derive ranks (its `mixing`): a softmax or the sigmoids of the alphas
     auxiliary_skip = False  # does every edge carry DARTS-'s extra skip connection
     stochastic = False  # does a forward draw random numbers (then the caller hands in a generator)
 
@@ -66,10 +78,11 @@ class DartsMinus(Darts):
 
 class BetaDarts(Darts):
     name = "beta-darts"
-    LAMBDA_PER_EPOCH = 50 / 100  # the authors' schedule: 0 + 50 * epoch / 100
+    LAMBDA_MAX = 50.0  # lambda rises linearly from 0 to this over the search
 
     def penalty(self, alphas, epoch, epochs):
-        return self.LAMBDA_PER_EPOCH * epoch * torch.cat([torch.logsumexp(a, dim=-1) for a in alphas]).mean()
+        lam = self.LAMBDA_MAX * epoch / epochs
+        return lam * torch.cat([torch.logsumexp(a, dim=-1) for a in alphas]).mean()
 
 
 class SdartsRS(Darts):
@@ -98,15 +111,17 @@ class FairDarts(Darts):
     ZERO_ONE_WEIGHT = 10.0
 
     def weights(self, alphas):
-        return torch.sigmoid(alphas)
+        return without_none(torch.sigmoid(alphas))
 
     def penalty(self, alphas, epoch, epochs):
-        sig = torch.sigmoid(torch.cat([a.reshape(-1) for a in alphas]))
+        searched = [i for i in range(alphas[0].shape[-1]) if i != NONE_INDEX]  # the authors' 7 ops
+        sig = torch.sigmoid(torch.cat([a[:, searched].reshape(-1) for a in alphas]))
         return -self.ZERO_ONE_WEIGHT * ((sig - 0.5) ** 2).mean()
 
 
 class DrNAS(Darts):
     name = "drnas"
+    derivation = "softmax-without-none"
     stochastic = True
 
     @staticmethod
@@ -114,7 +129,7 @@ class DrNAS(Darts):
         return F.elu(alphas) + 1
 
     def weights(self, alphas):
-        c = self.concentration(alphas)
+        c = without_none(self.concentration(alphas))
         return c / c.sum(-1, keepdim=True)
 
     def mix(self, alphas, phase, generator, epoch, epochs):
@@ -124,6 +139,7 @@ class DrNAS(Darts):
         # and differentiates through the sample with respect to the concentration
         gammas = torch._standard_gamma(self.concentration(alphas).float(), generator=generator)
         gammas = gammas.clamp_min(torch.finfo(gammas.dtype).tiny)  # an edge of all-zero draws would divide 0 by 0
+        gammas = without_none(gammas)  # the other ops' normalised gammas: a Dirichlet sample over them alone
         return (gammas / gammas.sum(-1, keepdim=True)).to(alphas.dtype)
 
 

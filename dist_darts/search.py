@@ -21,7 +21,7 @@ import torch.nn as nn
 from . import collapse
 from . import genotype as gt
 from .architect import Architect
-from .config import ConfigError, SearchConfig, search_rates
+from .config import METHOD_DEFAULTS, ConfigError, SearchConfig, search_rates
 from .data import build_loaders
 from .distributed import all_reduce_mean_, seed_model_randomness
 from .driver import EpochEnd, StepOutput, run_epochs
@@ -140,11 +140,11 @@ def search_step(model: Network, train_model: nn.Module, architect: Architect, w_
                 generator: torch.Generator | None = None) -> StepOutput:
     """One DARTS step, as the original: the alphas' step on a validation batch (first or second order), then the
     weights' step on a training batch (forward, backward, gradient-norm clip, SGD). A stochastic method draws its
-    noise from `generator`.
+    noise from `generator`: one sample for the alpha step (all its passes) and one for the weight step.
 
     With accumulate N, both batches are split into N equal micro-batches whose gradients are averaged into the one
-    step: the same step as the whole batch at once, up to BatchNorm normalising over each micro-batch. Without
-    update_alphas (the alphas' warm-up) only the weights move."""
+    step: the same step as the whole batch at once (the same samples too), up to BatchNorm normalising over each
+    micro-batch. Without update_alphas (the alphas' warm-up) only the weights move."""
     (x_train, y_train), (x_val, y_val) = batch
     if len(y_train) % accumulate or len(y_val) % accumulate:
         raise ValueError(f"batches of {len(y_train)} and {len(y_val)} do not split into {accumulate} equal "
@@ -157,16 +157,17 @@ def search_step(model: Network, train_model: nn.Module, architect: Architect, w_
     w_optimizer.zero_grad(set_to_none=True)
     losses, logits = [], []
     micro = list(zip(x_train.chunk(accumulate), y_train.chunk(accumulate)))
-    for i, (x, y) in enumerate(micro):
-        # DDP all-reduces the weights' gradients once, on the last micro-batch's backward
-        syncs = i == len(micro) - 1 or not hasattr(train_model, "no_sync")
-        with contextlib.nullcontext() if syncs else train_model.no_sync(), model.sampling(WEIGHT_STEP, generator):
-            with autocast():
-                out = train_model(x).float()
-            loss = criterion(out, y)
-            (loss / accumulate).backward()
-        losses.append(loss.detach())
-        logits.append(out.detach())
+    with model.sampling(WEIGHT_STEP, generator):  # one block: every micro-batch sees the step's one sample
+        for i, (x, y) in enumerate(micro):
+            # DDP all-reduces the weights' gradients once, on the last micro-batch's backward
+            syncs = i == len(micro) - 1 or not hasattr(train_model, "no_sync")
+            with contextlib.nullcontext() if syncs else train_model.no_sync():
+                with autocast():
+                    out = train_model(x).float()
+                loss = criterion(out, y)
+                (loss / accumulate).backward()
+            losses.append(loss.detach())
+            logits.append(out.detach())
     nn.utils.clip_grad_norm_(architect.weights, grad_clip)
     w_optimizer.step()
     loss = torch.stack(losses).mean()
@@ -209,11 +210,17 @@ class SearchTask:
         seed_model_randomness(cfg.seed, job.env.rank)  # identical weights, per-rank noise from here on
         self.model, self.train_model = prepare_job_model(model, job, exclude=tuple(model.arch_parameters()))
         self.criterion = nn.CrossEntropyLoss()
-        self.rates = job.resolved = search_rates(cfg, job.env.world_size)
+        self.rates = search_rates(cfg, job.env.world_size)
+        # the settings --method brings (config.METHOD_DEFAULTS), as this run has them: its authors' unless given
+        method_settings = {k: getattr(cfg, k) for k in METHOD_DEFAULTS.get(cfg.method, {})}
+        job.resolved = {**self.rates, **({"method_settings": method_settings} if method_settings else {})}
+        if method_settings:
+            log.info("--method %s settings (its authors' unless given): %s", cfg.method,
+                     ", ".join(f"{k.replace('_', '-')} {v}" for k, v in method_settings.items()))
         self.subsets = None
         if cfg.train_subset:  # what a resume must read again: checked against the checkpoint's identity
             self.subsets = _subsets_record(loaders.train.plan.indices, loaders.val.plan.indices)
-            job.resolved = {**self.rates, "subsets": self.subsets}
+            job.resolved["subsets"] = self.subsets
             log.info("subsets: %d images for the weights, %d for the alphas (class-balanced, seed %d, sha256 %s)",
                      self.subsets["weights_images"], self.subsets["alphas_images"], cfg.seed,
                      self.subsets["sha256"][:16])
@@ -246,15 +253,18 @@ class SearchTask:
             self.epochs += cfg.pt_tune_epochs * (self.decisions - 1) + 1
         self.images_per_step = self.rates["global_batch"]
         self.metrics = {"train_top1": math.nan, "val_top1": math.nan}
-        self.eigenvalues = []  # every --hessian-every estimate so far, for the growth warning
-        self.previous_genotype = None  # the last epoch's, kept by an --early-stop that fires at this one
+        self.eigenvalues = []  # every --hessian-every estimate so far, for RobustDARTS's rule
+        self.eigenvalue_epochs = []  # the (0-based) epoch of each estimate
+        self.epoch_genotypes = {}  # every epoch's genotype so far, for an --early-stop rule that rolls back
         self.chosen_genotype = None  # what an --early-stop kept: the search's result
+        self.eigenvalue_rule = collapse.LocalAverageRule(cfg.eigenvalue_window, cfg.eigenvalue_delta,
+                                                         cfg.eigenvalue_factor, cfg.eigenvalue_start_epoch)
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "w_optimizer": self.w_opt.state_dict(),
                 "a_optimizer": self.a_opt.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "hessian_eigenvalues": list(self.eigenvalues),
-                "previous_genotype": _as_dict(self.previous_genotype),
+                "hessian_eigenvalues": list(self.eigenvalues), "hessian_epochs": list(self.eigenvalue_epochs),
+                "epoch_genotypes": {e: _as_dict(g) for e, g in self.epoch_genotypes.items()},
                 "chosen_genotype": _as_dict(self.chosen_genotype),
                 "projection": None if self.projection is None else self.projection.state_dict()}
 
@@ -264,8 +274,9 @@ class SearchTask:
         self.a_opt.load_state_dict(state["a_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.eigenvalues = list(state["hessian_eigenvalues"])
-        self.previous_genotype, self.chosen_genotype = (
-            None if state.get(k) is None else gt.from_dict(state[k]) for k in ("previous_genotype", "chosen_genotype"))
+        self.eigenvalue_epochs = list(state["hessian_epochs"])
+        self.epoch_genotypes = {int(e): gt.from_dict(g) for e, g in state["epoch_genotypes"].items()}
+        self.chosen_genotype = None if state.get("chosen_genotype") is None else gt.from_dict(state["chosen_genotype"])
         if self.projection is not None:
             self.projection.load_state_dict(state["projection"])
             if self.projection.decisions_made:  # in the selection already: the network mixes as projected
@@ -300,8 +311,9 @@ class SearchTask:
 
     def _select(self, epoch: int, start_step: int) -> float:
         """DARTS-PT's selection epoch `epoch`: the decision due at its start (not again on a mid-epoch resume,
-        whose checkpoint holds it), and the weights' learning rate. As the authors do, the weights restart from
-        a tenth of the search's rate with fresh momentum, on a cosine down to the floor over the selection."""
+        whose checkpoint holds it), and the weights' learning rate. As the authors run it (ruocwang/darts-pt,
+        sota/cnn/projection.py:134-136), the weights restart with fresh momentum at a tenth of the search's rate and
+        stay there: their cosine scheduler is built but never stepped."""
         cfg, model = self.job.cfg, self.model
         model.projection = self.projection
         if start_step == 0 and epoch == 0:
@@ -312,8 +324,7 @@ class SearchTask:
             if self.job.env.is_main:
                 for line in lines:
                     log.info("DARTS-PT decision %d/%d: %s", decision + 1, self.decisions, line)
-        low, high = self.rates["learning_rate_min"], self.rates["learning_rate"] / 10
-        return low + (high - low) * (1 + math.cos(math.pi * epoch / (self.epochs - cfg.epochs))) / 2
+        return self.rates["learning_rate"] / 10
 
     def _score(self) -> tuple[float, float]:
         """The supernet's validation top-1 and loss as it stands (its projection's trial applied), over the
@@ -347,12 +358,13 @@ class SearchTask:
         genotype = original if cfg.max_skip is None else model.genotype(cfg.max_skip)
         if self.job.env.is_main:
             _save_epoch_outputs(model, genotype, self.job.run_dir, epoch)
+        self.epoch_genotypes[epoch] = genotype
         collapse_row, collapse_text, signals = self._collapse_signs(epoch, original)
-        stop = signals.get(cfg.early_stop)
-        if stop is not None:  # the last epoch before the rule fired gives the result (this one's, at epoch 1)
-            self.chosen_genotype = self.previous_genotype or genotype
-            stop += f"; the result is epoch {epoch if self.previous_genotype else epoch + 1}'s genotype"
-        self.previous_genotype = genotype
+        stop = None
+        if cfg.early_stop in signals:  # the rule says which epoch's genotype is the result
+            stop, kept = signals[cfg.early_stop]
+            self.chosen_genotype = self.epoch_genotypes[kept]
+            stop += f"; the result is epoch {kept + 1}'s genotype"
         result_genotype = self.chosen_genotype or genotype
         arch_lr = self.rates["arch_learning_rate"] if self.update_alphas else 0.0
         scalars = {f"search/{k}": v for k, v in [("lr", self.lr), ("arch_lr", arch_lr),
@@ -384,13 +396,17 @@ class SearchTask:
             eigenvalue = collapse.hessian_eigenvalue(self.model, self.criterion, to_memory_format(x, cfg.channels_last),
                                                      y, average=all_reduce_mean_, seed=cfg.seed)
             self.eigenvalues.append(eigenvalue)
+            self.eigenvalue_epochs.append(epoch)
         edges = len(genotype.normal)
         text = f"param-free ops normal {counts['param_free_normal']}/{edges} reduce {counts['param_free_reduce']}/{edges}"
         if eigenvalue is not None:
             text += f" | Hessian eigenvalue {eigenvalue:.4g}"
-        signals = collapse.signals(counts, self.eigenvalues if eigenvalue is not None else [])
+        # RobustDARTS never stops at the search's last epoch: it ends there anyway, with its own cell
+        estimates = (list(zip(self.eigenvalue_epochs, self.eigenvalues))
+                     if eigenvalue is not None and epoch < cfg.epochs - 1 else None)
+        signals = collapse.signals(counts, epoch, estimates, self.eigenvalue_rule)
         if self.job.env.is_main:
-            for warning in signals.values():
+            for warning, _ in signals.values():
                 log.warning("collapse warning at epoch %d: %s", epoch + 1, warning)
         return {"param_free_normal": counts["param_free_normal"], "param_free_reduce": counts["param_free_reduce"],
                 "hessian_eigenvalue": eigenvalue}, text, signals

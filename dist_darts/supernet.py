@@ -11,7 +11,9 @@ the cell's concat) and ``fast_depthwise`` (ops.DepthwiseConv2d's CPU backward). 
 caller's: the network computes in the format of its input and parameters.
 
 ``method`` (methods.METHODS) decides how the alphas weigh the ops; a search step says which of its passes a forward
-belongs to with ``sampling(phase, generator)`` and the epoch with ``set_epoch``.
+belongs to with ``sampling(phase, generator)`` and the epoch with ``set_epoch``. Every forward inside one
+``sampling`` block draws the same random numbers (one sample per phase of a step, however many passes and
+micro-batches the phase runs).
 
 ``stem`` is "cifar" (one 3x3 convolution at the input's size, the original's) or "imagenet" (PC-DARTS' ImageNet
 supernet: three stride-2 convolutions, 224 px to 28 px before the cells, the first cell reading the 56 px map
@@ -24,12 +26,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .genotype import PRIMITIVES, Genotype, derive, edge_weights
+from .genotype import NONE_INDEX, PRIMITIVES, Genotype, derive, edge_weights
 from .methods import METHODS, Darts
 from .ops import FactorizedReduce, Identity, ReLUConvBN, build_op, imagenet_stem, scaled_forward
 from .projection import Projection
 
-NONE_INDEX = PRIMITIVES.index("none")
 STEMS = ("cifar", "imagenet")
 IMAGENET_STEM_FROM = 112  # --stem auto: inputs of this side and more get the ImageNet stem
 
@@ -189,6 +190,7 @@ class Network(nn.Module):
         super().__init__()
         self.method: Darts = METHODS[method]
         self._phase, self._generator, self._epoch, self._epochs = None, None, 0, 1
+        self._draw_state = None  # the generator's state at the start of the sampling block, or None
         self._C = C
         self._num_classes = num_classes
         self._layers = layers
@@ -239,13 +241,16 @@ class Network(nn.Module):
     @contextlib.contextmanager
     def sampling(self, phase: str, generator: torch.Generator | None):
         """Forwards inside belong to `phase` of a search step (methods.WEIGHT_STEP or ALPHA_STEP) and draw their
-        random numbers from `generator`; outside, the op weights are deterministic."""
-        saved = self._phase, self._generator
+        random numbers from `generator`, each forward from the state it had at the block's start: the unrolled
+        step's four passes and every micro-batch see one sample, as one pass over the whole batch would. Outside,
+        the op weights are deterministic."""
+        saved = self._phase, self._generator, self._draw_state
         self._phase, self._generator = phase, generator
+        self._draw_state = None if generator is None else generator.get_state()
         try:
             yield
         finally:
-            self._phase, self._generator = saved
+            self._phase, self._generator, self._draw_state = saved
 
     def mixing_weights(self, alphas: torch.Tensor, cell: str) -> torch.Tensor:
         weights = self.method.mix(alphas, self._phase, self._generator, self._epoch, self._epochs)
@@ -264,6 +269,8 @@ class Network(nn.Module):
         return [(name, p) for name, p in self.named_parameters() if name not in self._arch_names]
 
     def forward(self, input):
+        if self._draw_state is not None:  # the block's one sample, drawn again
+            self._generator.set_state(self._draw_state)
         w_normal = self.mixing_weights(self.alphas_normal, "normal")
         w_reduce = self.mixing_weights(self.alphas_reduce, "reduce")
         skip = self.skip_coefficient if self.method.auxiliary_skip else None

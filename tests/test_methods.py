@@ -1,6 +1,7 @@
 """The search methods (dist_darts.methods): each one's defining equation against an independent computation on a
 tiny supernet, its derivation, its noise identical on 2 gloo ranks, and an exact resume mid-search."""
 
+import contextlib
 import os
 
 import pytest
@@ -83,7 +84,7 @@ def test_beta_darts_penalty_gradient_is_lambda_softmax_over_the_edges():
     net = _net("beta-darts")
     plain = _alpha_grads(net)
     with_penalty = _alpha_grads(net, penalty_epoch=6)
-    lam = 50 * 6 / 100
+    lam = 50 * 6 / 10  # 0 -> 50 over the search's 10 epochs
     for a, g0, g1 in zip(net.arch_parameters(), plain, with_penalty):
         # d/dalpha of lam * mean over all 2 x 14 edges of logsumexp(alpha_edge) = lam * softmax / 28
         assert torch.allclose(g1 - g0, lam * torch.softmax(a.detach(), -1) / (2 * EDGES), atol=1e-12)
@@ -97,11 +98,15 @@ def test_fair_darts_mixes_by_sigmoids_and_adds_the_zero_one_loss():
     reference.mixing_weights = lambda a, cell: torch.sigmoid(a)  # the same network with sigmoids put in by hand
     assert torch.allclose(net(x), reference(x), atol=1e-12)
     plain, with_penalty = _alpha_grads(net), _alpha_grads(net, penalty_epoch=0)
-    n = 2 * EDGES * OPS
+    n = 2 * EDGES * (OPS - 1)  # the authors' 7 ops: 'none' is not searched
+    none = gt.PRIMITIVES.index("none")
     for a, g0, g1 in zip(net.arch_parameters(), plain, with_penalty):
         s = torch.sigmoid(a.detach())
-        # d/dalpha of -10 * mean((sigmoid - 0.5)^2) over all n alphas
-        assert torch.allclose(g1 - g0, -10 * 2 * (s - 0.5) * s * (1 - s) / n, atol=1e-12)
+        # d/dalpha of -10 * mean((sigmoid - 0.5)^2) over the n alphas of the 7 ops; nothing on 'none''s column
+        expected = -10 * 2 * (s - 0.5) * s * (1 - s) / n
+        expected[:, none] = 0
+        assert torch.allclose(g1 - g0, expected, atol=1e-12)
+        assert torch.equal(g0[:, none], torch.zeros(EDGES, dtype=g0.dtype))  # 'none' adds nothing to the forward
 
 
 def test_fair_darts_derives_from_the_sigmoids():
@@ -150,7 +155,10 @@ def test_sdarts_rs_perturbs_softmax_in_the_weight_step_only():
 def test_drnas_samples_the_dirichlet_and_evaluates_at_its_mean():
     method = METHODS["drnas"]
     alphas = torch.randn(3, OPS, dtype=torch.float64, requires_grad=True)
-    concentration = F.elu(alphas.detach()) + 1
+    full = F.elu(alphas.detach()) + 1
+    none = gt.PRIMITIVES.index("none")
+    concentration = full.clone()
+    concentration[:, none] = 0  # the authors' 7 ops: 'none' is not searched
     mean = concentration / concentration.sum(-1, keepdim=True)
     assert torch.allclose(method.mix(alphas, None, None, 0, 1), mean)
     samples = torch.stack([method.mix(alphas, WEIGHT_STEP, g, 0, 1).detach()
@@ -161,14 +169,34 @@ def test_drnas_samples_the_dirichlet_and_evaluates_at_its_mean():
     assert torch.allclose(samples.var(0), mean * (1 - mean) / (concentration.sum(-1, keepdim=True) + 1), atol=0.003)
     one = method.mix(alphas, ALPHA_STEP, torch.Generator().manual_seed(1), 0, 1)
     assert torch.equal(one, method.mix(alphas, ALPHA_STEP, torch.Generator().manual_seed(1), 0, 1))  # seeded
-    one[0, 0].backward()
+    one[0, 1].backward()
     assert alphas.grad.abs().sum() > 0  # the pathwise gradient reaches the concentration
-    # torch's own Dirichlet, drawn from the same stream, gives the same sample
+    assert torch.equal(alphas.grad[:, none], torch.zeros(3, dtype=alphas.dtype))  # but not 'none''s
+    # torch's own Dirichlet over all 8, drawn from the same stream, with the 'none' share dropped and the rest
+    # renormalised (the normalised gammas of the 7 ops): the same sample
     torch.manual_seed(7)
-    reference = torch.distributions.Dirichlet(concentration).sample()
+    reference = torch.distributions.Dirichlet(full).sample()
+    reference[:, none] = 0
     torch.manual_seed(7)
     ours = method.mix(alphas, WEIGHT_STEP, torch.default_generator, 0, 1)
-    assert torch.allclose(ours.detach(), reference, atol=1e-12)
+    assert torch.allclose(ours.detach(), reference / reference.sum(-1, keepdim=True), atol=1e-12)
+
+
+def test_drnas_derives_from_the_softmax_over_its_seven_ops():
+    a = torch.full((EDGES, OPS), -5.0)
+    none, sep, dil = (gt.PRIMITIVES.index(o) for o in ("none", "sep_conv_3x3", "dil_conv_3x3"))
+    # node 1's inputs (edges 2-4): edge 2 has the strongest op of all but a far stronger 'none', which a softmax
+    # over all 8 ops lets swamp it (it ranks last); over the 7 it ranks first
+    a[2, sep], a[2, none] = 1.0, 10.0
+    a[3, dil] = 0.5
+    assert gt.derive(a, a.clone()).normal[2:4] == [("dil_conv_3x3", 1), ("max_pool_3x3", 2)]
+    seven = gt.derive(a, a.clone(), mixing="softmax-without-none")
+    assert seven.normal[2:4] == [("sep_conv_3x3", 0), ("dil_conv_3x3", 1)]
+    net = Network(4, 10, 3, method="drnas")
+    with torch.no_grad():
+        net.alphas_normal.copy_(a)
+        net.alphas_reduce.copy_(a)
+    assert net.genotype() == seven
 
 
 def _noise_worker(rank, port, out, method):
@@ -228,3 +256,145 @@ def test_resume_mid_epoch_is_exact(tmp_path, method, monkeypatch):
     monkeypatch.setattr(search, "search_step", step)
     search.run(cfg("crashed", resume=True))
     assert_same_state(model_state(tmp_path / "straight"), model_state(tmp_path / "crashed"))
+
+
+def _fixed_sample_second_order(net, x_train, y_train, x_val, y_val, lr, wd, seed, r=0.01):
+    """DARTS's second-order alpha gradient written out, each of its four passes drawing from a freshly seeded
+    generator: the formula with one fixed sample."""
+    names, weights = zip(*net.named_weights())
+    alphas = net.arch_parameters()
+
+    def loss(ws, x, y):
+        with net.sampling(ALPHA_STEP, torch.Generator().manual_seed(seed)):
+            logits = torch.func.functional_call(net, dict(zip(names, ws)), (x,), strict=False)
+            return F.cross_entropy(logits.float(), y)  # the loss in float32, as the architect's
+
+    g_train = torch.autograd.grad(loss(weights, x_train, y_train), weights)
+    unrolled = [(w - lr * (g + wd * w)).detach().requires_grad_() for w, g in zip(weights, g_train)]
+    grads = torch.autograd.grad(loss(unrolled, x_val, y_val), list(alphas) + unrolled)
+    d_alpha, v = grads[:len(alphas)], grads[len(alphas):]
+    eps = r / torch.cat([t.reshape(-1) for t in v]).norm()
+    g_plus = torch.autograd.grad(loss([w + eps * t for w, t in zip(weights, v)], x_train, y_train), alphas)
+    g_minus = torch.autograd.grad(loss([w - eps * t for w, t in zip(weights, v)], x_train, y_train), alphas)
+    return [a - lr * (p - m) / (2 * eps) for a, p, m in zip(d_alpha, g_plus, g_minus)]
+
+
+@pytest.mark.parametrize("method", ["drnas", "sdarts-rs"])
+def test_second_order_uses_one_sample_for_all_four_passes(method):
+    net = _net(method)
+    lr, wd = 0.1, 3e-4
+    arch = Architect(net, nn.CrossEntropyLoss(), torch.optim.Adam(net.arch_parameters()),
+                     torch.optim.SGD(net.weights(), lr), 0.9, wd, unrolled=True)
+    (x_train, y_train), (x_val, y_val) = _batch(0), _batch(1)
+    with net.sampling(ALPHA_STEP, torch.Generator().manual_seed(5)):
+        ours, _ = arch.alpha_gradients(x_train, y_train, x_val, y_val, lr)
+    expected = _fixed_sample_second_order(net, x_train, y_train, x_val, y_val, lr, wd, seed=5)
+    for a, b in zip(ours, expected):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_forwards_in_one_sampling_block_draw_one_sample():
+    net = _net("drnas")
+    x, _ = _batch()
+    generator = torch.Generator().manual_seed(2)
+    with net.sampling(WEIGHT_STEP, generator):
+        first, second = net(x), net(x)
+    assert torch.equal(first, second)
+    with net.sampling(WEIGHT_STEP, generator):  # the next block (the next phase or step): a new sample
+        assert not torch.allclose(net(x), first)
+
+
+@pytest.mark.parametrize("unrolled", [False, True])
+@pytest.mark.parametrize("method", ["drnas", "sdarts-rs"])
+def test_accumulation_is_the_whole_batch_with_its_one_sample(method, unrolled):
+    """The supernet in eval mode normalises with fixed statistics, so micro-batches must reproduce the whole batch's
+    step exactly, noise included: one sample for the alpha step and one for the weight step."""
+    (x_train, y_train), (x_val, y_val) = _batch(0, n=8), _batch(1, n=8)
+    states = []
+    for accumulate in (1, 4):
+        net = _net(method).eval()
+        net.set_epoch(3, 10)
+        w_opt = torch.optim.SGD(net.weights(), 0.1, momentum=0.9, weight_decay=3e-4)
+        arch = Architect(net, nn.CrossEntropyLoss(), torch.optim.Adam(net.arch_parameters(), 0.01), w_opt, 0.9,
+                         3e-4, unrolled=unrolled)
+        search.search_step(net, net, arch, w_opt, nn.CrossEntropyLoss(), ((x_train, y_train), (x_val, y_val)), 0.1,
+                           5.0, contextlib.nullcontext, False, accumulate,
+                           generator=torch.Generator().manual_seed(9))
+        states.append(net.state_dict())
+    assert not torch.equal(states[0]["alphas_normal"], _net(method).alphas_normal)  # the step moved the alphas
+    for k in states[0]:
+        assert torch.allclose(states[0][k], states[1][k], rtol=1e-7, atol=1e-10), k
+
+
+def test_a_method_brings_its_authors_settings_unless_given(tmp_path):
+    import yaml
+    from dist_darts import config
+    from dist_darts.config import ConfigError, build
+
+    def built(yaml_values=None, **overrides):
+        return build(SearchConfig, yaml_values, {"dataset": "digits", **overrides})
+
+    darts = built()
+    assert built(method="darts") == darts  # plain DARTS: the dataclass defaults, the paper's
+    fair = built(method="fair-darts")  # xiaomi-automl/FairDARTS fairdarts/train_search.py, architect.py
+    assert (fair.batch_size, fair.base_batch_size, fair.learning_rate, fair.learning_rate_min) == (128, 128, 0.005,
+                                                                                                   0.001)
+    assert (fair.arch_learning_rate, fair.arch_beta1, fair.arch_beta2, fair.arch_weight_decay) == (3e-3, 0.9, 0.999,
+                                                                                                   1e-3)
+    drnas = built(method="drnas")  # xiangning-chen/DrNAS DARTS-space/train_search.py, architect.py
+    assert (drnas.learning_rate, drnas.learning_rate_min, drnas.arch_learning_rate, drnas.arch_beta1) == (
+        0.1, 0.0, 6e-4, 0.5)
+    # a key given on the command line or in the YAML file wins over the method's
+    assert built(method="fair-darts", arch_learning_rate=1e-3).arch_learning_rate == 1e-3
+    assert built({"arch_beta1": 0.5}, method="fair-darts").arch_beta1 == 0.5
+    assert built({"method": "drnas"}).learning_rate == 0.1
+    with pytest.raises(ConfigError, match="partial-channels: DrNAS's progressive learning"):
+        built(method="drnas", partial_channels=4)
+    # the run prints them and writes them to config.yaml's resolved section, as the run has them
+    cfg = built(method="fair-darts", batch_size=8, layers=3, init_channels=4, workers=0, epochs=1, steps_per_epoch=1,
+                output=str(tmp_path / "run"), log_interval=10**6)
+    search.run(cfg)
+    resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())[config.RESOLVED]
+    assert resolved["method_settings"] == {"batch_size": 8, "base_batch_size": 128, "learning_rate": 0.005,
+                                           "arch_learning_rate": 3e-3, "arch_beta1": 0.9}
+    assert resolved["arch_learning_rate"] == pytest.approx(3e-3 * 8 / 128)  # the linear rule from its base batch
+    assert "--method fair-darts settings (its authors' unless given)" in (tmp_path / "run" / "log.txt").read_text()
+
+
+def test_fair_darts_step_matches_the_authors_code(fixtures_dir):
+    """One search step of the authors' FairDARTS code (tests/fixtures/README.md: its alpha step, then its weight
+    step) against dist-darts's, with --method fair-darts's settings: the alpha gradient, the alphas and the weights
+    after the step. The authors' 7 ops are dist-darts's columns 1-7 ('none', column 0, is not searched)."""
+    from dist_darts.config import build
+    ref = torch.load(fixtures_dir / "fairdarts_search.pt", weights_only=True)
+    cfg = build(SearchConfig, overrides={"dataset": "digits", "method": "fair-darts"})
+
+    def ours(state):  # the authors' op k of an edge is dist-darts's op k + 1
+        return {".".join(p[:5] + [str(int(p[5]) + 1)] + p[6:]) if len(p) > 6 and p[4] == "_ops" else k: v
+                for k, v, p in ((k, v, k.split(".")) for k, v in state.items())}
+
+    torch.manual_seed(0)
+    net = Network(ref["config"]["C"], ref["config"]["num_classes"], ref["config"]["layers"], method="fair-darts")
+    missing, unexpected = net.load_state_dict(ours(ref["state_dict"]), strict=False)
+    assert set(missing) == {"alphas_normal", "alphas_reduce"} and not unexpected
+    with torch.no_grad():
+        net.alphas_normal[:, 1:] = ref["alphas_normal"]
+        net.alphas_reduce[:, 1:] = ref["alphas_reduce"]
+    w_opt = torch.optim.SGD(net.weights(), cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    a_opt = torch.optim.Adam(net.arch_parameters(), cfg.arch_learning_rate, betas=(cfg.arch_beta1, cfg.arch_beta2),
+                             weight_decay=cfg.arch_weight_decay)
+    arch = Architect(net, nn.CrossEntropyLoss(), a_opt, w_opt, cfg.momentum, cfg.weight_decay)
+    arch.penalty = lambda: net.method.penalty([net.alphas_normal, net.alphas_reduce], 0, cfg.epochs)
+    batch = ((ref["input_train"], ref["target_train"]), (ref["input_valid"], ref["target_valid"]))
+    net.train()
+    grads, _ = arch.alpha_gradients(*batch[0], *batch[1], cfg.learning_rate)
+    for g, name in zip(grads, ("normal", "reduce")):
+        assert torch.allclose(g[:, 1:], ref[f"alpha_grad_{name}"], rtol=1e-4, atol=1e-7), name
+    search.search_step(net, net, arch, w_opt, nn.CrossEntropyLoss(), batch, cfg.learning_rate, cfg.grad_clip,
+                       contextlib.nullcontext, False)
+    for name in ("normal", "reduce"):
+        assert torch.allclose(getattr(net, f"alphas_{name}")[:, 1:], ref[f"alphas_{name}_after"], rtol=1e-5,
+                              atol=1e-7), name
+    after = ours(ref["state_dict_after"])
+    for name, p in net.named_weights():
+        assert torch.allclose(p, after[name], rtol=1e-4, atol=1e-6), name

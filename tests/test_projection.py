@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 
 from dist_darts import genotype as gt
 from dist_darts import search
-from dist_darts.config import ConfigError, SearchConfig
+from dist_darts.config import ConfigError, SearchConfig, search_rates
 from dist_darts.genotype import PRIMITIVES
 from dist_darts.projection import Projection, decision_count, node_edges
 from dist_darts.supernet import Network
@@ -129,6 +129,11 @@ def test_network_mixes_and_derives_as_projected():
             assert ops[2 * node: 2 * node + 2] == [(PRIMITIVES[p.op[cell][e]], e - start) for e in kept]
 
 
+def test_darts_pt_tunes_five_epochs_between_decisions_by_default():
+    # ruocwang/darts-pt exp_scripts/darts-proj-sota.sh: --proj_intv 5
+    assert SearchConfig(dataset="digits").pt_tune_epochs == 5
+
+
 def test_darts_pt_refuses_early_stop():
     with pytest.raises(ConfigError, match="early-stop"):
         SearchConfig(dataset="digits", derive="darts-pt", early_stop="skips")
@@ -149,6 +154,9 @@ def test_selection_runs_after_the_search_resumes_exactly_and_its_cell_is_the_dec
     result = search.run(_cfg(tmp_path / "straight", steps_per_epoch=2, checkpoint_steps=1))
     history = json.loads((tmp_path / "straight" / "history.json").read_text())
     assert len(history) == 1 + 16 + 1 and result.epochs == 18
+    # the selection tunes at a constant tenth of the search's rate, as the authors' never-stepped scheduler
+    tenth = search_rates(_cfg(tmp_path), 1)["learning_rate"] / 10
+    assert [row["lr"] for row in history[1:]] == [pytest.approx(tenth)] * 17
     state = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
     decided = state["projection"]
     genotype = result.genotype
