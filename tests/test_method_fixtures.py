@@ -1,0 +1,110 @@
+"""One search step of each method against a fixture from its authors' own code (tests/fixtures/README.md says how
+each `<method>_step.pt` was made). Every setting of the step (learning rates, Adam's betas, weight decays, clip,
+epoch) is taken from the fixture, which recorded what the authors' code ran with, never from dist-darts's defaults.
+
+A step here is dist-darts's `search.search_step` (the alpha step through `Architect`, then the weight step) on
+`supernet.Network`. The authors' weights are stored flat, in their `named_parameters()` order, with names and
+shapes; a few names differ from ours and are renamed (DARTS-'s `auxiliary_op` is our `auxiliary_skip`).
+"""
+
+import contextlib
+
+import pytest
+import torch
+import torch.nn as nn
+
+from dist_darts.architect import Architect
+from dist_darts.methods import METHODS
+from dist_darts.search import search_step
+from dist_darts.supernet import Network
+
+# float32 on both sides; the authors' sum over ops and ours (alphas folded into BN, in-place sums) round differently
+ATOL, RTOL = 2e-5, 1e-4
+
+
+def _load(fixtures_dir, name):
+    return torch.load(fixtures_dir / name, weights_only=True)
+
+
+def _weights(ref, rename=lambda name: name) -> dict:
+    """name -> tensor of the authors' weights in `ref[key]` (a flat vector), under our names."""
+    tensors, offset = {}, 0
+    for name, shape in zip(ref["weight_names"], ref["weight_shapes"]):
+        n = torch.Size(shape).numel()
+        tensors[rename(name)] = ref["weights"][offset:offset + n].view(shape)
+        offset += n
+    assert offset == ref["weights"].numel()
+    return tensors
+
+
+def _unflatten(ref, flat, rename=lambda name: name) -> dict:
+    return _weights({**ref, "weights": flat}, rename)
+
+
+class Step:
+    """A dist-darts network, its optimizers and architect, set up from a fixture's state and settings."""
+
+    def __init__(self, ref, method, rename=lambda name: name, unrolled=False):
+        c = self.config = ref["config"]
+        self.ref, self.rename = ref, rename
+        net = self.net = Network(c["C"], c["num_classes"], c["layers"], method=method)
+        ours = dict(net.named_weights())
+        theirs = _weights(ref, rename)
+        assert set(ours) == set(theirs)  # every weight of either network has its counterpart
+        with torch.no_grad():
+            for name, w in theirs.items():
+                ours[name].copy_(w)
+            net.alphas_normal.copy_(ref["alphas_normal"])
+            net.alphas_reduce.copy_(ref["alphas_reduce"])
+        net.set_epoch(c["epoch"], c["epochs"])
+        self.w_opt = torch.optim.SGD(net.weights(), c["lr"], momentum=c["momentum"], weight_decay=c["weight_decay"])
+        a_opt = torch.optim.Adam(net.arch_parameters(), c["arch_learning_rate"], betas=tuple(c["arch_betas"]),
+                                 weight_decay=c["arch_weight_decay"])
+        self.architect = Architect(net, nn.CrossEntropyLoss(), a_opt, self.w_opt, c["momentum"], c["weight_decay"],
+                                   unrolled=unrolled)
+        self.architect.penalty = lambda: net.method.penalty([net.alphas_normal, net.alphas_reduce], c["epoch"],
+                                                            c["epochs"])
+        self.alpha_grads = None
+        apply = self.architect.apply_gradients
+
+        def record(grads):  # the alpha gradient the step applies, kept for the comparison
+            self.alpha_grads = [g.detach().clone() for g in grads]
+            apply(grads)
+
+        self.architect.apply_gradients = record
+
+    def run(self, generator=None):
+        ref, c = self.ref, self.config
+        batch = ((ref["input_train"], ref["target_train"]), (ref["input_valid"], ref["target_valid"]))
+        self.net.train()
+        return search_step(self.net, self.net, self.architect, self.w_opt, nn.CrossEntropyLoss(), batch, c["lr"],
+                           c["grad_clip"], contextlib.nullcontext, channels_last=False, generator=generator)
+
+
+def _close(actual, expected, what):
+    assert torch.allclose(actual, expected, atol=ATOL, rtol=RTOL), (what, (actual - expected).abs().max().item())
+
+
+def _check_alphas(step, expected):
+    for i, cell in enumerate(("normal", "reduce")):
+        _close(step.alpha_grads[i], expected[f"alpha_grad_{cell}"], f"alpha gradient, {cell}")
+        _close(getattr(step.net, f"alphas_{cell}").detach(), expected[f"alphas_{cell}_after"], f"alphas, {cell}")
+
+
+def _check_weights(step, expected_flat):
+    ours = dict(step.net.named_weights())
+    for name, w in _unflatten(step.ref, expected_flat, step.rename).items():
+        _close(ours[name].detach(), w, name)
+
+
+def _darts_minus_name(name):
+    return name.replace(".auxiliary_op.", ".auxiliary_skip.")
+
+
+def test_darts_minus_matches_the_authors_step(fixtures_dir):
+    ref = _load(fixtures_dir, "darts_minus_step.pt")
+    step = Step(ref, "darts-minus", _darts_minus_name)
+    assert step.net.skip_coefficient.item() == pytest.approx(ref["config"]["skip_coefficient"])
+    step.run()
+    _check_alphas(step, ref["first_order"])
+    _check_weights(step, ref["first_order"]["weights_after"])
