@@ -5,9 +5,18 @@ epoch) is taken from the fixture, which recorded what the authors' code ran with
 A step here is dist-darts's `search.search_step` (the alpha step through `Architect`, then the weight step) on
 `supernet.Network`. The authors' weights are stored flat, in their `named_parameters()` order, with names and
 shapes; a few names differ from ours and are renamed (DARTS-'s `auxiliary_op` is our `auxiliary_skip`).
+
+SDARTS-RS and beta-DARTS (their `sota/cnn/spaces.py` space s5), FairDARTS and DrNAS search the DARTS space
+without `none` (7 ops). Until `supernet.Network` takes a method's op set, their 7-op network is embedded in ours:
+our ops 1..7 are theirs 0..6, and `none`'s alpha is NONE_ALPHA, whose softmax weight (e^-30 of the others') and
+sigmoid (9e-14) are far below float32's resolution, while our mixture skips `none` altogether. Once the op set
+without `none` lands, build the network with it, load the fixture's weights and alphas unchanged (drop
+`_without_none`'s renaming and column), and give the SDARTS-RS step the fixture's generator for the weight step too
+(the authors' 14x7 uniform draws, normal cell then reduce, are what a generator seeded with `noise_seed` draws).
 """
 
 import contextlib
+import re
 
 import pytest
 import torch
@@ -20,6 +29,9 @@ from dist_darts.supernet import Network
 
 # float32 on both sides; the authors' sum over ops and ours (alphas folded into BN, in-place sums) round differently
 ATOL, RTOL = 2e-5, 1e-4
+
+
+NONE_ALPHA = -30.0
 
 
 def _load(fixtures_dir, name):
@@ -44,8 +56,11 @@ def _unflatten(ref, flat, rename=lambda name: name) -> dict:
 class Step:
     """A dist-darts network, its optimizers and architect, set up from a fixture's state and settings."""
 
-    def __init__(self, ref, method, rename=lambda name: name, unrolled=False):
+    def __init__(self, ref, method, rename=lambda name: name, unrolled=False, without_none=False):
         c = self.config = ref["config"]
+        self.without_none = without_none
+        if without_none:
+            rename = _without_none_name
         self.ref, self.rename = ref, rename
         net = self.net = Network(c["C"], c["num_classes"], c["layers"], method=method)
         ours = dict(net.named_weights())
@@ -54,8 +69,8 @@ class Step:
         with torch.no_grad():
             for name, w in theirs.items():
                 ours[name].copy_(w)
-            net.alphas_normal.copy_(ref["alphas_normal"])
-            net.alphas_reduce.copy_(ref["alphas_reduce"])
+            net.alphas_normal.copy_(self.alphas(ref["alphas_normal"]))
+            net.alphas_reduce.copy_(self.alphas(ref["alphas_reduce"]))
         net.set_epoch(c["epoch"], c["epochs"])
         self.w_opt = torch.optim.SGD(net.weights(), c["lr"], momentum=c["momentum"], weight_decay=c["weight_decay"])
         a_opt = torch.optim.Adam(net.arch_parameters(), c["arch_learning_rate"], betas=tuple(c["arch_betas"]),
@@ -73,6 +88,14 @@ class Step:
 
         self.architect.apply_gradients = record
 
+    def alphas(self, theirs):
+        """The authors' alphas (or their gradient) as our alphas: with a `none` column where theirs have none."""
+        return _with_none_column(theirs) if self.without_none else theirs
+
+    def ours(self, alphas):
+        """Our alphas (or their gradient) in the authors' layout: the columns of their ops."""
+        return alphas[:, 1:] if self.without_none else alphas
+
     def run(self, generator=None):
         ref, c = self.ref, self.config
         batch = ((ref["input_train"], ref["target_train"]), (ref["input_valid"], ref["target_valid"]))
@@ -87,14 +110,24 @@ def _close(actual, expected, what):
 
 def _check_alphas(step, expected):
     for i, cell in enumerate(("normal", "reduce")):
-        _close(step.alpha_grads[i], expected[f"alpha_grad_{cell}"], f"alpha gradient, {cell}")
-        _close(getattr(step.net, f"alphas_{cell}").detach(), expected[f"alphas_{cell}_after"], f"alphas, {cell}")
+        _close(step.ours(step.alpha_grads[i]), expected[f"alpha_grad_{cell}"], f"alpha gradient, {cell}")
+        _close(step.ours(getattr(step.net, f"alphas_{cell}").detach()), expected[f"alphas_{cell}_after"],
+               f"alphas, {cell}")
 
 
 def _check_weights(step, expected_flat):
     ours = dict(step.net.named_weights())
     for name, w in _unflatten(step.ref, expected_flat, step.rename).items():
         _close(ours[name].detach(), w, name)
+
+
+def _without_none_name(name):
+    """Op k of the authors' 7-op MixedOp is our op k + 1 (ours has `none` at 0)."""
+    return re.sub(r"(cells\.\d+\._ops\.\d+\._ops\.)(\d+)\.", lambda m: f"{m[1]}{int(m[2]) + 1}.", name)
+
+
+def _with_none_column(alphas):
+    return torch.cat([torch.full_like(alphas[:, :1], NONE_ALPHA), alphas], dim=1)
 
 
 def _darts_minus_name(name):
@@ -108,3 +141,24 @@ def test_darts_minus_matches_the_authors_step(fixtures_dir):
     step.run()
     _check_alphas(step, ref["first_order"])
     _check_weights(step, ref["first_order"]["weights_after"])
+
+
+def test_beta_darts_matches_the_authors_step(fixtures_dir):
+    ref = _load(fixtures_dir, "beta_darts_step.pt")
+    step = Step(ref, "beta-darts", without_none=True)
+    step.run()
+    _check_alphas(step, ref["first_order"])
+    _check_weights(step, ref["first_order"]["weights_after"])
+
+
+@pytest.mark.parametrize("order", ["first_order", "second_order"])
+def test_sdarts_rs_matches_the_authors_alpha_step(fixtures_dir, order):
+    """The alpha step sees no noise, in either order. The weight step's noise the authors drew from the global
+    generator seeded with `noise_seed` (their 14x7 uniforms, normal cell then reduce; the op weights it gave are
+    `noisy_weights_*`); ours draws 14x8 with `none`, so `weights_after` is compared once the 7-op set lands."""
+    ref = _load(fixtures_dir, "sdarts_rs_step.pt")
+    step = Step(ref, "sdarts-rs", unrolled=order == "second_order", without_none=True)
+    assert step.net.method.epsilon(ref["config"]["epoch"], ref["config"]["epochs"]) == pytest.approx(
+        ref["config"]["epsilon"])
+    step.run(torch.Generator().manual_seed(ref["config"]["noise_seed"]))
+    _check_alphas(step, ref[order])
