@@ -162,3 +162,24 @@ def test_sdarts_rs_matches_the_authors_alpha_step(fixtures_dir, order):
         ref["config"]["epsilon"])
     step.run(torch.Generator().manual_seed(ref["config"]["noise_seed"]))
     _check_alphas(step, ref[order])
+
+
+def test_fair_darts_matches_the_authors_step(fixtures_dir):
+    """Adam's first step moves each alpha by lr along the sign of its gradient (plus decay), so the alphas after it
+    match even while the gradient itself does not (the next test)."""
+    ref = _load(fixtures_dir, "fair_darts_step.pt")
+    step = Step(ref, "fair-darts", without_none=True)
+    step.run()
+    for cell in ("normal", "reduce"):
+        _close(step.ours(getattr(step.net, f"alphas_{cell}").detach()), ref["first_order"][f"alphas_{cell}_after"],
+               f"alphas, {cell}")
+    _check_weights(step, ref["first_order"]["weights_after"])
+
+
+@pytest.mark.xfail(strict=True, reason="issue 25: the zero-one loss averages over 8 ops with none, so its gradient is "
+                   "7/8 of the authors' (off by 6.1e-4 of a gradient up to 0.31); passes once FairDARTS runs 7 ops")
+def test_fair_darts_alpha_gradient_matches_the_authors(fixtures_dir):
+    ref = _load(fixtures_dir, "fair_darts_step.pt")
+    step = Step(ref, "fair-darts", without_none=True)
+    step.run()
+    _check_alphas(step, ref["first_order"])
