@@ -33,7 +33,10 @@ import torch
 import torch.nn as nn
 
 from dist_darts.architect import Architect
+from dist_darts.engine import evaluate
+from dist_darts.genotype import PRIMITIVES
 from dist_darts.methods import ALPHA_STEP, METHODS, WEIGHT_STEP
+from dist_darts.projection import Projection
 from dist_darts.search import search_step
 from dist_darts.supernet import Network
 
@@ -224,3 +227,54 @@ def test_drnas_samples_match_the_authors_draws(fixtures_dir):
             sample = METHODS["drnas"].mix(_with_none_column(source[alphas.format(cell)]), phase, generator,
                                           c["epoch"], c["epochs"])
             _close(sample[:, 1:], expected[key.format(cell)], f"{phase}, {cell}")
+
+
+class _OneBatch(list):
+    """The fixture's projection batch as a loader for engine.evaluate."""
+
+    def set_epoch(self, epoch):
+        pass
+
+
+def test_darts_pt_operation_decisions_match_the_authors(fixtures_dir):
+    """Two operation decisions (an edge of the normal cell, then one of the reduce cell with the normal decision in
+    place), each measuring the supernet's accuracy and loss with every op of the edge removed in turn, as
+    DARTS-PT's project_op does (train-mode BatchNorm). The authors keep the first op of least accuracy; ours breaks
+    ties in accuracy by the higher loss first (projection.py says why), which this fixture's reduce edge shows:
+    every removal leaves the same accuracy there."""
+    ref = _load(fixtures_dir, "darts_pt_step.pt")
+    c = ref["config"]
+    assert c["criterion"] == "acc"
+    net = Network(c["C"], c["num_classes"], c["layers"])
+    ours = dict(net.named_weights())
+    theirs = _weights(ref, _without_none_name)
+    assert set(ours) == set(theirs)
+    with torch.no_grad():
+        for name, w in theirs.items():
+            ours[name].copy_(w)
+        net.alphas_normal.copy_(_with_none_column(ref["alphas_normal"]))
+        net.alphas_reduce.copy_(_with_none_column(ref["alphas_reduce"]))
+    net.projection = Projection(steps=4, seed=0)
+    batch = _OneBatch([(ref["input"], ref["target"])])
+    measured = []
+
+    def score():
+        val = evaluate(net, batch, batch_statistics=True)
+        measured.append((val["top1"], val["loss"]))
+        return val["top1"], val["loss"]
+
+    for cell in ("normal", "reduce"):
+        expected = ref["decisions"][cell]
+        measured.clear()
+        net.projection._decide_op(cell, expected["edge"], score)
+        acc, loss = torch.tensor(measured, dtype=torch.float64).T  # our candidates: ops 1..7, theirs 0..6
+        assert torch.allclose(acc, expected["measured"][:, 0].double(), atol=1e-9), cell
+        assert torch.allclose(loss, expected["measured"][:, 1].double(), atol=1e-5), cell
+        kept = net.projection.op[cell][expected["edge"]]
+        least = acc.min()
+        if (acc == least).sum() == 1:
+            assert kept == expected["op"] + 1, cell
+        else:  # theirs: the first op of least accuracy; ours: of those, the one whose removal costs the most loss
+            assert expected["op"] == int(torch.nonzero(acc == least)[0])
+            assert kept == 1 + max((i for i in range(len(acc)) if acc[i] == least), key=lambda i: loss[i])
+            assert PRIMITIVES[kept] != c["primitives"][expected["op"]]
