@@ -42,9 +42,7 @@ from dist_darts.supernet import Network
 
 # float32 on both sides; the authors' sum over ops and ours (alphas folded into BN, in-place sums) round differently
 ATOL, RTOL = 2e-5, 1e-4
-
-
-NONE_ALPHA = -30.0
+NONE_ALPHA = -30.0  # `none`'s alpha where the authors have no `none`: its weight is 0 to float32
 
 
 def _load(fixtures_dir, name):
@@ -52,7 +50,7 @@ def _load(fixtures_dir, name):
 
 
 def _weights(ref, rename=lambda name: name) -> dict:
-    """name -> tensor of the authors' weights in `ref[key]` (a flat vector), under our names."""
+    """name -> tensor of the authors' weights in `ref["weights"]` (a flat vector), under our names."""
     tensors, offset = {}, 0
     for name, shape in zip(ref["weight_names"], ref["weight_shapes"]):
         n = torch.Size(shape).numel()
@@ -66,6 +64,22 @@ def _unflatten(ref, flat, rename=lambda name: name) -> dict:
     return _weights({**ref, "weights": flat}, rename)
 
 
+def _network(ref, method, rename, without_none) -> Network:
+    """Our supernet holding the fixture's weights and alphas (with a `none` column where theirs have none)."""
+    c = ref["config"]
+    net = Network(c["C"], c["num_classes"], c["layers"], method=method)
+    ours = dict(net.named_weights())
+    theirs = _weights(ref, rename)
+    assert set(ours) == set(theirs)  # every weight of either network has its counterpart
+    with torch.no_grad():
+        for name, w in theirs.items():
+            ours[name].copy_(w)
+        for cell in ("normal", "reduce"):
+            alphas = ref[f"alphas_{cell}"]
+            getattr(net, f"alphas_{cell}").copy_(_with_none_column(alphas) if without_none else alphas)
+    return net
+
+
 class Step:
     """A dist-darts network, its optimizers and architect, set up from a fixture's state and settings."""
 
@@ -75,15 +89,7 @@ class Step:
         if without_none:
             rename = _without_none_name
         self.ref, self.rename = ref, rename
-        net = self.net = Network(c["C"], c["num_classes"], c["layers"], method=method)
-        ours = dict(net.named_weights())
-        theirs = _weights(ref, rename)
-        assert set(ours) == set(theirs)  # every weight of either network has its counterpart
-        with torch.no_grad():
-            for name, w in theirs.items():
-                ours[name].copy_(w)
-            net.alphas_normal.copy_(self.alphas(ref["alphas_normal"]))
-            net.alphas_reduce.copy_(self.alphas(ref["alphas_reduce"]))
+        net = self.net = _network(ref, method, rename, without_none)
         net.set_epoch(c["epoch"], c["epochs"])
         self.w_opt = torch.optim.SGD(net.weights(), c["lr"], momentum=c["momentum"], weight_decay=c["weight_decay"])
         a_opt = torch.optim.Adam(net.arch_parameters(), c["arch_learning_rate"], betas=tuple(c["arch_betas"]),
@@ -102,10 +108,6 @@ class Step:
             apply(grads)
 
         self.architect.apply_gradients = record
-
-    def alphas(self, theirs):
-        """The authors' alphas (or their gradient) as our alphas: with a `none` column where theirs have none."""
-        return _with_none_column(theirs) if self.without_none else theirs
 
     def ours(self, alphas):
         """Our alphas (or their gradient) in the authors' layout: the columns of their ops."""
@@ -245,15 +247,7 @@ def test_darts_pt_operation_decisions_match_the_authors(fixtures_dir):
     ref = _load(fixtures_dir, "darts_pt_step.pt")
     c = ref["config"]
     assert c["criterion"] == "acc"
-    net = Network(c["C"], c["num_classes"], c["layers"])
-    ours = dict(net.named_weights())
-    theirs = _weights(ref, _without_none_name)
-    assert set(ours) == set(theirs)
-    with torch.no_grad():
-        for name, w in theirs.items():
-            ours[name].copy_(w)
-        net.alphas_normal.copy_(_with_none_column(ref["alphas_normal"]))
-        net.alphas_reduce.copy_(_with_none_column(ref["alphas_reduce"]))
+    net = _network(ref, "darts", _without_none_name, without_none=True)
     net.projection = Projection(steps=4, seed=0)
     batch = _OneBatch([(ref["input"], ref["target"])])
     measured = []
