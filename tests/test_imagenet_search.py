@@ -116,6 +116,21 @@ def test_subsets_are_the_same_on_two_gloo_ranks_and_sharded_by_the_plan(photos12
                 assert all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
+def test_a_shorter_alphas_split_is_read_again_within_the_epoch_from_any_step():
+    from dist_darts.search import _cycled
+    c = SimpleNamespace(dataset="digits", data_dir=None, data_backend="torch", batch_size=8, seed=0, workers=0,
+                        train_subset=0.1, arch_subset=0.02)
+    val = build_loaders(c, SimpleNamespace(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")),
+                        "search").val
+    assert len(val) == 3
+    whole = [labels for _, (_, labels) in zip(range(8), _cycled(val, 2, 0))]
+    val.set_epoch(3)
+    assert all(torch.equal(a, b) for a, b in zip(whole[3:6], [y for _, y in val]))  # the next epoch of the loader
+    for start in range(8):
+        tail = [labels for _, (_, labels) in zip(range(8 - start), _cycled(val, 2, start))]
+        assert all(torch.equal(a, b) for a, b in zip(tail, whole[start:]))
+
+
 def test_the_recipe_has_pcdarts_rates_at_its_batch_and_builds_as_the_sweep_does(tmp_path):
     c = config.build(config.SearchConfig, config.load_yaml(RECIPE))
     assert (c.stem, c.train_subset, c.arch_subset, c.partial_channels, c.epochs, c.arch_warmup_epochs,
@@ -160,20 +175,22 @@ def test_recipe_searches_real_photos_at_128px_on_two_gloo_ranks(photos128, tmp_p
 
 @pytest.mark.slow
 def test_subsets_survive_a_kill_and_resume_and_a_changed_subset_is_refused(tmp_path):
+    # 150 images for the weights, 30 for the alphas: 3 alpha batches, read twice in an epoch of 6 steps
     args = ["search", "--dataset", "digits", "--layers", "3", "--init-channels", "4", "--batch-size", "8",
-            "--workers", "0", "--seed", "0", "--train-subset", "0.2", "--arch-subset", "0.1", "--epochs", "2",
-            "--steps-per-epoch", "3", "--checkpoint-steps", "1", "--deterministic"]
+            "--workers", "0", "--seed", "0", "--train-subset", "0.1", "--arch-subset", "0.02", "--epochs", "1",
+            "--steps-per-epoch", "6", "--checkpoint-steps", "1", "--deterministic"]
     cli(*args, "--output", str(tmp_path / "straight"))
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "dist_darts", *args, "--output", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env_for_subprocess())
     ckpt = out / "checkpoints" / "last.pt"
-    kill_when(proc, lambda: (checkpoint_step(ckpt) or (0, 0))[1] >= 2)
+    kill_when(proc, lambda: (checkpoint_step(ckpt) or (0, 0))[1] >= 4)  # in the second pass over the alphas' split
+    epoch, step = checkpoint_step(ckpt)
     resumed = cli(*args, "--output", str(out), "--resume")
-    assert "resumed from" in resumed.stdout
+    assert f"resumed from {ckpt} at epoch {epoch} step {step}" in resumed.stdout and epoch == 0 and 4 <= step < 6
     assert_same_state(model_state(tmp_path / "straight"), model_state(out))
-    refused = cli(*[a if a != "0.1" else "0.15" for a in args], "--output", str(out), "--resume", check=False)
-    assert refused.returncode == 2 and "arch-subset=0.1" in refused.stderr
+    refused = cli(*[a if a != "0.02" else "0.03" for a in args], "--output", str(out), "--resume", check=False)
+    assert refused.returncode == 2 and "arch-subset=0.02" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
 
 
