@@ -9,7 +9,10 @@ In order:
 1. the gpu-marked tests (no host sync in a search or retrain step, a one-rank NCCL group, the GPU data paths);
 2. a 20-step bf16 search and a 20-step bf16 retrain on the embedded digits data, through the CLI: both must end
    with exit 0 and finite losses in history.json;
-3. the search step (1st and 2nd order, fp32 and bf16, batch 64 and 256) and the DARTS_V2 retrain step (batch 96;
+3. a dry run of PC-DARTS' ImageNet search recipe (launch/configs/imagenet_search.yaml, the ImageNet stem, K=2,
+   subsets, warm-ups) at toy size through the CLI, on a folder of scikit-image's photographs at 224 px (128 px
+   with --toy): two epochs, the alphas frozen in the first; exit 0 and finite losses, and its wall time;
+4. the search step (1st and 2nd order, fp32 and bf16, batch 64 and 256) and the DARTS_V2 retrain step (batch 96;
    eager, torch.compile, torch.compile with CUDA graphs) in images/s and peak memory, with the host-device
    synchronisations of one step, and the original's steps when --original gives its cnn/ folder (unmodified on
    CUDA). Each configuration runs in its own process (benchmarks/_bench.py).
@@ -33,12 +36,17 @@ import _bench  # noqa: E402
 import torch  # noqa: E402
 
 SEARCH = Path(__file__).with_name("search_step.py")
+RECIPE = _bench.ROOT / "launch" / "configs" / "imagenet_search.yaml"
 RETRAIN = Path(__file__).with_name("retrain_step.py")
 # the paper's sizes; --toy shrinks them so that every part runs in seconds on a CPU
 PAPER = {"search": dict(C=16, layers=8, batches=(64, 256)), "retrain": dict(C=36, layers=20, batch=96),
-         "job": ["--layers", "5", "--init-channels", "16", "--batch-size", "64"], "steps": 20}
+         "job": ["--layers", "5", "--init-channels", "16", "--batch-size", "64"], "steps": 20,
+         # the recipe's network (8 cells, C=16, K=2) on 224 px photographs, half its per-GPU batch, 4 steps an epoch
+         "recipe": dict(size=224, per_class=(160, 4), args=["--batch-size", "64", "--steps-per-epoch", "4"])}
 TOY = {"search": dict(C=4, layers=3, batches=(8,)), "retrain": dict(C=8, layers=4, batch=8),
-       "job": ["--layers", "3", "--init-channels", "4", "--batch-size", "8"], "steps": 2}
+       "job": ["--layers", "3", "--init-channels", "4", "--batch-size", "8"], "steps": 2,
+       "recipe": dict(size=128, per_class=(8, 2), args=["--layers", "3", "--init-channels", "4", "--batch-size", "4",
+                                                        "--steps-per-epoch", "2", "--workers", "0"])}
 
 
 def gpu_tests(device: str) -> tuple[bool, str]:
@@ -70,6 +78,34 @@ def finite_job(kind: str, sizes: dict, device: str, precision: str) -> tuple[boo
         losses = [v for row in history for k, v in row.items() if k.endswith("loss")]
         ok = bool(losses) and all(math.isfinite(v) for v in losses)
         return ok, (f"{sizes['steps']} steps in {seconds:.0f} s, losses " + ", ".join(f"{v:.3f}" for v in losses))
+
+
+def recipe_job(sizes: dict, device: str) -> tuple[bool, str]:
+    """PC-DARTS' ImageNet search recipe at toy size through the CLI: exit 0 and finite losses, and its wall time."""
+    from dist_darts.data import DataError
+    from photo_folder import write_folder
+    r = sizes["recipe"]
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            folder = write_folder(Path(tmp) / "photos", r["size"], *r["per_class"])
+        except DataError as exc:  # the photographs come with scikit-image, which a GPU image may lack
+            return True, f"skipped: {exc}"
+        out = Path(tmp) / "search"
+        # a few hundred images: larger subsets than ImageNet's 10 % and 2.5 %, so that an epoch has its steps
+        args = ["search", "--config", str(RECIPE), "--dataset", "folder", "--data-dir", str(folder),
+                "--train-subset", "0.5", "--arch-subset", "0.25", "--epochs", "2", "--warmup-epochs", "1",
+                "--arch-warmup-epochs", "1", "--device", device, "--output", str(out), *r["args"]]
+        started = time.time()
+        proc = subprocess.run([sys.executable, "-m", "dist_darts", *args], capture_output=True, text=True,
+                              env=_bench.worker_env(None), cwd=_bench.ROOT)
+        seconds = time.time() - started
+        if proc.returncode != 0:
+            return False, f"exit {proc.returncode}: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"
+        history = json.loads((out / "history.json").read_text())
+        losses = [v for row in history for k, v in row.items() if k.endswith("loss")]
+        ok = bool(losses) and all(math.isfinite(v) for v in losses) and "supernet stem: imagenet" in proc.stdout
+        return ok, (f"{r['size']} px, 2 epochs in {seconds:.0f} s (start-up included), losses "
+                    + ", ".join(f"{v:.3f}" for v in losses))
 
 
 def step_configs(args, sizes: dict) -> list[tuple[Path, dict, int]]:
@@ -137,6 +173,7 @@ def main():
     for kind in ("search", "retrain"):
         checks.append((f"{sizes['steps']}-step {precision} {kind} stays finite",
                        *finite_job(kind, sizes, args.device, precision)))
+    checks.append(("ImageNet search recipe (toy size) runs", *recipe_job(sizes, args.device)))
     for name, ok, detail in checks:
         print(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}", flush=True)
     rows = time_steps(args, sizes)

@@ -126,10 +126,12 @@ def supernet_stem(cfg: SearchConfig, image_size: int) -> str:
     reduction would halve an odd map, with the nearest sides that run."""
     stem = choose_stem(cfg.stem, image_size)
     if not fits(image_size, stem):
-        below = next(s for s in range(image_size, 0, -1) if fits(s, stem))
-        above = next(s for s in range(image_size, 4 * image_size) if fits(s, stem))
+        # the nearest multiples of 8 that run (every multiple of 32 does, with either stem)
+        below = next((s for s in range(image_size // 8 * 8, 0, -8) if fits(s, stem)), None)
+        above = next(s for s in range(image_size // 8 * 8 + 8, 4 * image_size + 32, 8) if fits(s, stem))
         raise ConfigError(f"image-size: the search supernet with the {stem} stem cannot take {image_size} px images "
-                          f"(a reduction would halve a map of odd side): use --image-size {below} or {above}"
+                          f"(a reduction would halve a map of odd side): use --image-size "
+                          f"{f'{below} or {above}' if below else above}"
                           + (" (or --stem cifar)" if stem == "imagenet" else ""))
     return stem
 
@@ -187,6 +189,17 @@ def _as_dict(genotype: gt.Genotype | None) -> dict | None:
     return None if genotype is None else gt.to_dict(genotype)
 
 
+def _cycled(loader, epoch: int, start: int):
+    """The loader's batches from batch `start` of its epoch `epoch` on (counted on through its next epochs),
+    without end: a pure function of (epoch, start), so a resume reads the same."""
+    per = len(loader)
+    epoch, start = epoch + start // per, start % per
+    while True:
+        loader.set_epoch(epoch, start)
+        yield from loader
+        epoch, start = epoch + 1, 0
+
+
 def _join(pairs):
     """One ((x_train, y_train), (x_val, y_val)) batch of several consecutive loader pairs."""
     return tuple(tuple(torch.cat(parts) for parts in zip(*halves)) for halves in zip(*pairs))
@@ -239,7 +252,7 @@ class SearchTask:
                                    cfg.weight_decay, unrolled=cfg.unrolled, average=all_reduce_mean_,
                                    autocast=job.autocast)
         self.method = self.model.method
-        batches = min(len(loaders.train), len(loaders.val))
+        batches = len(loaders.train)  # an epoch is one pass over the weights' split, as in DARTS and PC-DARTS
         if batches < cfg.accumulate:
             raise ConfigError(f"accumulate: {cfg.accumulate} micro-batches per step, but an epoch has only {batches} "
                               "batches per rank")
@@ -304,9 +317,11 @@ class SearchTask:
                                                              schedule_epoch, cfg.epochs)
         self.step_index = epoch * self.steps + start_step  # seeds the step's noise: a resume draws the same
         self.loaders.train.set_epoch(epoch, start_step * cfg.accumulate)
-        self.loaders.val.set_epoch(epoch, start_step * cfg.accumulate)
+        # a shorter alphas' split (PC-DARTS' 2.5 % against 10 %) is read again within the epoch, as theirs
+        rounds = math.ceil(self.steps * cfg.accumulate / len(self.loaders.val))
+        val = _cycled(self.loaders.val, epoch * rounds, start_step * cfg.accumulate)
         self.model.train()
-        pairs = zip(self.loaders.train, self.loaders.val)
+        pairs = zip(self.loaders.train, val)
         return (_join(group) for group in zip(*[pairs] * cfg.accumulate))  # accumulate consecutive pairs per step
 
     def _select(self, epoch: int, start_step: int) -> float:

@@ -288,17 +288,22 @@ def _digits():
                    10, 32, *STATS["digits"])
 
 
-def _photos():
-    """A real-image task that ships inside a package: which of 10 photographs a 32x32 patch comes from. Each
-    photograph (scikit-image's own files, read as images, never through its code) is resized to a shorter side of
-    160 px; 200 training patches are cut at fixed random places in its top three quarters and 40 test patches in
-    its bottom quarter, so no test pixel is ever seen in training."""
+def photo_dir() -> str:
+    """The folder of photographs scikit-image ships (found without importing it)."""
     import importlib.util
 
     spec = importlib.util.find_spec("skimage")
     if spec is None or not spec.submodule_search_locations:
         raise DataError("photos: the photographs come with scikit-image: pip install 'dist-darts[photos]'")
-    folder = os.path.join(spec.submodule_search_locations[0], "data")
+    return os.path.join(spec.submodule_search_locations[0], "data")
+
+
+def _photos():
+    """A real-image task that ships inside a package: which of 10 photographs a 32x32 patch comes from. Each
+    photograph (scikit-image's own files, read as images, never through its code) is resized to a shorter side of
+    160 px; 200 training patches are cut at fixed random places in its top three quarters and 40 test patches in
+    its bottom quarter, so no test pixel is ever seen in training."""
+    folder = photo_dir()
     rng = np.random.default_rng(0)  # fixed: the patches never depend on cfg.seed
     splits = ([], []), ([], [])
     for label, name in enumerate(PHOTOS):

@@ -1,0 +1,59 @@
+"""Write an image folder of real photographs at ImageNet-like sizes: train/<class>/*.jpg and val/<class>/*.jpg,
+one class per photograph that scikit-image ships (the 10 of the `photos` task, dist_darts.data.datasets.PHOTOS).
+
+Each photograph is resized to a shorter side of 3 x SIZE; training images are square crops of a random side
+between SIZE and 2 x SIZE, at random places in its top two thirds, resized to SIZE; validation images are SIZE
+crops at random places in its bottom third, so no validation pixel is ever seen in training. Every image is
+SIZE x SIZE (the folder's shared side, which `--dataset folder` reads as its image size).
+
+    python benchmarks/photo_folder.py /tmp/photos160 --size 160 --train 40 --val 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from dist_darts.data.datasets import PHOTOS, photo_dir
+
+
+def write_folder(out, size: int = 160, train: int = 40, val: int = 10, seed: int = 0) -> Path:
+    """The folder `out` with `train` and `val` images per class at size x size (see the module docstring)."""
+    out, rng, source = Path(out), np.random.default_rng(seed), photo_dir()
+    for name in PHOTOS:
+        label = Path(name).stem
+        with Image.open(os.path.join(source, name)) as image:
+            image = image.convert("RGB")
+            scale = 3 * size / min(image.size)
+            image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
+        border = image.height * 2 // 3
+        for split, count in (("train", train), ("val", val)):
+            folder = out / split / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                side = int(rng.integers(size, 2 * size + 1)) if split == "train" else size
+                top = int(rng.integers(0, border - side + 1)) if split == "train" else int(
+                    rng.integers(border, image.height - side + 1))
+                left = int(rng.integers(0, image.width - side + 1))
+                crop = image.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+                crop.save(folder / f"{label}_{i:04d}.jpg", quality=90)
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", help="folder to write train/ and val/ into")
+    parser.add_argument("--size", type=int, default=160, help="image side in pixels (default: 160)")
+    parser.add_argument("--train", type=int, default=40, help="training images per class (default: 40)")
+    parser.add_argument("--val", type=int, default=10, help="validation images per class (default: 10)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the crops (default: 0)")
+    args = parser.parse_args()
+    print(write_folder(args.out, args.size, args.train, args.val, args.seed))
+
+
+if __name__ == "__main__":
+    main()
