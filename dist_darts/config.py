@@ -235,10 +235,16 @@ class SearchConfig(JobConfig):
     accumulate: int = opt(1, "micro-batches per step: the gradients of N batches of --batch-size are averaged "
                              "into one step, in first and second order (BatchNorm normalises each micro-batch)",
                              "optimiser")
+    noise_scale: bool = opt(True, "measure the gradient noise scale B_noise of the weights and of the alphas (the "
+                                  "largest global batch that still pays, McCandlish et al. 2018; docs/large-batch.md): "
+                                  "on several ranks from each rank's and the all-reduced gradients every step, on one "
+                                  "process by an extra pass every --noise-scale-every steps", "schedule")
+    noise_scale_every: int = opt(100, "one process: steps between two noise-scale measurements (each costs about "
+                                      "one first-order step; several ranks measure every step for free)", "schedule")
 
     def __post_init__(self):
         super().__post_init__()
-        check_ranges(self, minimum=1, names=("base_batch_size", "accumulate"))
+        check_ranges(self, minimum=1, names=("base_batch_size", "accumulate", "noise_scale_every"))
         check_ranges(self, minimum=0, names=("warmup_epochs", "arch_warmup_epochs"))
         if self.precision == "fp16":
             raise ConfigError("precision: fp16 is for retraining; search with bf16 (GPU) or fp32")

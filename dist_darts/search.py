@@ -27,6 +27,7 @@ from .engine import EpochHook, Job, affine_at, autocast_factory, check_memory, c
     prepare_job_model, run_job, saved_activation_bytes, step_memory, to_memory_format
 from .logs import log, summary_table
 from .methods import ALPHA_STEP, WEIGHT_STEP
+from .noise_scale import NoiseScaleMonitor, suggestion
 from .projection import Projection, decision_count
 from .runfolder import atomic_write
 from .supernet import Network
@@ -113,14 +114,15 @@ def search_memory(cfg: SearchConfig, model: Network, num_classes: int, image_siz
 def search_step(model: Network, train_model: nn.Module, architect: Architect, w_optimizer: torch.optim.Optimizer,
                 criterion, batch, lr: float, grad_clip: float, autocast, channels_last: bool = True,
                 accumulate: int = 1, update_alphas: bool = True,
-                generator: torch.Generator | None = None) -> StepOutput:
+                generator: torch.Generator | None = None, noise: NoiseScaleMonitor | None = None) -> StepOutput:
     """One DARTS step, as the original: the alphas' step on a validation batch (first or second order), then the
     weights' step on a training batch (forward, backward, gradient-norm clip, SGD). A stochastic method draws its
     noise from `generator`.
 
     With accumulate N, both batches are split into N equal micro-batches whose gradients are averaged into the one
     step: the same step as the whole batch at once, up to BatchNorm normalising over each micro-batch. Without
-    update_alphas (the alphas' warm-up) only the weights move."""
+    update_alphas (the alphas' warm-up) only the weights move. A `noise` monitor measures this step's gradient
+    noise scale without changing the step."""
     (x_train, y_train), (x_val, y_val) = batch
     if len(y_train) % accumulate or len(y_val) % accumulate:
         raise ValueError(f"batches of {len(y_train)} and {len(y_val)} do not split into {accumulate} equal "
@@ -128,8 +130,12 @@ def search_step(model: Network, train_model: nn.Module, architect: Architect, w_
     x_train, x_val = to_memory_format(x_train, channels_last), to_memory_format(x_val, channels_last)
     scalars = {}
     if update_alphas:
+        if noise is not None:
+            noise.probe(model.arch_parameters(), x_val, y_val, ALPHA_STEP, generator)
         with model.sampling(ALPHA_STEP, generator):
             scalars["search/arch_loss_step"] = architect.step(x_train, y_train, x_val, y_val, lr, accumulate)
+    if noise is not None:
+        noise.probe(list(architect.weights), x_train, y_train, WEIGHT_STEP, generator)
     w_optimizer.zero_grad(set_to_none=True)
     losses, logits = [], []
     micro = list(zip(x_train.chunk(accumulate), y_train.chunk(accumulate)))
@@ -143,7 +149,9 @@ def search_step(model: Network, train_model: nn.Module, architect: Architect, w_
             (loss / accumulate).backward()
         losses.append(loss.detach())
         logits.append(out.detach())
-    nn.utils.clip_grad_norm_(architect.weights, grad_clip)
+    total_norm = nn.utils.clip_grad_norm_(architect.weights, grad_clip)
+    if noise is not None:
+        noise.weights_reduced(total_norm)
     w_optimizer.step()
     loss = torch.stack(losses).mean()
     return StepOutput(loss, torch.cat(logits), y_train, {"search/train_loss_step": loss, **scalars})
@@ -189,6 +197,11 @@ class SearchTask:
         self.architect = Architect(self.model, self.criterion, self.a_opt, self.w_opt, cfg.momentum,
                                    cfg.weight_decay, unrolled=cfg.unrolled, average=all_reduce_mean_,
                                    autocast=job.autocast)
+        self.noise = None
+        if cfg.noise_scale:
+            self.noise = NoiseScaleMonitor(self.model, self.criterion, job.autocast, cfg.batch_size, cfg.accumulate,
+                                           job.env.world_size, cfg.noise_scale_every, job.env.device)
+            self.noise.attach(self.train_model, self.architect)
         self.method = self.model.method
         batches = min(len(loaders.train), len(loaders.val))
         if batches < cfg.accumulate:
@@ -214,7 +227,8 @@ class SearchTask:
                 "hessian_eigenvalues": list(self.eigenvalues),
                 "previous_genotype": _as_dict(self.previous_genotype),
                 "chosen_genotype": _as_dict(self.chosen_genotype),
-                "projection": None if self.projection is None else self.projection.state_dict()}
+                "projection": None if self.projection is None else self.projection.state_dict(),
+                "noise_scale": None if self.noise is None else self.noise.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -224,6 +238,8 @@ class SearchTask:
         self.eigenvalues = list(state["hessian_eigenvalues"])
         self.previous_genotype, self.chosen_genotype = (
             None if state.get(k) is None else gt.from_dict(state[k]) for k in ("previous_genotype", "chosen_genotype"))
+        if self.noise is not None and state.get("noise_scale") is not None:
+            self.noise.load_state_dict(state["noise_scale"])
         if self.projection is not None:
             self.projection.load_state_dict(state["projection"])
             if self.projection.decisions_made:  # in the selection already: the network mixes as projected
@@ -284,10 +300,11 @@ class SearchTask:
         generator = None
         if self.method.stochastic:  # the same seed on every rank: the same noise, the same alphas
             generator = torch.Generator(self.job.env.device).manual_seed(cfg.seed * 1_000_003 + self.step_index)
+        noise = self.noise if self.noise is not None and self.noise.due(self.step_index) else None
         self.step_index += 1
         return search_step(self.model, self.train_model, self.architect, self.w_opt, self.criterion, batch, self.lr,
                            cfg.grad_clip, self.job.autocast, cfg.channels_last, cfg.accumulate, self.update_alphas,
-                           generator)
+                           generator, noise)
 
     def end_epoch(self, epoch: int, train: dict) -> EpochEnd:
         cfg, model = self.job.cfg, self.model
@@ -304,6 +321,7 @@ class SearchTask:
         if self.job.env.is_main:
             _save_epoch_outputs(model, genotype, self.job.run_dir, epoch)
         collapse_row, collapse_text, signals = self._collapse_signs(epoch, original)
+        noise_row, noise_text = self.noise_scales()
         stop = signals.get(cfg.early_stop)
         if stop is not None:  # the last epoch before the rule fired gives the result (this one's, at epoch 1)
             self.chosen_genotype = self.previous_genotype or genotype
@@ -317,16 +335,28 @@ class SearchTask:
                                                   ("train_top1", train["top1"]), ("val_loss", val["loss"]),
                                                   ("val_top1", val["top1"])]}
         scalars.update({f"collapse/{k}": v for k, v in collapse_row.items() if v is not None})
+        scalars.update({f"noise_scale/{k.removeprefix('noise_scale_')}": v for k, v in noise_row.items()
+                        if v is not None})
         return EpochEnd(
             metrics={"epoch": epoch + 1, "train_top1": train["top1"], "val_top1": val["top1"],
                      "val_loss": val["loss"], "genotype": json.dumps(gt.to_dict(result_genotype))},
             row={"epoch": epoch + 1, "lr": self.lr, "train_loss": train["loss"], "train_top1": train["top1"],
-                 "val_loss": val["loss"], "val_top1": val["top1"], **collapse_row, "genotype": gt.to_dict(genotype)},
+                 "val_loss": val["loss"], "val_top1": val["top1"], **collapse_row, **noise_row,
+                 "genotype": gt.to_dict(genotype)},
             scalars={**scalars, **alpha_statistics(model)},
             line=f"epoch {epoch + 1}/{self.epochs} lr {self.lr:.5f} | train loss {train['loss']:.4f} top1 "
-                 f"{train['top1']:.2f}% | val loss {val['loss']:.4f} top1 {val['top1']:.2f}% | {collapse_text} | "
-                 f"{gt.format_genotype(genotype)}",
+                 f"{train['top1']:.2f}% | val loss {val['loss']:.4f} top1 {val['top1']:.2f}% | {collapse_text}"
+                 f"{noise_text} | {gt.format_genotype(genotype)}",
             stop=stop)
+
+    def noise_scales(self) -> tuple[dict, str]:
+        """The history.json keys of the noise-scale monitor (None where off or not measured yet) and a text for the
+        epoch line (empty when off)."""
+        if self.noise is None:
+            return {"noise_scale_weights": None, "noise_scale_alphas": None}, ""
+        values = self.noise.values()
+        shown = ["-" if v is None else f"{v:.3g}" for v in values.values()]
+        return values, f" | B_noise weights {shown[0]} alphas {shown[1]}"
 
     def _collapse_signs(self, epoch: int, genotype: gt.Genotype) -> tuple[dict, str, dict]:
         """This epoch's collapse monitor: the history.json keys, a short text for the log line, and the signals
@@ -364,6 +394,7 @@ def _search(job: Job, on_epoch: EpochHook | None) -> SearchResult:
     genotype = task.chosen_genotype or model.genotype(cfg.max_skip)
     epochs_run = metrics.get("epoch", task.epochs)
     digest = check_replicas(model.parameters())
+    noise = task.noise_scales()[0]  # every rank: a collective under DDP
     seconds = time.time() - job.started
     result = SearchResult(genotype, metrics["val_top1"], metrics["train_top1"], epochs_run, str(job.run_dir), seconds)
     if env.is_main:
@@ -373,7 +404,7 @@ def _search(job: Job, on_epoch: EpochHook | None) -> SearchResult:
         atomic_write(job.run_dir / "result.json", json.dumps({
             "genotype": gt.to_dict(genotype), "val_top1": result.val_top1, "train_top1": result.train_top1,
             "epochs": epochs_run, "early_stopped": task.chosen_genotype is not None, "derive": cfg.derive,
-            "world_size": env.world_size,
+            "world_size": env.world_size, "global_batch": task.rates["global_batch"], **noise,
             "seconds": seconds,
             "replica_digest": digest}, indent=2) + "\n")
         method = ("2nd" if cfg.unrolled else "1st") + f" order {cfg.method}" + (
@@ -389,6 +420,8 @@ def _search(job: Job, on_epoch: EpochHook | None) -> SearchResult:
             ("train top-1", f"{result.train_top1:.2f} %"),
             ("val top-1 (search split)", f"{result.val_top1:.2f} %"),
             ("time", f"{seconds:.0f} s"),
+            ("noise scale", suggestion(noise, task.rates["global_batch"], cfg.batch_size * cfg.accumulate,
+                                       env.world_size) if task.noise is not None else "off (--no-noise-scale)"),
             ("genotype", str(job.run_dir / "genotype.json")),
             ("drawings", ", ".join(drawings) or "none"),
         ]))
