@@ -28,6 +28,7 @@ from .engine import EpochHook, Job, affine_at, autocast_factory, check_memory, c
 from .logs import log, summary_table
 from .methods import ALPHA_STEP, WEIGHT_STEP
 from .noise_scale import NoiseScaleMonitor, suggestion
+from .optimizers import weight_optimizer
 from .projection import Projection, decision_count
 from .runfolder import atomic_write
 from .supernet import Network
@@ -184,15 +185,20 @@ class SearchTask:
         self.model, self.train_model = prepare_job_model(model, job, exclude=tuple(model.arch_parameters()))
         self.criterion = nn.CrossEntropyLoss()
         self.rates = job.resolved = search_rates(cfg, job.env.world_size)
+        self.search_epochs = self.rates["epochs"]  # --epochs, or more with --epoch-scaling
+        sync_bn = next((type(m).__name__ for m in self.model.modules() if "Sync" in type(m).__name__), None)
         log.info("global batch %d (%d per rank x %d rank(s) x accumulate %d) | weights lr %.6g (%s) | alphas lr %.6g "
-                 "(%s) | base batch %d", self.rates["global_batch"], cfg.batch_size, job.env.world_size,
-                 cfg.accumulate, self.rates["learning_rate"], cfg.lr_scaling, self.rates["arch_learning_rate"],
-                 cfg.arch_lr_scaling, cfg.base_batch_size)
-        self.w_opt = torch.optim.SGD(self.model.weights(), self.rates["learning_rate"], momentum=cfg.momentum,
-                                     weight_decay=cfg.weight_decay)
+                 "(%s) | base batch %d | weights optimizer %s | %d epochs (epoch scaling %s) | BatchNorm over %s",
+                 self.rates["global_batch"], cfg.batch_size, job.env.world_size, cfg.accumulate,
+                 self.rates["learning_rate"], cfg.lr_scaling, self.rates["arch_learning_rate"], cfg.arch_lr_scaling,
+                 cfg.base_batch_size, cfg.optimizer, self.search_epochs, cfg.epoch_scaling,
+                 f"the global batch ({sync_bn})" if sync_bn else f"each rank's batch of {cfg.batch_size} (per GPU)")
+        self.w_opt = weight_optimizer(cfg.optimizer, self.model.weights(), self.rates["learning_rate"], cfg.momentum,
+                                      cfg.weight_decay)
         self.a_opt = torch.optim.Adam(self.model.arch_parameters(), self.rates["arch_learning_rate"],
-                                      betas=(cfg.arch_beta1, cfg.arch_beta2), weight_decay=cfg.arch_weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs,
+                                      betas=(cfg.arch_beta1, self.rates["arch_beta2"]), eps=self.rates["arch_eps"],
+                                      weight_decay=cfg.arch_weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, self.search_epochs,
                                                                     eta_min=self.rates["learning_rate_min"])
         self.architect = Architect(self.model, self.criterion, self.a_opt, self.w_opt, cfg.momentum,
                                    cfg.weight_decay, unrolled=cfg.unrolled, average=all_reduce_mean_,
@@ -210,7 +216,7 @@ class SearchTask:
         self.steps = min(batches // cfg.accumulate, cfg.steps_per_epoch or batches)
         # DARTS-PT's selection runs after the search's epochs: a decision every --pt-tune-epochs, search between
         self.projection = None
-        self.epochs = cfg.epochs
+        self.epochs = self.search_epochs
         if cfg.derive == "darts-pt":
             self.projection = Projection(gt.STEPS, cfg.seed, cfg.max_skip)
             self.decisions = decision_count(gt.STEPS)
@@ -253,16 +259,16 @@ class SearchTask:
         # the warm-up is a factor on the cosine schedule derived from the epoch, so a resume needs no extra state
         warm = (epoch + 1) / cfg.warmup_epochs if epoch < cfg.warmup_epochs else 1.0
         self.lr = self.scheduler.get_last_lr()[0] * warm
-        if epoch >= cfg.epochs:
-            self.lr = self._select(epoch - cfg.epochs, start_step)
+        if epoch >= self.search_epochs:
+            self.lr = self._select(epoch - self.search_epochs, start_step)
         for group in self.w_opt.param_groups:
             group["lr"] = self.lr
         self.update_alphas = epoch >= cfg.arch_warmup_epochs
         model = self.model
-        schedule_epoch = min(epoch, cfg.epochs)  # the methods' schedules end with the search
-        model.set_epoch(schedule_epoch, cfg.epochs)
+        schedule_epoch = min(epoch, self.search_epochs)  # the methods' schedules end with the search
+        model.set_epoch(schedule_epoch, self.search_epochs)
         self.architect.penalty = lambda: self.method.penalty([model.alphas_normal, model.alphas_reduce],
-                                                             schedule_epoch, cfg.epochs)
+                                                             schedule_epoch, self.search_epochs)
         self.step_index = epoch * self.steps + start_step  # seeds the step's noise: a resume draws the same
         self.loaders.train.set_epoch(epoch, start_step * cfg.accumulate)
         self.loaders.val.set_epoch(epoch, start_step * cfg.accumulate)
@@ -285,7 +291,7 @@ class SearchTask:
                 for line in lines:
                     log.info("DARTS-PT decision %d/%d: %s", decision + 1, self.decisions, line)
         low, high = self.rates["learning_rate_min"], self.rates["learning_rate"] / 10
-        return low + (high - low) * (1 + math.cos(math.pi * epoch / (self.epochs - cfg.epochs))) / 2
+        return low + (high - low) * (1 + math.cos(math.pi * epoch / (self.epochs - self.search_epochs))) / 2
 
     def _score(self) -> tuple[float, float]:
         """The supernet's validation top-1 and loss as it stands (its projection's trial applied), over the
@@ -416,7 +422,7 @@ def _search(job: Job, on_epoch: EpochHook | None) -> SearchResult:
             ("data", f"{cfg.dataset}, {task.steps} steps/epoch x {env.world_size} rank(s) x batch {cfg.batch_size}"),
             ("method", method),
             ("epochs", str(epochs_run) if epochs_run == task.epochs else
-             f"{epochs_run} of {cfg.epochs} (ended by --early-stop {cfg.early_stop})"),
+             f"{epochs_run} of {task.search_epochs} (ended by --early-stop {cfg.early_stop})"),
             ("train top-1", f"{result.train_top1:.2f} %"),
             ("val top-1 (search split)", f"{result.val_top1:.2f} %"),
             ("time", f"{seconds:.0f} s"),
