@@ -301,9 +301,9 @@ def main(argv=None) -> None:
                          f" (redrawn from the run of {record['date'][:16]})")
     runs = plan(args)
     expected = expected_seconds(args, runs)
-    unit = "GPU-hours" if args.device == "cuda" else "hours"
-    print(f"{len(runs)} searches, {args.jobs} at a time: expected {expected / 3600:.1f} h of wall time "
-          f"({expected * args.jobs / 3600:.1f} {unit} of searching, the short retrains on top)", flush=True)
+    unit = "GPU-hours" if args.device == "cuda" else "core-hours"
+    print(f"{len(runs)} searches, {args.jobs} at a time: expected {expected / 3600:.2f} h of wall time "
+          f"({expected * args.jobs / 3600:.2f} {unit} of searching, the short retrains on top)", flush=True)
     devices = None
     if args.device == "cuda":
         devices = multiprocessing.get_context("spawn").Manager().Queue()

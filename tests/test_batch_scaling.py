@@ -381,18 +381,23 @@ def test_the_default_study_settles_at_1x_and_covers_every_cell():
     assert len(runs) == 3 * (1 + 4 * 5 + 5)
     assert {bn for _, m, _, bn in runs if m == 8} == {"global", "per-gpu"}
     per_gpu = study.search_config(args, 0, 8, "+LARS", "per-gpu", "x")
-    assert (per_gpu.batch_size, per_gpu.accumulate, per_gpu.optimizer, per_gpu.epoch_scaling) == (16, 8, "lars", "sqrt")
+    assert (per_gpu.batch_size, per_gpu.accumulate, per_gpu.optimizer, per_gpu.epoch_scaling) == (16, 8, "lars",
+                                                                                                   "sqrt")
     assert per_gpu.arch_lr_scaling == "adam-sqrt" and per_gpu.arch_warmup_epochs == 8 and per_gpu.warmup_epochs == 2
     paper = study.search_config(args, 0, 1, study.PAPER, "global", "x")
-    assert (paper.lr_scaling, paper.warmup_epochs, paper.arch_warmup_epochs) == ("none", 0, 0)
+    assert (paper.batch_size, paper.warmup_epochs, paper.arch_warmup_epochs, paper.optimizer) == (16, 0, 0, "sgd")
+    assert config.search_rates(paper, 1)["learning_rate"] == 0.025  # the paper's search at the base batch
     cifar = study.parse_args(["--preset", "cifar10", "--data-dir", "/data"])
     assert (cifar.layers, cifar.init_channels, cifar.base_batch, cifar.epochs, cifar.device) == (8, 16, 64, 50, "cuda")
 
 
-def test_a_toy_dry_run_of_the_cifar10_preset_runs_on_the_cpu(capsys):
-    torch.set_num_threads(1)
-    _study().main(["--preset", "cifar10", "--toy", "--no-record", "--arms", "+LARS", "--per-gpu-bn-at", "0",
-                   "--retrain-epochs", "0", "--jobs", "1"])
-    out = capsys.readouterr().out
+def test_a_toy_dry_run_of_the_cifar10_preset_runs_on_the_cpu():
+    import subprocess
+    import sys
+    from helpers import env_for_subprocess
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "search_batch_scaling.py")
+    out = subprocess.run([sys.executable, script, "--preset", "cifar10", "--toy", "--no-record", "--arms", "+LARS",
+                          "--per-gpu-bn-at", "0", "--retrain-epochs", "0", "--jobs", "1"], capture_output=True,
+                         text=True, env=env_for_subprocess(), timeout=900, check=True).stdout
     assert "2 searches, 1 at a time: expected" in out
     assert "| 16 | +LARS | global |" in out and "Noise floor" in out
