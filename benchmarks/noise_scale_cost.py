@@ -33,7 +33,7 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=5, help="supernet cells (default 5)")
     p.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
     p.add_argument("--order", type=int, default=1, choices=[1, 2], help="DARTS order of the timed steps")
-    p.add_argument("--every", type=int, default=100, help="the interval whose share is reported (default 100, "
+    p.add_argument("--every", type=int, default=200, help="the interval whose share is reported (default 200, "
                                                           "--noise-scale-every's default)")
     p.add_argument("--steps", type=int, default=4, help="timed steps per repeat and kind (default 4)")
     p.add_argument("--repeats", type=int, default=3, help="repeats, alternating the kinds (default 3)")

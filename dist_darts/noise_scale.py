@@ -27,6 +27,7 @@ import math
 
 import torch
 import torch.distributed as dist
+from torch.func import functional_call
 
 from .distributed import all_reduce_mean_
 from .methods import ALPHA_STEP, WEIGHT_STEP
@@ -128,11 +129,14 @@ class NoiseScaleMonitor:
         buffers = [b.clone() for b in self.model.buffers()]
         noise_state = None if generator is None else generator.get_state()
         devices = [x.device] if x.device.type == "cuda" else []
+        # the alphas' pass on detached weights, as the architect's: autograd then skips every weight gradient
+        fixed = ({n: w.detach() for n, w in self.model.named_weights()} if phase == ALPHA_STEP else None)
         small_sq, total = 0.0, None
         with torch.random.fork_rng(devices=devices), self.model.sampling(phase, generator):
             for xs, ys in zip(x[:n].chunk(self.parts), y[:n].chunk(self.parts)):
                 with self.autocast():
-                    loss = self.criterion(self.model(xs).float(), ys)
+                    out = self.model(xs) if fixed is None else functional_call(self.model, fixed, (xs,), strict=False)
+                    loss = self.criterion(out.float(), ys)
                 grads = torch.autograd.grad(loss, params)
                 small_sq = small_sq + squared_norm(grads) / self.parts
                 total = list(grads) if total is None else [t + g for t, g in zip(total, grads)]
