@@ -259,8 +259,8 @@ class SearchConfig(JobConfig):
                                   "largest global batch that still pays, McCandlish et al. 2018; docs/large-batch.md): "
                                   "on several ranks from each rank's and the all-reduced gradients every step, on one "
                                   "process by an extra pass every --noise-scale-every steps", "schedule")
-    noise_scale_every: int = opt(200, "one process: steps between two noise-scale measurements (each costs 1.3-3 "
-                                      "first-order steps, benchmarks/noise_scale_cost.py; several ranks measure "
+    noise_scale_every: int = opt(200, "one process: steps between two noise-scale measurements (each costs about "
+                                      "one first-order step, benchmarks/noise_scale_cost.py; several ranks measure "
                                       "every step for free)", "schedule")
 
     def __post_init__(self):
