@@ -51,9 +51,10 @@ def setup_worker(cfg: dict) -> torch.device:
     return device
 
 
-def darts_search_step(model, train_model, order: int, autocast, batches, average=None, channels_last=True):
+def darts_search_step(model, train_model, order: int, autocast, batches, average=None, channels_last=True,
+                      noise=None):
     """A closure taking one step of dist_darts.search.search_step (the job's step function) on fixed batches,
-    with the paper's optimizers and hyper-parameters."""
+    with the paper's optimizers and hyper-parameters (and a noise-scale monitor measuring it, if given)."""
     from dist_darts.architect import Architect
     from dist_darts.search import search_step
     s = paper_search_settings()
@@ -67,7 +68,7 @@ def darts_search_step(model, train_model, order: int, autocast, batches, average
 
     def step():
         search_step(model, train_model, architect, w_opt, criterion, ((xt, yt), (xv, yv)), s.learning_rate,
-                    s.grad_clip, autocast, channels_last)
+                    s.grad_clip, autocast, channels_last, noise=noise)
     return step
 
 

@@ -1,35 +1,45 @@
-"""Does the search keep its quality as the global batch grows? Searches at 1x, 2x, 4x and 8x a base batch, one per
-scaling rule (the same rule for the weights and the alphas) and seed, the same number of epochs each (so fewer steps
-at a larger batch), on real images that ship inside the installed packages: the digits (default) or --dataset photos.
+"""How many GPUs can one search use? Searches at 1x..16x a base global batch, one per arm (a set of large-batch
+rules) and seed, on real images that ship inside the installed packages (the digits by default), long enough to
+settle: the 1x search runs at least 1,000 optimiser steps. The arms, each adding to the one before from the third:
 
-One process with the large batch stands in for N ranks of batch B/N with SyncBatchNorm: the same math
-(tests/test_batch_scaling.py shows it on 2 gloo ranks), so the curve of 8 GPUs can be drawn on a machine without
-them. Per run it measures
+- none: the paper's rates at every batch;
+- linear+warm-up: both learning rates linear in the batch, a linear warm-up of the weights' rate;
+- linear/adam-sqrt+freeze: linear weights, adam-sqrt alphas (Malladi et al. 2022), the alphas frozen for the first
+  --freeze-epochs (PC-DARTS), the weights' warm-up;
+- +sqrt(k) epochs: the same, sqrt(k) times the epochs (--epoch-scaling sqrt);
+- +LARS: the same with LARS for the weights.
 
-- the supernet's validation top-1 at the end of the search (the search split),
-- genotype agreement: the share of the derived cells' (op, input) edges, node by node, that the seed's 1x search
-  derived too,
-- alpha distance: the mean over epochs of the L1 distance between the softmaxed alphas and the seed's 1x search's,
-  per edge,
-- the test top-1 of a short retrain of the derived cells (the metric that matters), when --retrain-epochs > 0.
+At 1x every arm is the paper's search (warm-up and freeze apply only above 1x), so it runs once per seed. At 8x both
+BatchNorm choices run: over the global batch (SyncBatchNorm; one process with the global batch) and per GPU (8
+ranks of the base batch; one process accumulating 8 micro-batches of the base batch, which normalises each as a
+rank would and averages their gradients as DDP does; tests/test_batch_scaling.py shows both equalities on gloo
+ranks). Per run it records the supernet's validation top-1, the agreement of the derived cell with the other seeds'
+1x cells (the 1x seeds' agreement among themselves is the noise floor), the stability of its cell over the last
+epochs, a short retrain of the cell, the normal cell's parameter-free ops, steps, wall seconds and the gradient
+noise scale along the search (history.json). The summary sets each global batch against the 1x searches' measured
+B_noise, the theory's bound on the batch that still pays.
 
-At 1x every rule is the paper's (the factor is 1), so the 1x search runs once per seed. An epoch is
---images-per-epoch training images (a fresh random draw of the search split each epoch; 0 = the whole split), so
-a 1x search takes 8x the steps of an 8x one. The table is printed and appended to benchmarks/RESULTS.md (and
-results.jsonl); with matplotlib, one plot (retrain top-1, or search top-1 without retrains, vs global batch, one
-line per rule, the seeds' spread as error bars, beside the supernet's accuracy and the normal cell's parameter-free
-ops) is drawn to --plot; --redraw re-renders the newest recorded run's table and plot without searching.
+What is shrunk to afford it on 2 cores: the data (the 8x8 digits, stored at 32 px), the supernet (5 cells of C=4
+instead of 8 of C=16) and the epoch (--images-per-epoch 640, a fresh draw each epoch: 40 steps at the base batch
+16, so 25 epochs make 1,000 steps at 1x). The script prints its expected
+total time from a short calibration before it starts. `--preset cifar10` runs the same study on CIFAR-10 at the
+paper's supernet size (8 cells, C=16, batch 64, 50 epochs) on GPUs, one run per GPU at a time, and prints its
+GPU-hour budget the same way; --toy shrinks either to a smoke run of a few seconds per search (on the CPU, on the
+digits), and --no-record keeps a smoke run out of RESULTS.md.
 
-    python benchmarks/search_batch_scaling.py                    # digits: 16..128, 3 rules, 3 seeds, retrains
-    python benchmarks/search_batch_scaling.py --dataset photos   # the same on the photographs
-    python benchmarks/search_batch_scaling.py --toy              # a smoke run of a few seconds per search
+    python benchmarks/search_batch_scaling.py                   # the CPU study (prints its expected time first)
+    python benchmarks/search_batch_scaling.py --preset cifar10 --data-dir DIR --gpus 8
+    python benchmarks/search_batch_scaling.py --toy --no-record # a smoke run
+    python benchmarks/search_batch_scaling.py --redraw          # the newest recorded run's table and plot again
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
+import os
 import statistics
 import sys
 import tempfile
@@ -42,82 +52,186 @@ import _bench  # noqa: E402
 import torch  # noqa: E402
 from dist_darts import genotype as gt  # noqa: E402
 
-RULES = ("none", "linear", "sqrt")
+# each arm's search settings above 1x; "warm-up" and "freeze" are filled in from --warmup-epochs, --freeze-epochs
+ARMS = {
+    "none": dict(lr_scaling="none", arch_lr_scaling="none"),
+    "linear+warm-up": dict(lr_scaling="linear", arch_lr_scaling="linear", warmup=True),
+    "linear/adam-sqrt+freeze": dict(lr_scaling="linear", arch_lr_scaling="adam-sqrt", warmup=True, freeze=True),
+    "+sqrt(k) epochs": dict(lr_scaling="linear", arch_lr_scaling="adam-sqrt", warmup=True, freeze=True,
+                            epoch_scaling="sqrt"),
+    "+LARS": dict(lr_scaling="linear", arch_lr_scaling="adam-sqrt", warmup=True, freeze=True, epoch_scaling="sqrt",
+                  optimizer="lars"),
+}
+PAPER = "paper (1x)"
+SEARCH_SPLIT = {"cifar10": 25000}  # training images of a whole search epoch (train-portion 0.5)
+PRESETS = {  # the study's sizes: CPU (default) and the paper's CIFAR-10 supernet on GPUs
+    "digits": dict(dataset="digits", layers=5, init_channels=4, base_batch=16, epochs=25,
+                   images_per_epoch=640, retrain_epochs=4, retrain_layers=6, retrain_channels=12, device="cpu"),
+    "cifar10": dict(dataset="cifar10", layers=8, init_channels=16, base_batch=64, epochs=50,
+                    images_per_epoch=0, retrain_epochs=20, retrain_layers=8, retrain_channels=16, device="cuda"),
+}
+
+
+TOY = dict(dataset="digits", device="cpu", layers=3, init_channels=4, base_batch=8, epochs=1,
+           images_per_epoch=16, retrain_epochs=1, retrain_layers=3, retrain_channels=4)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="digits", choices=tuple(PRESETS),
+                   help="digits (the CPU study, default) or cifar10 (the paper's supernet size, on GPUs)")
     p.add_argument("--toy", action="store_true", help="smoke size: 1x and 2x of batch 8, one seed, 1 epoch of 16 "
-                                                       "images, a 1-epoch retrain of 2 steps; no plot")
-    p.add_argument("--dataset", default="digits", choices=("digits", "photos"),
-                   help="embedded real images: digits (8x8 digits) or photos (patches of 10 photographs)")
-    p.add_argument("--base-batch", type=int, default=16, help="the 1x global batch, the rules' reference "
-                                                              "(default: 16)")
-    p.add_argument("--multipliers", default="1,2,4,8", help="global batches as multiples of the base (default: "
-                                                            "1,2,4,8)")
-    p.add_argument("--rules", default=",".join(RULES), help="scaling rules (default: none,linear,sqrt)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per (rule, batch) (default: 3)")
-    p.add_argument("--epochs", type=int, default=6, help="search epochs, the same at every batch (default: 6)")
-    p.add_argument("--images-per-epoch", type=int, default=256, help="training images per search epoch (0 = the "
-                                                                     "whole search split; default: 256)")
-    p.add_argument("--warmup-epochs", type=int, default=0, help="weights' lr warm-up of every search (default: 0)")
-    p.add_argument("--layers", type=int, default=5, help="supernet cells (default: 5)")
-    p.add_argument("--init-channels", type=int, default=4, help="supernet C (default: 4)")
-    p.add_argument("--retrain-epochs", type=int, default=4, help="short retrain of each derived genotype "
-                                                                 "(0 = none; default: 4)")
-    p.add_argument("--retrain-layers", type=int, default=6, help="retrain cells (default: 6)")
-    p.add_argument("--retrain-channels", type=int, default=12, help="retrain C (default: 12)")
+                                                       "digits on the CPU, a 3-cell supernet, a 1-epoch retrain of "
+                                                       "2 steps; no plot")
+    p.add_argument("--data-dir", default=None, help="CIFAR-10 folder of --preset cifar10")
+    p.add_argument("--multipliers", default="1,2,4,8,16", help="global batches as multiples of the base "
+                                                               "(default: 1,2,4,8,16)")
+    p.add_argument("--arms", default=",".join(ARMS), help=f"arms above 1x (default: {','.join(ARMS)})")
+    p.add_argument("--per-gpu-bn-at", type=int, default=8, help="the multiplier that also runs with BatchNorm per "
+                                                                "GPU (0 = none; default: 8)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per cell (default: 3)")
+    p.add_argument("--warmup-epochs", type=int, default=2, help="weights' warm-up of the arms that have one "
+                                                                "(default: 2)")
+    p.add_argument("--freeze-epochs", type=int, default=None, help="alphas frozen for the first N epochs in the "
+                                                                   "arms that freeze (default: 30 %% of the epochs, "
+                                                                   "PC-DARTS's 15 of 50)")
     p.add_argument("--retrain-steps", type=int, default=0, help="cap on retrain steps per epoch (0 = whole epoch)")
-    p.add_argument("--jobs", type=int, default=2, help="runs at a time, one torch thread each (default: 2)")
+    for name, kind in (("dataset", str), ("layers", int), ("init_channels", int),
+                       ("base_batch", int), ("epochs", int), ("images_per_epoch", int), ("retrain_epochs", int),
+                       ("retrain_layers", int), ("retrain_channels", int), ("device", str)):
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
+                       help=f"override the preset's {name.replace('_', ' ')} (digits: {PRESETS['digits'][name]}, "
+                            f"cifar10: {PRESETS['cifar10'][name]})")
+    p.add_argument("--jobs", type=int, default=None, help="runs at a time, one torch thread each on the CPU, one "
+                                                          "GPU each on GPUs (default: 2 on the CPU, --gpus)")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs to spread the runs over (default: 1)")
     p.add_argument("--plot", default=None, help="plot file (default: docs/search_batch_scaling_DATASET.png)")
+    p.add_argument("--no-record", action="store_true", help="print the table only: nothing appended to "
+                                                            "RESULTS.md and results.jsonl")
     p.add_argument("--redraw", action="store_true", help="no searches: the table and plot of the newest recorded "
-                   "run on --dataset, from benchmarks/results.jsonl, with this script's columns")
+                   "run on this preset's data set, from benchmarks/results.jsonl")
     args = p.parse_args(argv)
+    # --toy: the preset's plumbing at the size of a smoke run, on the CPU and the digits (flags given still win)
+    for key, value in {**PRESETS[args.preset], **(TOY if args.toy else {})}.items():  # toy's over the preset's
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if args.toy:
-        args.base_batch, args.multipliers, args.seeds, args.epochs, args.images_per_epoch = 8, "1,2", 1, 1, 16
-        args.layers, args.retrain_epochs, args.retrain_steps, args.retrain_layers = 3, 1, 2, 3
-        args.retrain_channels, args.plot = 4, ""
+        args.multipliers, args.seeds, args.retrain_steps, args.plot, args.warmup_epochs = "1,2", 1, 2, "", 0
+    if args.freeze_epochs is None:
+        args.freeze_epochs = round(0.3 * args.epochs)
+    if args.jobs is None:
+        args.jobs = args.gpus if args.device == "cuda" else 2
     if args.plot is None:
         args.plot = f"docs/search_batch_scaling_{args.dataset}.png"
-    args.multipliers = [int(m) for m in args.multipliers.split(",")]
-    args.rules = args.rules.split(",")
-    if 1 not in args.multipliers or any(r not in RULES for r in args.rules):
-        p.error("--multipliers must include 1 (the reference) and --rules must be some of none,linear,sqrt")
+    args.multipliers = [int(m) for m in str(args.multipliers).split(",")]
+    args.arms = str(args.arms).split(",")
+    if 1 not in args.multipliers or any(a not in ARMS for a in args.arms):
+        p.error(f"--multipliers must include 1 (the reference) and --arms must be some of {','.join(ARMS)}")
     if args.images_per_epoch and args.images_per_epoch < args.base_batch * max(args.multipliers):
         p.error("--images-per-epoch must hold at least one batch of the largest global batch")
+    if args.dataset == "cifar10" and not args.data_dir and not args.redraw:
+        p.error("--preset cifar10 needs --data-dir (the CIFAR-10 folder)")
     return args
 
 
-def run_one(job: tuple) -> dict:
-    """One search (and the short retrain of its cells); runs in a worker process. Returns its row, with the
-    genotype and the softmaxed alphas of every epoch for the comparison with the seed's 1x search."""
-    args, seed, multiplier, rule = job
-    from dist_darts import search
+def plan(args) -> list[tuple]:
+    """Every run: (seed, multiplier, arm, BatchNorm over "global" batch or "per-gpu")."""
+    runs = []
+    for seed in range(args.seeds):
+        runs.append((seed, 1, PAPER, "global"))
+        for m in args.multipliers:
+            if m == 1:
+                continue
+            for bn in ("global", "per-gpu") if m == args.per_gpu_bn_at else ("global",):
+                runs += [(seed, m, arm, bn) for arm in args.arms]
+    return runs
+
+
+def search_config(args, seed: int, multiplier: int, arm: str, bn: str, output: str):
+    """The SearchConfig of one run: the arm's rules above 1x, the paper's search at 1x."""
     from dist_darts.config import SearchConfig
-    torch.set_num_threads(1)
-    batch = args.base_batch * multiplier
-    with tempfile.TemporaryDirectory(prefix=f"batch-scaling-{seed}-{multiplier}-{rule}-") as tmp:
-        cfg = SearchConfig(dataset=args.dataset, workers=0, device="cpu", seed=seed, epochs=args.epochs,
-                           steps_per_epoch=args.images_per_epoch // batch, layers=args.layers,
-                           init_channels=args.init_channels, batch_size=batch, base_batch_size=args.base_batch,
-                           lr_scaling="none" if rule == "any" else rule,
-                           arch_lr_scaling="none" if rule == "any" else rule, warmup_epochs=args.warmup_epochs,
-                           log_interval=10**6, output=f"{tmp}/search")
+    settings = {} if arm == PAPER else dict(ARMS[arm])
+    warmup, freeze = settings.pop("warmup", False), settings.pop("freeze", False)
+    per_gpu = bn == "per-gpu"
+    batch = args.base_batch * (1 if per_gpu else multiplier)
+    accumulate = multiplier if per_gpu else 1
+    global_batch = args.base_batch * multiplier
+    return SearchConfig(dataset=args.dataset, data_dir=args.data_dir, workers=0,
+                        device=args.device, seed=seed, epochs=args.epochs, layers=args.layers,
+                        init_channels=args.init_channels, batch_size=batch, accumulate=accumulate,
+                        steps_per_epoch=args.images_per_epoch // global_batch, base_batch_size=args.base_batch,
+                        warmup_epochs=args.warmup_epochs if warmup else 0,
+                        arch_warmup_epochs=args.freeze_epochs if freeze else 0, noise_scale_every=1,
+                        log_interval=10**6, output=output, **settings)
+
+
+def _init_worker(devices) -> None:
+    """A GPU per worker process, before CUDA starts in it."""
+    if devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(devices.get())
+
+
+def run_one(job: tuple) -> dict:
+    """One search (and the short retrain of its cell); runs in a worker process. Returns its row, with the genotype
+    of every epoch."""
+    args, (seed, multiplier, arm, bn) = job
+    from dist_darts import search
+    if args.device == "cpu":
+        torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix=f"batch-scaling-{seed}-{multiplier}-") as tmp:
+        cfg = search_config(args, seed, multiplier, arm, bn, f"{tmp}/search")
         started = time.perf_counter()
         result = search.run(cfg)
         seconds = time.perf_counter() - started
-        alphas = [torch.load(f"{tmp}/search/alphas/epoch_{e:03d}.pt") for e in range(args.epochs)]
-        row = {"seed": seed, "multiplier": multiplier, "global_batch": batch, "rule": rule,
-               "search_val_top1": result.val_top1, "search_seconds": seconds,
-               "genotype": gt.to_dict(result.genotype),
-               "softmax_alphas": [{k: torch.softmax(v.float(), -1).tolist() for k, v in a.items()} for a in alphas]}
+        history = json.loads(Path(f"{tmp}/search/history.json").read_text())
+        steps = steps_per_epoch(args, multiplier) * len(history)
+        row = {"seed": seed, "multiplier": multiplier, "global_batch": args.base_batch * multiplier, "arm": arm,
+               "bn": bn, "epochs": len(history), "steps": steps, "search_val_top1": result.val_top1,
+               "search_seconds": seconds, "genotype": gt.to_dict(result.genotype),
+               "epoch_genotypes": [h["genotype"] for h in history],
+               "noise_scale_weights": [h["noise_scale_weights"] for h in history],
+               "noise_scale_alphas": [h["noise_scale_alphas"] for h in history]}
         if args.retrain_epochs:
             row["retrain_top1"] = _bench.short_retrain_top1(args.dataset, f"{tmp}/search/genotype.json", seed,
                                                             args.retrain_epochs, args.retrain_steps,
                                                             args.retrain_layers, args.retrain_channels,
                                                             f"{tmp}/retrain")
-    print(json.dumps({k: v for k, v in row.items() if k not in ("genotype", "softmax_alphas")}), flush=True)
+    print(json.dumps({k: v for k, v in row.items() if k not in ("genotype", "epoch_genotypes")}), flush=True)
     return row
+
+
+def expected_seconds(args, runs: list[tuple]) -> float:
+    """The study's expected wall time: seconds per training image of a short calibration search step at the base
+    batch (alphas and weights), times the images every run's search processes, over the runs at a time (the short
+    retrains come on top)."""
+    from dist_darts.config import search_rates
+    from dist_darts.engine import autocast_factory
+    from dist_darts.supernet import Network
+    device = torch.device(args.device)
+    size = 32  # the digits (upscaled) and CIFAR-10 alike
+    torch.manual_seed(0)
+    model = Network(args.init_channels, 10, args.layers).to(device).to(memory_format=torch.channels_last)
+    batches = [torch.randn(args.base_batch, 3, size, size, device=device).contiguous(
+        memory_format=torch.channels_last) if i % 2 == 0 else torch.randint(0, 10, (args.base_batch,), device=device)
+        for i in range(4)]
+    step = _bench.darts_search_step(model, model, 1, autocast_factory("auto", device)[0], batches)
+    if args.device == "cpu":
+        torch.set_num_threads(1)
+    step()
+    started = time.perf_counter()
+    for _ in range(3):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    per_image = (time.perf_counter() - started) / 3 / args.base_batch
+    images = sum(search_rates(search_config(args, *run, "unused"), 1)["epochs"] * steps_per_epoch(args, run[1])
+                 * args.base_batch * run[1] for run in runs)
+    return per_image * images / args.jobs
+
+
+def steps_per_epoch(args, multiplier: int) -> int:
+    """Optimiser steps per epoch at this multiplier: --images-per-epoch, else the whole search split."""
+    return (args.images_per_epoch or SEARCH_SPLIT[args.dataset]) // (args.base_batch * multiplier)
 
 
 def agreement(genotype, reference) -> float:
@@ -132,11 +246,15 @@ def agreement(genotype, reference) -> float:
     return shared / total
 
 
-def alpha_distance(trajectory, reference) -> float:
-    """Mean over epochs and edges of the L1 distance between two runs' softmaxed alphas."""
-    per_epoch = [statistics.fmean(float((torch.tensor(a[k]) - torch.tensor(b[k])).abs().sum(-1).mean()) for k in a)
-                 for a, b in zip(trajectory, reference)]
-    return statistics.fmean(per_epoch)
+def stability(epoch_genotypes: list, last: int = 3) -> float:
+    """Mean agreement of the final cell with the cells of the `last` epochs before it: 1 = settled."""
+    final = gt.from_dict(epoch_genotypes[-1])
+    earlier = epoch_genotypes[-1 - last:-1] or epoch_genotypes[-1:]
+    return statistics.fmean(agreement(final, gt.from_dict(g)) for g in earlier)
+
+
+def last_measured(values: list):
+    return next((v for v in reversed(values) if v is not None), None)
 
 
 def plot(path: str, rows: list[dict], args, panels: list[tuple[str, str]]) -> str | None:
@@ -149,22 +267,23 @@ def plot(path: str, rows: list[dict], args, panels: list[tuple[str, str]]) -> st
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4), squeeze=False)
     for ax, (metric, label) in zip(axes[0], panels):
-        for i, rule in enumerate(args.rules):
+        for i, arm in enumerate(args.arms):
             xs, means, stds = [], [], []
             for m in args.multipliers:
-                values = [r[metric] for r in rows if r["multiplier"] == m and r["rule"] in (rule, "any")]
-                xs.append(args.base_batch * m * (1 + 0.04 * (i - 1)))  # rules side by side, not on top
+                values = [r[metric] for r in rows if r["multiplier"] == m and r["bn"] == "global"
+                          and r["arm"] in (arm, PAPER)]
+                xs.append(args.base_batch * m * (1 + 0.03 * (i - len(args.arms) / 2)))  # arms side by side
                 means.append(statistics.fmean(values))
                 stds.append(statistics.stdev(values) if len(values) > 1 else 0.0)
-            ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=rule)
+            ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=arm)
         ax.set_xscale("log", base=2)
         batches = [args.base_batch * m for m in args.multipliers]
         ax.set_xticks(batches, [str(b) for b in batches])
         ax.minorticks_off()
         ax.set_xlabel("global batch")
         ax.set_ylabel(label)
-    axes[0][0].legend(title="lr scaling")
-    fig.suptitle(f"DARTS search on {args.dataset}, {args.epochs} epochs, {args.seeds} seed(s) (mean ± std)")
+    axes[0][0].legend(title="arm", fontsize=7)
+    fig.suptitle(f"DARTS search on {args.dataset}, {args.epochs} epochs at 1x, {args.seeds} seed(s) (mean ± std)")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -175,20 +294,29 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.redraw:
         record = [r for r in map(json.loads, (_bench.HERE / "results.jsonl").read_text().splitlines())
-                  if r["benchmark"] == "search_batch_scaling" and r["args"].get("dataset", "digits") == args.dataset][-1]
-        return summarize(record["rows"], argparse.Namespace(**{**record["args"], "plot": args.plot}),
+                  if r["benchmark"] == "search_batch_scaling" and "arms" in r["args"]
+                  and r["args"]["dataset"] == args.dataset][-1]
+        return summarize(record["rows"], argparse.Namespace(**{**record["args"], "plot": args.plot,
+                                                               "no_record": True}),
                          f" (redrawn from the run of {record['date'][:16]})")
-    jobs = [(args, seed, m, rule) for seed in range(args.seeds) for m in args.multipliers
-            for rule in (["any"] if m == 1 else args.rules)]  # at 1x every rule is the paper's
-    with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-        rows = pool.map(run_one, jobs, chunksize=1)
-    references = {r["seed"]: r for r in rows if r["multiplier"] == 1}
+    runs = plan(args)
+    expected = expected_seconds(args, runs)
+    unit = "GPU-hours" if args.device == "cuda" else "core-hours"
+    print(f"{len(runs)} searches, {args.jobs} at a time: expected {expected / 3600:.2f} h of wall time "
+          f"({expected * args.jobs / 3600:.2f} {unit} of searching, the short retrains on top)", flush=True)
+    devices = None
+    if args.device == "cuda":
+        devices = multiprocessing.get_context("spawn").Manager().Queue()
+        for i in range(args.jobs):
+            devices.put(i % args.gpus)
+    with multiprocessing.get_context("spawn").Pool(args.jobs, _init_worker, (devices,)) as pool:
+        rows = pool.map(run_one, [(args, run) for run in runs], chunksize=1)
+    references = [r for r in rows if r["arm"] == PAPER]
     for r in rows:
-        ref = references[r["seed"]]
-        r["agreement"] = agreement(gt.from_dict(r["genotype"]), gt.from_dict(ref["genotype"]))
-        r["alpha_distance"] = alpha_distance(r["softmax_alphas"], ref["softmax_alphas"])
-    for r in rows:
-        del r["softmax_alphas"]  # too long for results.jsonl
+        others = [gt.from_dict(ref["genotype"]) for ref in references if ref["seed"] != r["seed"]]
+        r["agreement"] = (statistics.fmean(agreement(gt.from_dict(r["genotype"]), o) for o in others)
+                          if others else float("nan"))
+        r["stability"] = stability(r.pop("epoch_genotypes"))
     summarize(rows, args, " (toy size: a smoke run of the script, not evidence)" if args.toy else "")
 
 
@@ -197,34 +325,53 @@ def summarize(rows: list[dict], args, title_note: str) -> None:
     from dist_darts import collapse
     for r in rows:
         r["param_free_normal"] = collapse.cell_counts(gt.from_dict(r["genotype"]))["param_free_normal"]
-    header = ["global batch", "rule", "search val top-1 %", "genotype agreement with 1x", "alpha L1 to 1x",
-              "param-free ops, normal (of 8)", "retrain top-1 %", "search s"]
+    paper = [r for r in rows if r["arm"] == PAPER]
+    # the theory's bound, from the 1x searches: the smaller of the weights' and the alphas' last B_noise
+    measured = [min(v for v in (last_measured(r["noise_scale_weights"]), last_measured(r["noise_scale_alphas"]))
+                    if v is not None) for r in paper
+                if any(v is not None for v in (last_measured(r["noise_scale_weights"]),
+                                               last_measured(r["noise_scale_alphas"])))]
+    b_noise = statistics.median(measured) if measured else None
+    header = ["global batch", "arm", "BN", "steps", "search val top-1 %", "agreement with other seeds' 1x",
+              "cell stability (last 3 epochs)", "param-free ops, normal (of 8)", "retrain top-1 %",
+              "B_noise weights", "B_noise alphas", "batch / B_noise(1x)", "search s"]
+
+    def shown(xs, fmt=".2f"):
+        xs = [x for x in xs if x is not None and not math.isnan(x)]
+        return _bench.spread(xs, fmt) if xs else "-"
     lines = []
-    for m in args.multipliers:
-        for rule in (["any"] if m == 1 else args.rules):
-            sel = [r for r in rows if r["multiplier"] == m and r["rule"] == rule]
-            column = {key: [r[key] for r in sel] for key in sel[0]}
-            lines.append([str(args.base_batch * m), rule, _bench.spread(column["search_val_top1"]),
-                          _bench.spread(column["agreement"]), _bench.spread(column["alpha_distance"], ".2e"),
-                          _bench.spread(column["param_free_normal"]),
-                          _bench.spread(column["retrain_top1"]) if args.retrain_epochs else "-",
-                          _bench.spread(column["search_seconds"], ".0f")])
-    markdown = _bench.table(header, lines, right_from=2)
+    for m, arm, bn in dict.fromkeys((r["multiplier"], r["arm"], r["bn"]) for r in rows):
+        sel = [r for r in rows if (r["multiplier"], r["arm"], r["bn"]) == (m, arm, bn)]
+        col = {key: [r.get(key) for r in sel] for key in sel[0]}
+        lines.append([str(args.base_batch * m), arm, bn, shown(col["steps"], ".0f"), shown(col["search_val_top1"]),
+                      shown(col["agreement"]), shown(col["stability"]), shown(col["param_free_normal"]),
+                      shown(col.get("retrain_top1", [])),
+                      shown([last_measured(v) for v in col["noise_scale_weights"]], ".0f"),
+                      shown([last_measured(v) for v in col["noise_scale_alphas"]], ".0f"),
+                      f"{args.base_batch * m / b_noise:.2g}" if b_noise else "-",
+                      shown(col["search_seconds"], ".0f")])
+    markdown = _bench.table(header, lines, right_from=3)
+    floor = shown([r["agreement"] for r in paper])
     panels = ([("retrain_top1", f"{args.retrain_epochs}-epoch retrain top-1 %")] if args.retrain_epochs else []) + [
-        ("search_val_top1", "supernet val top-1 %"), ("param_free_normal", "param-free ops, normal cell (of 8)")]
+        ("search_val_top1", "supernet val top-1 %"), ("agreement", "agreement with other seeds' 1x cells")]
     drawn = plot(args.plot, rows, args, panels) if args.plot else None
-    size = (f"{args.dataset}, supernet {args.layers} cells C={args.init_channels}, base batch {args.base_batch}, "
-            f"{args.epochs} search epoch(s) of " +
+    size = (f"{args.dataset}, supernet {args.layers} cells C={args.init_channels}, "
+            f"base batch {args.base_batch}, {args.epochs} search epoch(s) of " +
             (f"{args.images_per_epoch} training images" if args.images_per_epoch else "the whole search split") +
-            f", first order, weights lr warm-up {args.warmup_epochs} epoch(s), {args.seeds} seed(s); retrain "
+            f" ({steps_per_epoch(args, 1) * args.epochs} steps at 1x), first order, warm-up {args.warmup_epochs} "
+            f"epoch(s), alpha freeze {args.freeze_epochs} epoch(s), {args.seeds} seed(s); retrain "
             f"{args.retrain_layers} cells C={args.retrain_channels}, {args.retrain_epochs} epoch(s)" +
             (f" of at most {args.retrain_steps} steps" if args.retrain_steps else "") +
-            f"; mean ± std over seeds; one process with the global batch (= ranks with SyncBatchNorm); "
-            f"{args.jobs} runs at a time, 1 thread each")
-    print(markdown)
-    title = "Search batch scaling" + title_note
-    _bench.record("search_batch_scaling", "cpu", {"rows": rows, "args": vars(args)}, title,
-                  f"{size}\n\n{markdown}\n" + (f"\nPlot: `{drawn}`\n" if drawn else ""))
+            f"; mean ± std over seeds; BN global = one process with the global batch (= ranks with SyncBatchNorm), "
+            f"per-gpu = accumulated micro-batches of the base batch (= ranks without); {args.jobs} runs at a time. "
+            f"Noise floor: the 1x seeds' cells agree with each other on {floor} of their edges. Median B_noise of "
+            f"the 1x searches (the smaller of weights and alphas at the end): "
+            f"{'-' if b_noise is None else f'{b_noise:.0f}'}.")
+    print(f"{size}\n\n{markdown}")
+    if not args.no_record:
+        _bench.record("search_batch_scaling", args.device, {"rows": rows, "args": vars(args)},
+                      "Search batch scaling" + title_note,
+                      f"{size}\n\n{markdown}\n" + (f"\nPlot: `{drawn}`\n" if drawn else ""))
 
 
 if __name__ == "__main__":

@@ -46,6 +46,8 @@ class Architect:
         self.arch_params = model.arch_parameters()
         self.weight_names, self.weights = zip(*model.named_weights())
         self.penalty: Callable[[], torch.Tensor | None] = lambda: None  # the method's term on the alphas, if any
+        # told the alphas' squared gradient norm on this rank and over all ranks (the noise-scale monitor), if set
+        self.observe_average: Callable[[torch.Tensor, torch.Tensor], None] | None = None
 
     def _loss(self, x, y, weights=None, buffers=None, fp32=False):
         """The loss at `weights` (default: the module's own) with `buffers` (default: the module's own), under
@@ -93,10 +95,20 @@ class Architect:
             # ctx.needs_input_grad would otherwise ask for the depthwise convs' weight gradients)
             grads, loss = self._mean_gradients(x_val, y_val, self.arch_params, micro_batches,
                                                [w.detach() for w in self.weights])
-            return self.with_penalty(self.average(grads)), loss  # one all-reduce per step, whatever N
+            return self.with_penalty(self._average_alphas(grads, len(grads))), loss  # one all-reduce, whatever N
         with torch.autocast(x_train.device.type, enabled=False):  # the backward passes too
             grads, loss = self._unrolled_gradients(x_train, y_train, x_val, y_val, lr, micro_batches)
         return self.with_penalty(grads), loss
+
+    def _average_alphas(self, grads: list, count: int) -> list:
+        """self.average(grads), whose first `count` are the alphas' gradients: their squared norm before (this
+        rank's batch) and after (all ranks') goes to observe_average."""
+        if self.observe_average is None:
+            return self.average(grads)
+        local = torch.nn.utils.get_total_norm(grads[:count]).double() ** 2
+        grads = self.average(grads)
+        self.observe_average(local, torch.nn.utils.get_total_norm(grads[:count]).double() ** 2)
+        return grads
 
     def _mean_gradients(self, x, y, wrt: list, micro_batches: int, weights=None, buffers=None, fp32=False):
         """Gradients of the loss on (x, y) with respect to `wrt`, and the loss, as means over `micro_batches`
@@ -127,7 +139,7 @@ class Architect:
         n_arch = len(self.arch_params)
         grads, loss_val = self._mean_gradients(x_val, y_val, list(self.arch_params) + unrolled, micro_batches,
                                                unrolled, scratch, fp32=True)
-        grads = self.average(grads)
+        grads = self._average_alphas(grads, n_arch)
         d_alpha, d_unrolled = grads[:n_arch], grads[n_arch:]
         del unrolled
 

@@ -43,6 +43,10 @@ SPACES = ("cnn", "rnn")  # the search spaces: convolutional cells (CIFAR, ImageN
 DATA_BACKENDS = ("auto", "torch", "dali-cpu", "dali-gpu", "synthetic")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCALING_RULES = ("none", "linear", "sqrt")
+ARCH_SCALING_RULES = SCALING_RULES + ("adam-sqrt",)  # the alphas' Adam may also scale its betas and epsilon
+WEIGHT_OPTIMIZERS = ("sgd", "lars", "lamb")
+ADAM_EPS = 1e-8  # torch.optim.Adam's default, the alphas' epsilon at the base batch
+MAX_ONE_MINUS_BETA2 = 0.1  # adam-sqrt's cap on 1 - beta2 x k: beta2 stays >= 0.9, well above beta1^2
 
 
 GROUPS = ("data", "model", "optimiser", "schedule", "augmentation", "architecture search", "distributed",
@@ -141,13 +145,21 @@ def scaling_factor(rule: str, global_batch: int, base_batch: int) -> float:
 
 
 def search_rates(cfg: SearchConfig, world_size: int) -> dict:
-    """The global batch and the learning rates a search runs with on world_size ranks (config.yaml's resolved
-    section)."""
+    """The global batch, the learning rates, the alphas' Adam betas and epsilon and the epochs a search runs with
+    on world_size ranks (config.yaml's resolved section).
+
+    adam-sqrt (Malladi et al. 2022, the square-root rule for Adam): at k = global / base batch, the rate times
+    sqrt(k), 1 - beta2 times k (capped at MAX_ONE_MINUS_BETA2), epsilon over sqrt(k); beta1 stays."""
     global_batch = cfg.batch_size * world_size * cfg.accumulate
+    k = global_batch / cfg.base_batch_size
     w = scaling_factor(cfg.lr_scaling, global_batch, cfg.base_batch_size)
-    a = scaling_factor(cfg.arch_lr_scaling, global_batch, cfg.base_batch_size)
+    adam_sqrt = cfg.arch_lr_scaling == "adam-sqrt"
+    a = scaling_factor("sqrt" if adam_sqrt else cfg.arch_lr_scaling, global_batch, cfg.base_batch_size)
+    beta2 = 1 - min((1 - cfg.arch_beta2) * k, MAX_ONE_MINUS_BETA2) if adam_sqrt else cfg.arch_beta2
+    epochs = max(1, round(cfg.epochs * scaling_factor(cfg.epoch_scaling, global_batch, cfg.base_batch_size)))
     return {"global_batch": global_batch, "learning_rate": cfg.learning_rate * w,
-            "learning_rate_min": cfg.learning_rate_min * w, "arch_learning_rate": cfg.arch_learning_rate * a}
+            "learning_rate_min": cfg.learning_rate_min * w, "arch_learning_rate": cfg.arch_learning_rate * a,
+            "arch_beta2": beta2, "arch_eps": ADAM_EPS / math.sqrt(k) if adam_sqrt else ADAM_EPS, "epochs": epochs}
 
 
 LARGE_BATCH_WARMUP = 5  # epochs of linear warm-up a retrain above its base batch gets unless told otherwise
@@ -267,18 +279,36 @@ class SearchConfig(JobConfig):
     warmup_epochs: int = opt(0, "weights: linear learning-rate warm-up epochs, multiplied onto the cosine "
                                 "schedule", "schedule")
     arch_lr_scaling: str = opt("linear", "alphas: how the Adam learning rate follows global batch / base batch: "
-                                         "none, linear (the default, as the weights'), sqrt", "architecture search",
-                               choices=SCALING_RULES)
+                                         "none, linear (the default, as the weights'), sqrt, adam-sqrt (Malladi et "
+                                         "al. 2022: the rate x sqrt(k), 1 - beta2 x k up to 0.1, epsilon / sqrt(k); "
+                                         "beta1 stays)", "architecture search", choices=ARCH_SCALING_RULES)
+    optimizer: str = opt("sgd", "weights: sgd (the paper's, with momentum), lars (layer-wise rates min(lr, 0.001 "
+                                "|w| / |g|): LARS with LARC's clipping) or lamb (Adam steps scaled per layer to "
+                                "lr x |w|); lars and lamb are timm's (pip install 'dist-darts[lb]')", "optimiser",
+                         choices=WEIGHT_OPTIMIZERS)
+    epoch_scaling: str = opt("none", "run more epochs at a larger global batch: none (--epochs is what runs), sqrt "
+                                     "or linear in global batch / base batch (the epochs that run are in the start "
+                                     "line and config.yaml's resolved section)", "schedule", choices=SCALING_RULES)
     arch_warmup_epochs: int = opt(0, "alphas: frozen for the first K epochs while the weights train (PC-DARTS)",
                                   "architecture search")
     accumulate: int = opt(1, "micro-batches per step: the gradients of N batches of --batch-size are averaged "
                              "into one step, in first and second order (BatchNorm normalises each micro-batch)",
                              "optimiser")
+    noise_scale: bool = opt(True, "measure the gradient noise scale B_noise of the weights and of the alphas (the "
+                                  "largest global batch that still pays, McCandlish et al. 2018; docs/large-batch.md): "
+                                  "on several ranks from each rank's and the all-reduced gradients every step, on one "
+                                  "process by an extra pass every --noise-scale-every steps", "schedule")
+    noise_scale_every: int = opt(200, "one process: steps between two noise-scale measurements (each costs about "
+                                      "one first-order step, benchmarks/noise_scale_cost.py; several ranks measure "
+                                      "every step for free)", "schedule")
 
     def __post_init__(self):
         super().__post_init__()
-        check_ranges(self, minimum=1, names=("base_batch_size", "accumulate"))
+        check_ranges(self, minimum=1, names=("base_batch_size", "accumulate", "noise_scale_every"))
         check_ranges(self, minimum=0, names=("warmup_epochs", "arch_warmup_epochs"))
+        if self.unrolled and self.optimizer != "sgd":
+            raise ConfigError(f"optimizer: the second-order (--unrolled) virtual step is SGD's; {self.optimizer} "
+                              "runs in first order only")
         if not 0.0 < self.train_portion < 1.0:
             raise ConfigError(f"train-portion: must be between 0 and 1, got {self.train_portion}")
         check_ranges(self, minimum=0, names=("train_subset", "arch_subset"))
@@ -543,7 +573,7 @@ def default_evaluate_output(checkpoint: str) -> str:
 
 
 SEARCH_SCALING = ("base_batch_size", "lr_scaling", "warmup_epochs", "arch_lr_scaling", "arch_warmup_epochs",
-                  "accumulate")
+                  "accumulate", "optimizer", "epoch_scaling")
 # Settings of `sweep` handed on to the searches and retrains it runs: the shared runtime and data fields (less
 # the run folder, resume and seed, which the sweep sets per trial), the network size, the search method.
 SWEEP_PASSED = tuple(f.name for f in dataclasses.fields(DataConfig) + dataclasses.fields(RunConfig)

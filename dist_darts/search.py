@@ -29,6 +29,8 @@ from .engine import EpochHook, Job, affine_at, autocast_factory, check_memory, c
     prepare_job_model, run_job, saved_activation_bytes, step_memory, to_memory_format
 from .logs import log, summary_table
 from .methods import ALPHA_STEP, WEIGHT_STEP
+from .noise_scale import NoiseScaleMonitor, suggestion
+from .optimizers import weight_optimizer
 from .projection import Projection, decision_count
 from .runfolder import atomic_write
 from .supernet import Network, choose_stem, fits
@@ -139,14 +141,15 @@ def supernet_stem(cfg: SearchConfig, image_size: int) -> str:
 def search_step(model: Network, train_model: nn.Module, architect: Architect, w_optimizer: torch.optim.Optimizer,
                 criterion, batch, lr: float, grad_clip: float, autocast, channels_last: bool = True,
                 accumulate: int = 1, update_alphas: bool = True,
-                generator: torch.Generator | None = None) -> StepOutput:
+                generator: torch.Generator | None = None, noise: NoiseScaleMonitor | None = None) -> StepOutput:
     """One DARTS step, as the original: the alphas' step on a validation batch (first or second order), then the
     weights' step on a training batch (forward, backward, gradient-norm clip, SGD). A stochastic method draws its
     noise from `generator`: one sample for the alpha step (all its passes) and one for the weight step.
 
     With accumulate N, both batches are split into N equal micro-batches whose gradients are averaged into the one
     step: the same step as the whole batch at once (the same samples too), up to BatchNorm normalising over each
-    micro-batch. Without update_alphas (the alphas' warm-up) only the weights move."""
+    micro-batch. Without update_alphas (the alphas' warm-up) only the weights move. A `noise` monitor measures this
+    step's gradient noise scale without changing the step."""
     (x_train, y_train), (x_val, y_val) = batch
     if len(y_train) % accumulate or len(y_val) % accumulate:
         raise ValueError(f"batches of {len(y_train)} and {len(y_val)} do not split into {accumulate} equal "
@@ -154,8 +157,12 @@ def search_step(model: Network, train_model: nn.Module, architect: Architect, w_
     x_train, x_val = to_memory_format(x_train, channels_last), to_memory_format(x_val, channels_last)
     scalars = {}
     if update_alphas:
+        if noise is not None:
+            noise.probe(model.arch_parameters(), x_val, y_val, ALPHA_STEP, generator)
         with model.sampling(ALPHA_STEP, generator):
             scalars["search/arch_loss_step"] = architect.step(x_train, y_train, x_val, y_val, lr, accumulate)
+    if noise is not None:
+        noise.probe(list(architect.weights), x_train, y_train, WEIGHT_STEP, generator)
     w_optimizer.zero_grad(set_to_none=True)
     losses, logits = [], []
     micro = list(zip(x_train.chunk(accumulate), y_train.chunk(accumulate)))
@@ -170,7 +177,9 @@ def search_step(model: Network, train_model: nn.Module, architect: Architect, w_
                 (loss / accumulate).backward()
             losses.append(loss.detach())
             logits.append(out.detach())
-    nn.utils.clip_grad_norm_(architect.weights, grad_clip)
+    total_norm = nn.utils.clip_grad_norm_(architect.weights, grad_clip)
+    if noise is not None:
+        noise.weights_reduced(total_norm)
     w_optimizer.step()
     loss = torch.stack(losses).mean()
     return StepOutput(loss, torch.cat(logits), y_train, {"search/train_loss_step": loss, **scalars})
@@ -224,6 +233,8 @@ class SearchTask:
         self.model, self.train_model = prepare_job_model(model, job, exclude=tuple(model.arch_parameters()))
         self.criterion = nn.CrossEntropyLoss()
         self.rates = search_rates(cfg, job.env.world_size)
+        self.search_epochs = self.rates["epochs"]  # --epochs, or more with --epoch-scaling
+        sync_bn = next((type(m).__name__ for m in self.model.modules() if "Sync" in type(m).__name__), None)
         # the settings --method brings (config.METHOD_DEFAULTS), as this run has them: its authors' unless given
         method_settings = {k: getattr(cfg, k) for k in METHOD_DEFAULTS.get(cfg.method, {})}
         job.resolved = {**self.rates, **({"method_settings": method_settings} if method_settings else {})}
@@ -239,18 +250,26 @@ class SearchTask:
                      self.subsets["sha256"][:16])
         log.info("supernet stem: %s (%d px images)", self.stem, loaders.image_size)
         log.info("global batch %d (%d per rank x %d rank(s) x accumulate %d) | weights lr %.6g (%s) | alphas lr %.6g "
-                 "(%s) | base batch %d", self.rates["global_batch"], cfg.batch_size, job.env.world_size,
-                 cfg.accumulate, self.rates["learning_rate"], cfg.lr_scaling, self.rates["arch_learning_rate"],
-                 cfg.arch_lr_scaling, cfg.base_batch_size)
-        self.w_opt = torch.optim.SGD(self.model.weights(), self.rates["learning_rate"], momentum=cfg.momentum,
-                                     weight_decay=cfg.weight_decay)
+                 "(%s) | base batch %d | weights optimizer %s | %d epochs (epoch scaling %s) | BatchNorm over %s",
+                 self.rates["global_batch"], cfg.batch_size, job.env.world_size, cfg.accumulate,
+                 self.rates["learning_rate"], cfg.lr_scaling, self.rates["arch_learning_rate"], cfg.arch_lr_scaling,
+                 cfg.base_batch_size, cfg.optimizer, self.search_epochs, cfg.epoch_scaling,
+                 f"the global batch ({sync_bn})" if sync_bn else f"each rank's batch of {cfg.batch_size} (per GPU)")
+        self.w_opt = weight_optimizer(cfg.optimizer, self.model.weights(), self.rates["learning_rate"], cfg.momentum,
+                                      cfg.weight_decay)
         self.a_opt = torch.optim.Adam(self.model.arch_parameters(), self.rates["arch_learning_rate"],
-                                      betas=(cfg.arch_beta1, cfg.arch_beta2), weight_decay=cfg.arch_weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs,
+                                      betas=(cfg.arch_beta1, self.rates["arch_beta2"]), eps=self.rates["arch_eps"],
+                                      weight_decay=cfg.arch_weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, self.search_epochs,
                                                                     eta_min=self.rates["learning_rate_min"])
         self.architect = Architect(self.model, self.criterion, self.a_opt, self.w_opt, cfg.momentum,
                                    cfg.weight_decay, unrolled=cfg.unrolled, average=all_reduce_mean_,
                                    autocast=job.autocast)
+        self.noise = None
+        if cfg.noise_scale:
+            self.noise = NoiseScaleMonitor(self.model, self.criterion, job.autocast, cfg.batch_size, cfg.accumulate,
+                                           job.env.world_size, cfg.noise_scale_every, job.env.device)
+            self.noise.attach(self.train_model, self.architect)
         self.method = self.model.method
         batches = len(loaders.train)  # an epoch is one pass over the weights' split, as in DARTS and PC-DARTS
         if batches < cfg.accumulate:
@@ -259,7 +278,7 @@ class SearchTask:
         self.steps = min(batches // cfg.accumulate, cfg.steps_per_epoch or batches)
         # DARTS-PT's selection runs after the search's epochs: a decision every --pt-tune-epochs, search between
         self.projection = None
-        self.epochs = cfg.epochs
+        self.epochs = self.search_epochs
         if cfg.derive == "darts-pt":
             self.projection = Projection(gt.STEPS, cfg.seed, cfg.max_skip)
             self.decisions = decision_count(gt.STEPS)
@@ -279,7 +298,8 @@ class SearchTask:
                 "hessian_eigenvalues": list(self.eigenvalues), "hessian_epochs": list(self.eigenvalue_epochs),
                 "epoch_genotypes": {e: _as_dict(g) for e, g in self.epoch_genotypes.items()},
                 "chosen_genotype": _as_dict(self.chosen_genotype),
-                "projection": None if self.projection is None else self.projection.state_dict()}
+                "projection": None if self.projection is None else self.projection.state_dict(),
+                "noise_scale": None if self.noise is None else self.noise.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -290,6 +310,8 @@ class SearchTask:
         self.eigenvalue_epochs = list(state["hessian_epochs"])
         self.epoch_genotypes = {int(e): gt.from_dict(g) for e, g in state["epoch_genotypes"].items()}
         self.chosen_genotype = None if state.get("chosen_genotype") is None else gt.from_dict(state["chosen_genotype"])
+        if self.noise is not None and state.get("noise_scale") is not None:
+            self.noise.load_state_dict(state["noise_scale"])
         if self.projection is not None:
             self.projection.load_state_dict(state["projection"])
             if self.projection.decisions_made:  # in the selection already: the network mixes as projected
@@ -305,16 +327,16 @@ class SearchTask:
         # the warm-up is a factor on the cosine schedule derived from the epoch, so a resume needs no extra state
         warm = (epoch + 1) / cfg.warmup_epochs if epoch < cfg.warmup_epochs else 1.0
         self.lr = self.scheduler.get_last_lr()[0] * warm
-        if epoch >= cfg.epochs:
-            self.lr = self._select(epoch - cfg.epochs, start_step)
+        if epoch >= self.search_epochs:
+            self.lr = self._select(epoch - self.search_epochs, start_step)
         for group in self.w_opt.param_groups:
             group["lr"] = self.lr
         self.update_alphas = epoch >= cfg.arch_warmup_epochs
         model = self.model
-        schedule_epoch = min(epoch, cfg.epochs)  # the methods' schedules end with the search
-        model.set_epoch(schedule_epoch, cfg.epochs)
+        schedule_epoch = min(epoch, self.search_epochs)  # the methods' schedules end with the search
+        model.set_epoch(schedule_epoch, self.search_epochs)
         self.architect.penalty = lambda: self.method.penalty([model.alphas_normal, model.alphas_reduce],
-                                                             schedule_epoch, cfg.epochs)
+                                                             schedule_epoch, self.search_epochs)
         self.step_index = epoch * self.steps + start_step  # seeds the step's noise: a resume draws the same
         self.loaders.train.set_epoch(epoch, start_step * cfg.accumulate)
         # a shorter alphas' split (PC-DARTS' 2.5 % against 10 %) is read again within the epoch, as theirs
@@ -354,10 +376,11 @@ class SearchTask:
         generator = None
         if self.method.stochastic:  # the same seed on every rank: the same noise, the same alphas
             generator = torch.Generator(self.job.env.device).manual_seed(cfg.seed * 1_000_003 + self.step_index)
+        noise = self.noise if self.noise is not None and self.noise.due(self.step_index) else None
         self.step_index += 1
         return search_step(self.model, self.train_model, self.architect, self.w_opt, self.criterion, batch, self.lr,
                            cfg.grad_clip, self.job.autocast, cfg.channels_last, cfg.accumulate, self.update_alphas,
-                           generator)
+                           generator, noise)
 
     def end_epoch(self, epoch: int, train: dict) -> EpochEnd:
         cfg, model = self.job.cfg, self.model
@@ -375,6 +398,7 @@ class SearchTask:
             _save_epoch_outputs(model, genotype, self.job.run_dir, epoch)
         self.epoch_genotypes[epoch] = genotype
         collapse_row, collapse_text, signals = self._collapse_signs(epoch, original)
+        noise_row, noise_text = self.noise_scales()
         stop = None
         if cfg.early_stop in signals:  # the rule says which epoch's genotype is the result
             stop, kept = signals[cfg.early_stop]
@@ -388,16 +412,28 @@ class SearchTask:
                                                   ("train_top1", train["top1"]), ("val_loss", val["loss"]),
                                                   ("val_top1", val["top1"])]}
         scalars.update({f"collapse/{k}": v for k, v in collapse_row.items() if v is not None})
+        scalars.update({f"noise_scale/{k.removeprefix('noise_scale_')}": v for k, v in noise_row.items()
+                        if v is not None})
         return EpochEnd(
             metrics={"epoch": epoch + 1, "train_top1": train["top1"], "val_top1": val["top1"],
                      "val_loss": val["loss"], "genotype": json.dumps(gt.to_dict(result_genotype))},
             row={"epoch": epoch + 1, "lr": self.lr, "train_loss": train["loss"], "train_top1": train["top1"],
-                 "val_loss": val["loss"], "val_top1": val["top1"], **collapse_row, "genotype": gt.to_dict(genotype)},
+                 "val_loss": val["loss"], "val_top1": val["top1"], **collapse_row, **noise_row,
+                 "genotype": gt.to_dict(genotype)},
             scalars={**scalars, **alpha_statistics(model)},
             line=f"epoch {epoch + 1}/{self.epochs} lr {self.lr:.5f} | train loss {train['loss']:.4f} top1 "
-                 f"{train['top1']:.2f}% | val loss {val['loss']:.4f} top1 {val['top1']:.2f}% | {collapse_text} | "
-                 f"{gt.format_genotype(genotype)}",
+                 f"{train['top1']:.2f}% | val loss {val['loss']:.4f} top1 {val['top1']:.2f}% | {collapse_text}"
+                 f"{noise_text} | {gt.format_genotype(genotype)}",
             stop=stop)
+
+    def noise_scales(self) -> tuple[dict, str]:
+        """The history.json keys of the noise-scale monitor (None where off or not measured yet) and a text for the
+        epoch line (empty when off)."""
+        if self.noise is None:
+            return {"noise_scale_weights": None, "noise_scale_alphas": None}, ""
+        values = self.noise.values()
+        shown = ["-" if v is None else f"{v:.3g}" for v in values.values()]
+        return values, f" | B_noise weights {shown[0]} alphas {shown[1]}"
 
     def _collapse_signs(self, epoch: int, genotype: gt.Genotype) -> tuple[dict, str, dict]:
         """This epoch's collapse monitor: the history.json keys, a short text for the log line, and the signals
@@ -418,7 +454,7 @@ class SearchTask:
             text += f" | Hessian eigenvalue {eigenvalue:.4g}"
         # RobustDARTS never stops at the search's last epoch: it ends there anyway, with its own cell
         estimates = (list(zip(self.eigenvalue_epochs, self.eigenvalues))
-                     if eigenvalue is not None and epoch < cfg.epochs - 1 else None)
+                     if eigenvalue is not None and epoch < self.search_epochs - 1 else None)
         signals = collapse.signals(counts, epoch, estimates, self.eigenvalue_rule)
         if self.job.env.is_main:
             for warning, _ in signals.values():
@@ -439,6 +475,7 @@ def _search(job: Job, on_epoch: EpochHook | None) -> SearchResult:
     genotype = task.chosen_genotype or model.genotype(cfg.max_skip)
     epochs_run = metrics.get("epoch", task.epochs)
     digest = check_replicas(model.parameters())
+    noise = task.noise_scales()[0]  # every rank: a collective under DDP
     seconds = time.time() - job.started
     result = SearchResult(genotype, metrics["val_top1"], metrics["train_top1"], epochs_run, str(job.run_dir), seconds)
     if env.is_main:
@@ -448,7 +485,7 @@ def _search(job: Job, on_epoch: EpochHook | None) -> SearchResult:
         atomic_write(job.run_dir / "result.json", json.dumps({
             "genotype": gt.to_dict(genotype), "val_top1": result.val_top1, "train_top1": result.train_top1,
             "epochs": epochs_run, "early_stopped": task.chosen_genotype is not None, "derive": cfg.derive,
-            "world_size": env.world_size,
+            "world_size": env.world_size, "global_batch": task.rates["global_batch"], **noise,
             "seconds": seconds,
             "replica_digest": digest}, indent=2) + "\n")
         method = ("2nd" if cfg.unrolled else "1st") + f" order {cfg.method}" + (
@@ -460,10 +497,12 @@ def _search(job: Job, on_epoch: EpochHook | None) -> SearchResult:
             ("data", f"{cfg.dataset}, {task.steps} steps/epoch x {env.world_size} rank(s) x batch {cfg.batch_size}"),
             ("method", method),
             ("epochs", str(epochs_run) if epochs_run == task.epochs else
-             f"{epochs_run} of {cfg.epochs} (ended by --early-stop {cfg.early_stop})"),
+             f"{epochs_run} of {task.search_epochs} (ended by --early-stop {cfg.early_stop})"),
             ("train top-1", f"{result.train_top1:.2f} %"),
             ("val top-1 (search split)", f"{result.val_top1:.2f} %"),
             ("time", f"{seconds:.0f} s"),
+            ("noise scale", suggestion(noise, task.rates["global_batch"], cfg.batch_size * cfg.accumulate,
+                                       env.world_size) if task.noise is not None else "off (--no-noise-scale)"),
             ("genotype", str(job.run_dir / "genotype.json")),
             ("drawings", ", ".join(drawings) or "none"),
         ]))

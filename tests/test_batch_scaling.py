@@ -46,8 +46,77 @@ def test_each_rule_resolves_to_the_documented_rates(batch, world, accumulate, ru
     assert mixed["learning_rate"] == rates["learning_rate"] and mixed["arch_learning_rate"] == 3e-4
 
 
+@pytest.mark.parametrize("global_batch, lr, beta2, eps", [
+    (64, 3e-4, 0.999, 1e-8),  # the base batch: Adam as the paper's
+    (256, 3e-4 * 2, 1 - 0.001 * 4, 1e-8 / 2),  # k = 4: rate x 2, 1 - beta2 x 4, epsilon / 2
+    (1024, 3e-4 * 4, 1 - 0.001 * 16, 1e-8 / 4),
+    (64 * 256, 3e-4 * 16, 0.9, 1e-8 / 16),  # k = 256: 1 - beta2 capped at 0.1
+    (16, 3e-4 / 2, 1 - 0.001 / 4, 1e-8 * 2),  # a smaller batch the other way
+])
+def test_adam_sqrt_resolves_to_malladis_rates(global_batch, lr, beta2, eps):
+    cfg = SearchConfig(dataset="digits", batch_size=global_batch, arch_lr_scaling="adam-sqrt", arch_beta1=0.5)
+    rates = config.search_rates(cfg, 1)
+    assert rates["arch_learning_rate"] == pytest.approx(lr)
+    assert rates["arch_beta2"] == pytest.approx(beta2) and rates["arch_eps"] == pytest.approx(eps)
+    assert cfg.arch_beta1 == 0.5  # beta1 stays: DARTS's 0.5 cannot scale
+
+
+@pytest.mark.parametrize("rule, k, epochs", [("none", 8, 50), ("sqrt", 4, 100), ("linear", 4, 200),
+                                             ("sqrt", 2, 71), ("linear", 1, 50), ("sqrt", 1 / 4, 25)])
+def test_epoch_scaling_resolves_to_the_documented_epochs(rule, k, epochs):
+    cfg = SearchConfig(dataset="digits", batch_size=int(64 * k), epoch_scaling=rule)
+    assert config.search_rates(cfg, 1)["epochs"] == epochs
+    assert SearchConfig(dataset="digits").epoch_scaling == "none"  # --epochs is what runs unless opted in
+
+
+def test_at_the_base_batch_the_new_rules_run_todays_search(tmp_path):
+    """At global batch = base batch, adam-sqrt, epoch scaling and the noise-scale monitor change nothing: the
+    search is bit for bit the default one (the paper's rates, SGD, --epochs), which runs torch's SGD and Adam."""
+    torch.set_num_threads(1)
+    runs = {}
+    for name, extra in (("defaults", {}), ("new rules", dict(arch_lr_scaling="adam-sqrt", epoch_scaling="sqrt",
+                                                              noise_scale=False))):
+        cfg = SearchConfig(**TINY, base_batch_size=8, epochs=1, steps_per_epoch=2, output=str(tmp_path / name),
+                           **extra)
+        search.run(cfg)
+        runs[name] = torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=False)
+    for key, value in runs["defaults"]["model"].items():
+        assert torch.equal(value, runs["new rules"]["model"][key]), key
+    assert runs["defaults"]["a_optimizer"]["param_groups"][0]["betas"] == (0.5, 0.999)
+    assert runs["defaults"]["a_optimizer"]["param_groups"][0]["eps"] == 1e-8
+    assert "momentum_buffer" in next(iter(runs["defaults"]["w_optimizer"]["state"].values()))
+    assert "weights optimizer sgd | 1 epochs (epoch scaling none) | BatchNorm over each rank's batch of 8 (per " \
+           "GPU)" in (tmp_path / "defaults" / "log.txt").read_text()
+
+
+@pytest.mark.parametrize("name", ["lars", "lamb"])
+def test_lars_and_lamb_are_timms_and_train_the_supernet(name):
+    timm_optim = pytest.importorskip("timm.optim")
+    from dist_darts.optimizers import weight_optimizer
+    torch.set_num_threads(1)
+    model = _tiny_supernet()
+    w_opt = weight_optimizer(name, model.weights(), 0.1, 0.9, 3e-4)
+    assert isinstance(w_opt, {"lars": timm_optim.Lars, "lamb": timm_optim.Lamb}[name])
+    _, architect = _parts(model)
+    before = [w.detach().clone() for w in model.weights()]
+    search_step(model, model, architect, w_opt, nn.CrossEntropyLoss(), _batch(8, 0), 0.1, 5.0, _no_autocast,
+                channels_last=False)
+    after = list(model.weights())
+    assert all(torch.isfinite(w).all() for w in after) and not torch.equal(before[0], after[0])
+
+
+def test_large_batch_optimizers_refuse_second_order_and_a_missing_timm(monkeypatch):
+    with pytest.raises(ConfigError, match="first order only"):
+        SearchConfig(dataset="digits", optimizer="lars", unrolled=True)
+    from dist_darts.optimizers import weight_optimizer
+    monkeypatch.setitem(__import__("sys").modules, "timm.optim", None)  # as if timm were not installed
+    with pytest.raises(ConfigError, match=r"pip install 'dist-darts\[lb\]'"):
+        weight_optimizer("lamb", [nn.Parameter(torch.zeros(1))], 0.1, 0.9, 0.0)
+
+
 def test_bad_rule_values_are_refused():
-    for bad in (dict(lr_scaling="cubic"), dict(base_batch_size=0), dict(accumulate=0), dict(warmup_epochs=-1),
+    for bad in (dict(lr_scaling="cubic"), dict(lr_scaling="adam-sqrt"), dict(optimizer="adam"),
+                dict(epoch_scaling="cubic"), dict(noise_scale_every=0), dict(base_batch_size=0), dict(accumulate=0), dict(warmup_epochs=-1),
                 dict(arch_warmup_epochs=-1)):
         with pytest.raises(ConfigError):
             SearchConfig(dataset="digits", **bad)
@@ -114,7 +183,7 @@ def test_the_default_rules_are_linear_from_the_papers_batch(tmp_path):
     assert "resolved" not in resolved and resolved["lr_scaling"] == resolved["arch_lr_scaling"] == "linear"
     written = yaml.safe_load((tmp_path / "defaults" / "config.yaml").read_text())["resolved"]
     assert written == {"global_batch": 8, "learning_rate": 0.025 / 8, "learning_rate_min": 0.001 / 8,
-                       "arch_learning_rate": 3e-4 / 8}
+                       "arch_learning_rate": 3e-4 / 8, "arch_beta2": 0.999, "arch_eps": 1e-8, "epochs": 1}
     assert "global batch 8 (8 per rank x 1 rank(s) x accumulate 1) | weights lr 0.003125 (linear) | alphas lr " \
            "3.75e-05 (linear)" in (tmp_path / "defaults" / "log.txt").read_text()
     assert SearchConfig(dataset="digits").batch_size == 64  # at the paper's batch the defaults are its rates
@@ -291,3 +360,44 @@ def test_a_resume_inside_the_warm_ups_with_accumulation_is_exact(tmp_path, monke
         assert torch.equal(value, resumed["model"][key]), key
     assert straight["w_optimizer"]["param_groups"][0]["lr"] == resumed["w_optimizer"]["param_groups"][0]["lr"]
     assert straight["history"] == resumed["history"]
+
+
+def _study():
+    import importlib.util
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "search_batch_scaling.py")
+    spec = importlib.util.spec_from_file_location("search_batch_scaling", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_default_study_settles_at_1x_and_covers_every_cell():
+    """The CPU study's plan: 1,000 steps at 1x, 5 batches x 5 arms x 3 seeds, both BatchNorm choices at 8x; the
+    cifar10 preset is the paper's supernet and search."""
+    study = _study()
+    args = study.parse_args([])
+    assert study.steps_per_epoch(args, 1) * args.epochs >= 1000
+    runs = study.plan(args)
+    assert len(runs) == 3 * (1 + 4 * 5 + 5)
+    assert {bn for _, m, _, bn in runs if m == 8} == {"global", "per-gpu"}
+    per_gpu = study.search_config(args, 0, 8, "+LARS", "per-gpu", "x")
+    assert (per_gpu.batch_size, per_gpu.accumulate, per_gpu.optimizer, per_gpu.epoch_scaling) == (16, 8, "lars",
+                                                                                                   "sqrt")
+    assert per_gpu.arch_lr_scaling == "adam-sqrt" and per_gpu.arch_warmup_epochs == 8 and per_gpu.warmup_epochs == 2
+    paper = study.search_config(args, 0, 1, study.PAPER, "global", "x")
+    assert (paper.batch_size, paper.warmup_epochs, paper.arch_warmup_epochs, paper.optimizer) == (16, 0, 0, "sgd")
+    assert config.search_rates(paper, 1)["learning_rate"] == 0.025  # the paper's search at the base batch
+    cifar = study.parse_args(["--preset", "cifar10", "--data-dir", "/data"])
+    assert (cifar.layers, cifar.init_channels, cifar.base_batch, cifar.epochs, cifar.device) == (8, 16, 64, 50, "cuda")
+
+
+def test_a_toy_dry_run_of_the_cifar10_preset_runs_on_the_cpu():
+    import subprocess
+    import sys
+    from helpers import env_for_subprocess
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "search_batch_scaling.py")
+    out = subprocess.run([sys.executable, script, "--preset", "cifar10", "--toy", "--no-record", "--arms", "+LARS",
+                          "--per-gpu-bn-at", "0", "--retrain-epochs", "0", "--jobs", "1"], capture_output=True,
+                         text=True, env=env_for_subprocess(), timeout=900, check=True).stdout
+    assert "2 searches, 1 at a time: expected" in out
+    assert "| 16 | +LARS | global |" in out and "Noise floor" in out

@@ -23,9 +23,10 @@ def dev_extras(environment: dict) -> set[str]:
 
 
 def test_dali_only_on_linux_x86_64():
-    assert dev_extras(LINUX) == {"viz", "tune", "photos", "dali"}
+    assert dev_extras(LINUX) == {"viz", "tune", "photos", "lb", "dali"}
     for platform, machine in (("darwin", "arm64"), ("win32", "AMD64"), ("linux", "aarch64")):
-        assert dev_extras(dict(LINUX, sys_platform=platform, platform_machine=machine)) == {"viz", "tune", "photos"}
+        assert dev_extras(dict(LINUX, sys_platform=platform, platform_machine=machine)) == {"viz", "tune", "photos",
+                                                                                                 "lb"}
 
 
 MODEL_MODULES = ("ops", "supernet", "model", "genotype", "methods", "projection", "rnn")
@@ -49,3 +50,8 @@ def imported_names(path: Path) -> set[str]:
 def test_model_code_never_imports_the_job_side(module):
     package = PYPROJECT.parent / "dist_darts"
     assert not imported_names(package / f"{module}.py") & JOB_SIDE
+
+
+def test_timm_is_imported_by_one_module_only():
+    package = PYPROJECT.parent / "dist_darts"
+    assert [p.name for p in sorted(package.rglob("*.py")) if "timm" in imported_names(p)] == ["optimizers.py"]
