@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import socket
@@ -400,6 +401,8 @@ def _init_ray(sweep: SweepConfig) -> None:
     # Tune's default console output prints an experiment box and result paths whatever `verbose` says; its
     # classic one is silent at verbose=0, so the console holds only the sweep's own lines (TrialProgress)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # a failed trial's traceback is in its log and error.txt, which the sweep's one closing line names
+    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
     if sweep.address:
         ray.init(address=sweep.address, log_to_driver=False)
     else:
