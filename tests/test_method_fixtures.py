@@ -270,3 +270,22 @@ def test_darts_pt_operation_decisions_match_the_authors(fixtures_dir):
             assert expected["op"] == int(torch.nonzero(acc == least)[0])
             assert kept == 1 + max((i for i in range(len(acc)) if acc[i] == least), key=lambda i: loss[i])
             assert PRIMITIVES[kept] != c["primitives"][expected["op"]]
+
+
+@pytest.mark.parametrize("method, fixture", [("fair-darts", "fair_darts_step.pt"), ("drnas", "drnas_step.pt")])
+def test_the_methods_settings_are_what_the_authors_code_ran(fixtures_dir, method, fixture):
+    """--method X resolves (config.METHOD_DEFAULTS) to the settings the authors' train_search.py ran the fixture's
+    step with: the weights' cosine rate at the fixture's epoch, momentum, weight decay, clip, and Adam's rate,
+    betas and weight decay for the alphas."""
+    import math
+
+    from dist_darts.config import SearchConfig, build
+    c = _load(fixtures_dir, fixture)["config"]
+    cfg = build(SearchConfig, overrides={"dataset": "digits", "method": method, "epochs": c["epochs"]})
+    cosine = cfg.learning_rate_min + (cfg.learning_rate - cfg.learning_rate_min) * (
+        1 + math.cos(math.pi * c["epoch"] / c["epochs"])) / 2
+    assert cosine == pytest.approx(c["lr"])
+    assert (cfg.momentum, cfg.weight_decay, cfg.grad_clip) == (c["momentum"], c["weight_decay"], c["grad_clip"])
+    assert cfg.arch_learning_rate == pytest.approx(c["arch_learning_rate"])
+    assert [cfg.arch_beta1, cfg.arch_beta2] == pytest.approx(list(c["arch_betas"]))
+    assert cfg.arch_weight_decay == c["arch_weight_decay"]
