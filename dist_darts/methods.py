@@ -6,11 +6,13 @@ Every method is plain DARTS plus one small change, with the defaults of its auth
 - darts-minus (DARTS-, Chu et al.): an auxiliary skip connection on every edge, outside the mixture, scaled by
   beta = 1 - epoch / epochs, so skip_connect no longer needs to win the alphas to pass the signal on.
 - beta-darts (beta-DARTS, Ye et al.): the alpha step's loss gains lambda * mean over edges of
-  logsumexp(alphas), lambda = 50 * epoch / epochs. The authors' architect has 50 * epoch / 100 for their
+  logsumexp(alphas) over the 7 ops other than 'none' (its authors' DARTS space), lambda = 50 * epoch / epochs. The authors' architect has 50 * epoch / 100 for their
   100-epoch NAS-Bench-201 search (the only path of theirs that runs: their DARTS-space script crashes), which is
   this linear rise from 0 to 50 over the search; over a 50-epoch search the literal 100 would stop at 24.5.
 - sdarts-rs (SDARTS-RS, Chen & Hsieh): the weight step sees softmax(alphas) + U(-eps, eps), clipped to [0, 1] and
   renormalised per edge, eps rising linearly from 0.03 to 0.3 over the search; the alpha step sees no noise.
+  Like beta-DARTS it searches the 7 ops other than 'none' (the authors' DARTS space, sota/cnn/spaces.py s5), and
+  its noise is drawn over those 7 alone (the authors' stream of uniforms).
 - fair-darts (FairDARTS, Chu et al.): independent sigmoids instead of the softmax over the 7 ops other than 'none'
   (the authors' op set), and the alpha step's loss gains 10 * the zero-one loss -mean((sigmoid(alphas) - 0.5)^2)
   over those 7. The cell is derived by the original top-2 rule on the sigmoids: the authors' threshold_sparse
@@ -36,7 +38,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .genotype import NONE_INDEX, without_none
+from .genotype import NONE_INDEX, PRIMITIVES, without_none
+
+_SEARCHED = [i for i in range(len(PRIMITIVES)) if i != NONE_INDEX]  # the 7 ops of methods without 'none'
+
+
+def _searched(alphas: torch.Tensor) -> torch.Tensor:
+    """The columns of the ops other than 'none'."""
+    return alphas[:, _SEARCHED]
+
 
 # phases of a search step in which a network's forward runs; None = evaluation (deterministic weights)
 WEIGHT_STEP, ALPHA_STEP = "weights", "alphas"
@@ -49,6 +59,7 @@ class Darts:
     derivation = "softmax"  # what genotype.derive ranks (its `mixing`): a softmax or the sigmoids of the alphas
     auxiliary_skip = False  # does every edge carry DARTS-'s extra skip connection
     stochastic = False  # does a forward draw random numbers (then the caller hands in a generator)
+    searches_none = True  # False: the authors search the 7 ops other than 'none', whose weight is then 0
 
     def mix(self, alphas: torch.Tensor, phase: str | None, generator: torch.Generator | None, epoch: int,
             epochs: int) -> torch.Tensor:
@@ -57,7 +68,7 @@ class Darts:
 
     def weights(self, alphas: torch.Tensor) -> torch.Tensor:
         """The deterministic op weights: evaluation, statistics."""
-        return F.softmax(alphas, dim=-1)
+        return F.softmax(alphas if self.searches_none else without_none(alphas, float("-inf")), dim=-1)
 
     def penalty(self, alphas: list[torch.Tensor], epoch: int, epochs: int) -> torch.Tensor | None:
         """The term the alpha step adds to the validation loss (None: none)."""
@@ -78,16 +89,20 @@ class DartsMinus(Darts):
 
 class BetaDarts(Darts):
     name = "beta-darts"
+    derivation = "softmax-without-none"
+    searches_none = False
     LAMBDA_MAX = 50.0  # lambda rises linearly from 0 to this over the search
 
     def penalty(self, alphas, epoch, epochs):
         lam = self.LAMBDA_MAX * epoch / epochs
-        return lam * torch.cat([torch.logsumexp(a, dim=-1) for a in alphas]).mean()
+        return lam * torch.cat([torch.logsumexp(_searched(a), dim=-1) for a in alphas]).mean()
 
 
 class SdartsRS(Darts):
     name = "sdarts-rs"
+    derivation = "softmax-without-none"
     stochastic = True
+    searches_none = False
     EPSILON_START, EPSILON_END = 0.03, 0.3
 
     def epsilon(self, epoch: int, epochs: int) -> float:
@@ -99,7 +114,9 @@ class SdartsRS(Darts):
         with torch.no_grad():  # the perturbed weights are data for the weight step, as the authors' in-place noise
             eps = self.epsilon(epoch, epochs)
             w = self.weights(alphas)
-            noisy = (w + torch.empty_like(w).uniform_(-eps, eps, generator=generator)).clamp_(0, 1)
+            noise = torch.zeros_like(w)
+            noise[:, _SEARCHED] = torch.empty_like(w[:, _SEARCHED]).uniform_(-eps, eps, generator=generator)
+            noisy = (w + noise).clamp_(0, 1)
             empty = noisy.sum(-1) == 0  # every op clipped to 0: the edge keeps its strongest op alone
             noisy[empty] = F.one_hot(w[empty].argmax(-1), w.shape[-1]).to(w.dtype)
             return noisy / noisy.sum(-1, keepdim=True)
@@ -108,14 +125,14 @@ class SdartsRS(Darts):
 class FairDarts(Darts):
     name = "fair-darts"
     derivation = "sigmoid"
+    searches_none = False
     ZERO_ONE_WEIGHT = 10.0
 
     def weights(self, alphas):
         return without_none(torch.sigmoid(alphas))
 
     def penalty(self, alphas, epoch, epochs):
-        searched = [i for i in range(alphas[0].shape[-1]) if i != NONE_INDEX]  # the authors' 7 ops
-        sig = torch.sigmoid(torch.cat([a[:, searched].reshape(-1) for a in alphas]))
+        sig = torch.sigmoid(torch.cat([_searched(a).reshape(-1) for a in alphas]))
         return -self.ZERO_ONE_WEIGHT * ((sig - 0.5) ** 2).mean()
 
 
@@ -123,6 +140,7 @@ class DrNAS(Darts):
     name = "drnas"
     derivation = "softmax-without-none"
     stochastic = True
+    searches_none = False
 
     @staticmethod
     def concentration(alphas: torch.Tensor) -> torch.Tensor:

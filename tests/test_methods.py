@@ -2,6 +2,7 @@
 tiny supernet, its derivation, its noise identical on 2 gloo ranks, and an exact resume mid-search."""
 
 import contextlib
+import inspect
 import os
 
 import pytest
@@ -85,9 +86,14 @@ def test_beta_darts_penalty_gradient_is_lambda_softmax_over_the_edges():
     plain = _alpha_grads(net)
     with_penalty = _alpha_grads(net, penalty_epoch=6)
     lam = 50 * 6 / 10  # 0 -> 50 over the search's 10 epochs
+    none = gt.PRIMITIVES.index("none")
     for a, g0, g1 in zip(net.arch_parameters(), plain, with_penalty):
-        # d/dalpha of lam * mean over all 2 x 14 edges of logsumexp(alpha_edge) = lam * softmax / 28
-        assert torch.allclose(g1 - g0, lam * torch.softmax(a.detach(), -1) / (2 * EDGES), atol=1e-12)
+        # d/dalpha of lam * mean over all 2 x 14 edges of logsumexp(alpha_edge) over the authors' 7 ops (no
+        # 'none') = lam * their softmax / 28, and nothing on 'none''s column
+        searched = a.detach().clone()
+        searched[:, none] = float("-inf")
+        assert torch.allclose(g1 - g0, lam * torch.softmax(searched, -1) / (2 * EDGES), atol=1e-12)
+        assert torch.equal(g0[:, none], torch.zeros(EDGES, dtype=g0.dtype))  # 'none' is not in the mixture
 
 
 def test_fair_darts_mixes_by_sigmoids_and_adds_the_zero_one_loss():
@@ -134,22 +140,27 @@ def test_sdarts_rs_perturbs_softmax_in_the_weight_step_only():
     alphas = torch.randn(EDGES, OPS, dtype=torch.float64)
     assert method.epsilon(0, 10) == pytest.approx(0.03) and method.epsilon(5, 10) == pytest.approx(0.165)
     draw = method.mix(alphas, WEIGHT_STEP, torch.Generator().manual_seed(3), 5, 10)
-    # independently: softmax + U(-eps, eps) from the same stream, clipped to [0, 1], renormalised per edge
-    noise = torch.empty(EDGES, OPS, dtype=torch.float64).uniform_(-0.165, 0.165,
-                                                                  generator=torch.Generator().manual_seed(3))
-    expected = (torch.softmax(alphas, -1) + noise).clamp(0, 1)
-    assert torch.allclose(draw, expected / expected.sum(-1, keepdim=True), atol=1e-12)
+    # independently, over the authors' 7 ops (no 'none'): their softmax + U(-eps, eps) from the same stream,
+    # clipped to [0, 1], renormalised per edge; 'none' keeps weight 0
+    none = gt.PRIMITIVES.index("none")
+    searched = [i for i in range(OPS) if i != none]
+    softmax = torch.softmax(alphas[:, searched], -1)
+    noise = torch.empty(EDGES, OPS - 1, dtype=torch.float64).uniform_(-0.165, 0.165,
+                                                                      generator=torch.Generator().manual_seed(3))
+    expected = (softmax + noise).clamp(0, 1)
+    assert torch.allclose(draw[:, searched], expected / expected.sum(-1, keepdim=True), atol=1e-12)
+    assert torch.equal(draw[:, none], torch.zeros(EDGES, dtype=draw.dtype))
     assert not draw.requires_grad
-    for phase in (ALPHA_STEP, None):  # the alpha step and evaluation see the plain softmax
-        assert torch.equal(method.mix(alphas, phase, torch.Generator().manual_seed(3), 5, 10),
-                           torch.softmax(alphas, -1))
+    for phase in (ALPHA_STEP, None):  # the alpha step and evaluation see the plain softmax over the 7
+        plain = method.mix(alphas, phase, torch.Generator().manual_seed(3), 5, 10)
+        assert torch.allclose(plain[:, searched], softmax, atol=1e-12) and torch.equal(plain, method.weights(alphas))
     # the network draws it inside sampling(WEIGHT_STEP, generator) only
     net = _net("sdarts-rs")
     net.set_epoch(5, 10)
     with net.sampling(WEIGHT_STEP, torch.Generator().manual_seed(3)):
         assert torch.allclose(net.mixing_weights(net.alphas_normal, "normal"), method.mix(
             net.alphas_normal, WEIGHT_STEP, torch.Generator().manual_seed(3), 5, 10))
-    assert torch.equal(net.mixing_weights(net.alphas_normal, "normal"), torch.softmax(net.alphas_normal, -1))
+    assert torch.equal(net.mixing_weights(net.alphas_normal, "normal"), method.weights(net.alphas_normal))
 
 
 def test_drnas_samples_the_dirichlet_and_evaluates_at_its_mean():
@@ -207,7 +218,7 @@ def _noise_worker(rank, port, out, method):
     step = search.search_step
 
     def recording_step(*args):
-        generator = args[-1]
+        generator = inspect.signature(step).bind(*args).arguments.get("generator")
         seeds.append(None if generator is None else generator.initial_seed())
         return step(*args)
 
