@@ -294,8 +294,8 @@ def short_retrain_top1(dataset: str, genotype_file: str, seed: int, epochs: int,
     from dist_darts.config import RetrainConfig
     cfg = RetrainConfig(dataset=dataset, workers=0, device="cpu", seed=seed, genotype=genotype_file, epochs=epochs,
                         steps_per_epoch=steps, layers=layers, init_channels=channels, batch_size=64,
-                        learning_rate=0.05, auxiliary=False, log_interval=10**6, output=output)
-    return train.run(cfg).top1
+                        base_batch_size=64, learning_rate=0.05, auxiliary=False, log_interval=10**6, output=output)
+    return train.run(cfg).test_top1
 
 
 def gib(n: float) -> str:
