@@ -38,14 +38,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .genotype import NONE_INDEX, PRIMITIVES, without_none
+from .genotype import NONE_INDEX, without_none
 
-_SEARCHED = [i for i in range(len(PRIMITIVES)) if i != NONE_INDEX]  # the 7 ops of methods without 'none'
+def _searched_columns(alphas: torch.Tensor) -> list[int]:
+    """The columns of the ops other than 'none' (the 7 of the DARTS space; any space keeps 'none' first)."""
+    return [i for i in range(alphas.shape[-1]) if i != NONE_INDEX]
 
 
 def _searched(alphas: torch.Tensor) -> torch.Tensor:
-    """The columns of the ops other than 'none'."""
-    return alphas[:, _SEARCHED]
+    return alphas[:, _searched_columns(alphas)]
 
 
 # phases of a search step in which a network's forward runs; None = evaluation (deterministic weights)
@@ -115,7 +116,8 @@ class SdartsRS(Darts):
             eps = self.epsilon(epoch, epochs)
             w = self.weights(alphas)
             noise = torch.zeros_like(w)
-            noise[:, _SEARCHED] = torch.empty_like(w[:, _SEARCHED]).uniform_(-eps, eps, generator=generator)
+            searched = _searched_columns(w)
+            noise[:, searched] = torch.empty_like(w[:, searched]).uniform_(-eps, eps, generator=generator)
             noisy = (w + noise).clamp_(0, 1)
             empty = noisy.sum(-1) == 0  # every op clipped to 0: the edge keeps its strongest op alone
             noisy[empty] = F.one_hot(w[empty].argmax(-1), w.shape[-1]).to(w.dtype)

@@ -145,6 +145,7 @@ class SearchNetwork(nn.Module):
         super().__init__()
         self.method: Darts = METHODS[method]
         self._phase, self._generator, self._epoch, self._epochs = None, None, 0, 1
+        self._draw_state = None  # the generator's state at the start of a sampling block (DartsSupernet.sampling)
         self.stem = nn.Sequential(nn.Conv2d(3, C, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(C))
         self.cells = nn.ModuleList()
         C_prev = C
@@ -172,6 +173,8 @@ class SearchNetwork(nn.Module):
         return self.method.mix(self.alphas, self._phase, self._generator, self._epoch, self._epochs)
 
     def forward(self, x):
+        if self._draw_state is not None:  # one sample per sampling block, as the DARTS supernet's forward
+            self._generator.set_state(self._draw_state)
         weights = self.mixing_weights()
         skip = self.skip_coefficient if self.method.auxiliary_skip else None
         x = self.stem(x)
