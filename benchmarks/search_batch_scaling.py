@@ -192,10 +192,9 @@ def run_one(job: tuple) -> dict:
                "noise_scale_weights": [h["noise_scale_weights"] for h in history],
                "noise_scale_alphas": [h["noise_scale_alphas"] for h in history]}
         if args.retrain_epochs:
-            row["retrain_top1"] = _bench.short_retrain_top1(args.dataset, f"{tmp}/search/genotype.json", seed,
-                                                            args.retrain_epochs, args.retrain_steps,
-                                                            args.retrain_layers, args.retrain_channels,
-                                                            f"{tmp}/retrain")
+            row.update(_bench.short_retrain(args.dataset, f"{tmp}/search/genotype.json", seed, args.retrain_epochs,
+                                           args.retrain_steps, args.retrain_layers, args.retrain_channels,
+                                           f"{tmp}/retrain"))
     print(json.dumps({k: v for k, v in row.items() if k not in ("genotype", "epoch_genotypes")}), flush=True)
     return row
 
