@@ -379,6 +379,9 @@ class RetrainConfig(JobConfig):
                                   "(seeded, the same on every rank): reported as val_top1 each epoch and choosing "
                                   "best.pt; 0 = train on all of them (the paper's final retrain: no best.pt, the last "
                                   "epoch is the result)", "data")
+    train_subset: float = opt(0.0, "train on a class-balanced fraction of the training images left after "
+                                   "--val-portion's hold-out, drawn once from the seed (a sweep's selection retrains "
+                                   "on ImageNet: --select-train-subset); 0 = all of them", "data")
     evaluate_test: bool = opt(True, "evaluate the test split once, after the last epoch (the sweep's selection "
                                     "retrains turn it off: they never read the test split)", "runtime")
     lr_schedule: str = opt("cosine", "learning-rate schedule", "schedule", choices=("cosine", "step"))
@@ -396,6 +399,8 @@ class RetrainConfig(JobConfig):
         check_ranges(self, minimum=1, names=("base_batch_size",))
         if not 0.0 <= self.val_portion < 1.0:
             raise ConfigError(f"val-portion: must be in [0, 1), got {self.val_portion}")
+        if not 0.0 <= self.train_subset < 1.0:
+            raise ConfigError(f"train-subset: must be in [0, 1), got {self.train_subset}")
         if not 0.0 <= self.label_smoothing < 1.0 or not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError("label-smoothing and ema-decay must be in [0, 1)")
 
@@ -574,12 +579,14 @@ def default_evaluate_output(checkpoint: str) -> str:
 
 SEARCH_SCALING = ("base_batch_size", "lr_scaling", "warmup_epochs", "arch_lr_scaling", "arch_warmup_epochs",
                   "accumulate", "optimizer", "epoch_scaling")
+SEARCH_SUBSETS = ("train_subset", "arch_subset")  # a retrain's --train-subset is its own: --select-train-subset
 # Settings of `sweep` handed on to the searches and retrains it runs: the shared runtime and data fields (less
 # the run folder, resume and seed, which the sweep sets per trial), the network size, the search method.
 SWEEP_PASSED = tuple(f.name for f in dataclasses.fields(DataConfig) + dataclasses.fields(RunConfig)
                      if f.name not in ("output", "resume", "seed")) + (
     "layers", "init_channels", "steps_per_epoch", "checkpoint_steps", "unrolled", "partial_channels", "method",
-    "max_skip", "derive", "pt_tune_epochs", "early_stop", "hessian_every") + SEARCH_SCALING
+    "max_skip", "derive", "pt_tune_epochs", "early_stop", "hessian_every", "eigenvalue_window", "eigenvalue_delta",
+    "eigenvalue_factor", "eigenvalue_start_epoch", "stem") + SEARCH_SUBSETS + SEARCH_SCALING
 
 
 @dataclass
@@ -603,6 +610,11 @@ class SweepSettings:
                                          "holds out and ranks the genotypes on (the test split is never read before "
                                          "the final stage); 0.1 of CIFAR-10 is 5,000 images: a top-1 standard "
                                          "error of about 0.3 points (--space cnn)", "data")
+    select_train_subset: float = opt(0.0, "the selection retrains train on this class-balanced fraction of the "
+                                          "training images left after the hold-out (the search's --train-subset "
+                                          "for ImageNet: a selection retrain on all of ImageNet costs far more than "
+                                          "the search); 0 = all of them; the final retrains always train on all "
+                                          "(--space cnn)", "data")
     final_epochs: int | None = opt(None, "epochs of the winner's final retrain, over the --retrain YAML's "
                                          "(default: unset = the YAML's epochs, else the paper's 600 for cnn, the "
                                          "original's 8000 for rnn)", "schedule")
@@ -628,6 +640,10 @@ class SweepSettings:
                                              "repeats"))
         if not 0.0 < self.select_val_portion < 1.0:
             raise ConfigError(f"select-val-portion: must be between 0 and 1, got {self.select_val_portion}")
+        if not 0.0 <= self.select_train_subset < 1.0:
+            raise ConfigError(f"select-train-subset: must be in [0, 1), got {self.select_train_subset}")
+        if self.select_train_subset and self.space != "cnn":
+            raise ConfigError("select-train-subset: only --space cnn's selection retrains train on a subset")
         check_ranges(self, minimum=0, names=("final_workers", "gpus_per_worker", "max_concurrent_trials",
                                              "max_failures"))
         if self.cpus_per_worker <= 0:
@@ -645,8 +661,9 @@ class SweepSettings:
 
     def passed_on(self, cls) -> dict:
         """The settings handed on to each job of type cls (unset ones keep the job's YAML value or default)."""
-        names = {f.name for f in dataclasses.fields(cls)} - (set() if cls is SearchConfig else set(SEARCH_SCALING))
-        # the retrain's own base-batch-size and warm-up mean something else: the search's rules stay with searches
+        own = set() if cls is SearchConfig else set(SEARCH_SCALING + SEARCH_SUBSETS)
+        # the retrain's own base-batch-size, warm-up and train-subset mean something else: the search's stay with it
+        names = {f.name for f in dataclasses.fields(cls)} - own
         return {k: getattr(self, k) for k in SWEEP_PASSED if k in names and getattr(self, k) is not None}
 
 
@@ -654,7 +671,8 @@ def _passed_field(name: str):
     """The sweep's optional copy of a search (or shared) field: same type, help and group, default unset."""
     f = {f.name: f for f in dataclasses.fields(SearchConfig)}[name]
     kind = _field_type(SearchConfig, f)
-    meta = dict(f.metadata, help=f.metadata["help"] + (" (handed on to the search trials)" if name in SEARCH_SCALING
+    meta = dict(f.metadata, help=f.metadata["help"] + (" (handed on to the search trials)"
+                                                       if name in SEARCH_SCALING + SEARCH_SUBSETS
                                                        else " (handed on to the trials)"))
     if name == "dataset":  # either space's data sets; the trials' own configs check theirs before any trial runs
         meta.update(choices=tuple(DATASETS) + TEXT_DATASETS,

@@ -42,11 +42,13 @@ class ConvSpace:
     @staticmethod
     def selection_settings(sweep) -> dict:
         """What the sweep sets in each selection retrain: a hold-out to rank on, no test split."""
-        return {"val_portion": sweep.select_val_portion, "evaluate_test": False}
+        return {"val_portion": sweep.select_val_portion, "train_subset": sweep.select_train_subset,
+                "evaluate_test": False}
 
     @staticmethod
     def selection_split(sweep) -> str:
-        return f"a {sweep.select_val_portion:g} hold-out of the training images"
+        subset = f", training on {sweep.select_train_subset:g} of the rest" if sweep.select_train_subset else ""
+        return f"a {sweep.select_val_portion:g} hold-out of the training images{subset}"
 
     @staticmethod
     def check_data(cfg) -> None:

@@ -148,6 +148,11 @@ class RetrainTask:
         log.info("global batch %d (%d per rank x %d rank(s)) | lr %.6g (%s from %.6g at base batch %d) | warm-up %d "
                  "epoch(s)", rates["global_batch"], cfg.batch_size, job.env.world_size, rates["learning_rate"],
                  cfg.lr_scaling, cfg.learning_rate, cfg.base_batch_size, rates["warmup_epochs"])
+        if cfg.val_portion or cfg.train_subset:
+            log.info("training on %d images, %s%d held out for validation (class-balanced, seed %d)",
+                     len(loaders.train.plan.indices),
+                     f"a {cfg.train_subset:g} subset of those left after the hold-out; " if cfg.train_subset else "",
+                     len(loaders.val.plan.indices) if loaders.val is not None else 0, cfg.seed)
         self.optimizer = torch.optim.SGD(self.model.parameters(), rates["learning_rate"], momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
@@ -177,7 +182,10 @@ class RetrainTask:
         self.best_val_top1 = state["best"]  # the hold-out's best top-1 (None: no hold-out)
 
     def identity(self) -> dict:
-        return {"genotype": gt.to_dict(self.genotype)}
+        """The genotype, and the hold-out and training subset where used: a resume must read the same images."""
+        cfg = self.job.cfg
+        split = {k: getattr(cfg, k) for k in ("val_portion", "train_subset") if getattr(cfg, k)}
+        return {"genotype": gt.to_dict(self.genotype), **split}
 
     def begin_epoch(self, epoch: int, start_step: int):
         cfg = self.job.cfg

@@ -101,3 +101,15 @@ def test_the_sweep_hands_the_search_method_on_without_a_yaml():
     assert "unrolled" not in sweep.passed_on(RetrainConfig)  # only fields a retrain has reach it
     unset = config.build(SearchConfig, _parse(config.SweepConfig, ["--dataset", "digits"]).passed_on(SearchConfig))
     assert not unset.unrolled and unset.partial_channels == 1  # unset flags keep the search's defaults
+
+
+def test_the_sweep_hands_the_stopping_rule_and_the_large_image_settings_on():
+    sweep = _parse(config.SweepConfig, ["--dataset", "digits", "--hessian-every", "2", "--early-stop", "eigenvalue",
+                                        "--eigenvalue-window", "3", "--eigenvalue-delta", "2", "--eigenvalue-factor",
+                                        "1.5", "--eigenvalue-start-epoch", "4", "--stem", "imagenet",
+                                        "--train-subset", "0.5", "--arch-subset", "0.2"])
+    search = config.build(SearchConfig, sweep.passed_on(SearchConfig), source="sweep search settings")
+    assert (search.eigenvalue_window, search.eigenvalue_delta, search.eigenvalue_factor,
+            search.eigenvalue_start_epoch) == (3, 2, 1.5, 4)
+    assert (search.stem, search.train_subset, search.arch_subset) == ("imagenet", 0.5, 0.2)
+    assert not {"stem", "train_subset", "eigenvalue_window"} & set(sweep.passed_on(RetrainConfig))

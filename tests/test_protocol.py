@@ -107,3 +107,42 @@ def test_the_selection_length_is_the_papers_by_default():
     assert SweepConfig().select_epochs is None  # unset: the space's own, below
     from dist_darts.sweep_spaces import SPACES
     assert (SPACES["cnn"].paper_select_epochs, SPACES["rnn"].paper_select_epochs) == (100, 300)
+
+
+def test_a_selection_retrain_trains_on_a_class_balanced_subset_disjoint_from_its_hold_out():
+    """--train-subset (the sweep's --select-train-subset): a seed-determined, class-balanced share of what the
+    hold-out left, the same on every rank."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from dist_darts.data import build_loaders
+    cfg = RetrainConfig(**TINY, val_portion=0.2, train_subset=0.25, output="unused")
+
+    def plans(rank):
+        env = SimpleNamespace(rank=rank, world_size=2, local_rank=0, device=torch.device("cpu"))
+        loaders = build_loaders(cfg, env, "retrain")
+        return loaders.train.plan, loaders.val.plan
+
+    (train_plan, val_plan), (train_other, _) = plans(0), plans(1)
+    labels = np.asarray(train_plan.labels)
+    kept, held = train_plan.indices, val_plan.indices
+    assert not set(kept) & set(held) and np.array_equal(kept, train_other.indices)
+    everything = np.bincount(labels)
+    left = everything - np.bincount(labels[held], minlength=len(everything))
+    assert np.abs(np.bincount(labels[kept], minlength=len(everything)) - 0.25 * left).max() <= 0.5 + 1e-9
+    other_seed = build_loaders(RetrainConfig(**{**TINY, "seed": 1}, val_portion=0.2, train_subset=0.25,
+                                             output="unused"),
+                               SimpleNamespace(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")),
+                               "retrain")
+    assert not np.array_equal(other_seed.train.plan.indices, kept)
+
+
+def test_the_sweep_gives_its_selection_retrains_the_subset_and_never_its_final_retrains():
+    from dist_darts.sweep_spaces import SPACES
+    sweep = SweepConfig(dataset="digits", train_subset=0.1, arch_subset=0.025, select_train_subset=0.2)
+    assert SPACES["cnn"].selection_settings(sweep)["train_subset"] == 0.2
+    assert "train_subset" not in sweep.passed_on(RetrainConfig)  # the search's 0.1 is the search's
+    assert sweep.passed_on(config.SearchConfig)["train_subset"] == 0.1
+    with pytest.raises(config.ConfigError, match="select-train-subset"):
+        SweepConfig(space="rnn", dataset="ptb", select_train_subset=0.2)

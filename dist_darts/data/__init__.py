@@ -29,7 +29,7 @@ __all__ = ["build_loaders", "Loaders", "DataError", "IGNORE_LABEL", "BACKENDS", 
 BACKENDS = ("auto", "torch", "dali-cpu", "dali-gpu", "synthetic")
 PURPOSES = ("search", "retrain", "evaluate")
 # seed streams: the search split and each loader's shuffle draw from their own generators
-SPLIT, SEARCH_TRAIN, SEARCH_VAL, RETRAIN_TRAIN, EVALUATE, HOLDOUT = range(6)
+SPLIT, SEARCH_TRAIN, SEARCH_VAL, RETRAIN_TRAIN, EVALUATE, HOLDOUT, RETRAIN_SUBSET = range(7)
 
 
 class Loaders(NamedTuple):
@@ -117,6 +117,10 @@ def build_loaders(cfg, dist_env, purpose: str) -> Loaders:
     test = None
     if purpose == "retrain":
         kept, held = holdout_split(data.train.labels, getattr(cfg, "val_portion", 0.0), seed)
+        if getattr(cfg, "train_subset", 0.0):  # drawn from what the hold-out left, so the two stay disjoint
+            (chosen,) = class_balanced_subsets(np.asarray(data.train.labels)[kept], [cfg.train_subset], seed,
+                                               RETRAIN_SUBSET)
+            kept = kept[chosen]
         plans = [plan(kept, data.train, RETRAIN_TRAIN, True, "training set", cutout)]
         if len(held):  # evaluated like the test split: no augmentation
             plans.append(plan(held, data.train, HOLDOUT, False, "validation hold-out"))
