@@ -131,6 +131,9 @@ class JobConfig(DataConfig, RunConfig):
         DataConfig.__post_init__(self)
         if self.dataset not in ("digits", "photos", "synthetic") and not self.data_dir and not self.download:
             raise ConfigError(f"data-dir: the {self.dataset} data set needs --data-dir (or --download with a network)")
+        if self.resume and self.output is None:  # else each (re)start would begin a new dated folder from scratch
+            raise ConfigError("resume: needs --output, the run folder to continue (without it every run starts a "
+                              f"new runs/{self.run_kind}/DATE-TIME folder)")
         check_ranges(self, minimum=0, names=("steps_per_epoch", "checkpoint_steps", "learning_rate", "weight_decay",
                                              "grad_clip"))
         check_ranges(self, minimum=1, names=("epochs", "layers", "init_channels", "log_interval"))

@@ -91,7 +91,7 @@ def test_example_configs_are_valid(name, cls):
     path = Path(__file__).resolve().parents[1] / "launch" / "configs" / name
     c = config.build(cls, config.load_yaml(str(path)), source=str(path))
     if name.startswith("cifar10_search"):
-        assert c == config.build(SearchConfig, {}, {"data_dir": "data/cifar10", "output": "runs/cifar10_search"})
+        assert c == config.build(SearchConfig, {}, {"data_dir": "data/cifar10"})
 
 
 def test_the_sweep_hands_the_search_method_on_without_a_yaml():
@@ -113,3 +113,10 @@ def test_the_sweep_hands_the_stopping_rule_and_the_large_image_settings_on():
             search.eigenvalue_start_epoch) == (3, 2, 1.5, 4)
     assert (search.stem, search.train_subset, search.arch_subset) == ("imagenet", 0.5, 0.2)
     assert not {"stem", "train_subset", "eigenvalue_window"} & set(sweep.passed_on(RetrainConfig))
+
+
+def test_resume_needs_a_run_folder():
+    """Without --output every start makes a new dated folder: a torchrun restart would silently start over."""
+    with pytest.raises(config.ConfigError, match="resume: needs --output"):
+        SearchConfig(dataset="digits", resume=True)
+    assert SearchConfig(dataset="digits", resume=True, output="runs/s").resume

@@ -93,3 +93,19 @@ def test_a_used_sweep_folder_is_refused_unless_resumed_or_overwritten(tmp_path, 
     with RunFolderLock(tmp_path / "sweep"):  # a sweep running there
         with pytest.raises(ConfigError, match="is in use by"):
             tune.run(sweep(tmp_path, resume=True))
+
+
+@pytest.mark.parametrize("search,retrain", [("cifar10_search", "cifar10_retrain"),
+                                            ("imagenet_search", "imagenet_retrain")])
+def test_the_example_configs_are_a_sweeps_stages(tmp_path, stages, search, retrain):
+    """The README's and the ImageNet page's sweep commands: the launch YAMLs carry no key the sweep owns, and the
+    ImageNet recipe's stem and subsets reach every search, the selection subset every selection retrain."""
+    from pathlib import Path
+    configs = Path(__file__).resolve().parents[1] / "launch" / "configs"
+    tune.run(SweepConfig(dataset="digits", seeds="2", output=str(tmp_path / "sweep"),
+                         search=str(configs / f"{search}.yaml"), retrain=str(configs / f"{retrain}.yaml"),
+                         select_train_subset=0.1))
+    first = stages["search"][0]
+    assert stages["select"].train_subset == 0.1 and stages["final"].train_subset == 0.0
+    if search == "imagenet_search":
+        assert (first.stem, first.train_subset, first.arch_subset) == ("imagenet", 0.1, 0.025)
