@@ -51,6 +51,44 @@ def setup_worker(cfg: dict) -> torch.device:
     return device
 
 
+def supernet_cost_arguments(p, batch_help: str) -> None:
+    """The arguments of the benchmarks that time one supernet's search steps against an extra (hessian_cost.py,
+    noise_scale_cost.py)."""
+    p.add_argument("--init-channels", type=int, default=8, help="supernet C (default 8)")
+    p.add_argument("--layers", type=int, default=5, help="supernet cells (default 5)")
+    p.add_argument("--batch-size", type=int, default=32, help=batch_help)
+    p.add_argument("--order", type=int, default=1, choices=[1, 2], help="DARTS order of the timed steps")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+
+
+def supernet_with_batches(args):
+    """(device, supernet, batches, autocast, precision) for the arguments above: a seeded supernet in channels_last
+    and a training and a validation batch of random CIFAR-size images, as a search step takes them (only time is
+    measured)."""
+    from dist_darts.engine import autocast_factory, to_memory_format
+    from dist_darts.supernet import Network
+    device = setup_worker({"device": args.device, "threads": args.threads})
+    torch.manual_seed(0)
+    model = Network(args.init_channels, 10, args.layers).to(device).to(memory_format=torch.channels_last)
+
+    def batch():
+        return (to_memory_format(torch.randn(args.batch_size, 3, 32, 32, device=device), True),
+                torch.randint(0, 10, (args.batch_size,), device=device))
+    autocast, precision = autocast_factory("auto", device)
+    return device, model, (*batch(), *batch()), autocast, precision
+
+
+def seconds_per_call(fn, calls: int, device: torch.device) -> float:
+    """Mean wall seconds of `calls` calls of fn, the GPU's queue drained before the clock stops."""
+    started = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - started) / calls
+
+
 def darts_search_step(model, train_model, order: int, autocast, batches, average=None, channels_last=True,
                       noise=None):
     """A closure taking one step of dist_darts.search.search_step (the job's step function) on fixed batches,

@@ -59,6 +59,22 @@ def gpu_tests(device: str) -> tuple[bool, str]:
     return proc.returncode == 0, summary
 
 
+def run_cli(args: list[str], out: Path) -> tuple[str | None, float, list[float], str]:
+    """`dist-darts ARGS` in a child process writing the run folder `out`: (what failed, or None; wall seconds; the
+    losses in its history.json; its stdout). A non-zero exit or a loss that is not finite is a failure."""
+    started = time.time()
+    proc = subprocess.run([sys.executable, "-m", "dist_darts", *args], capture_output=True, text=True,
+                          env=_bench.worker_env(None), cwd=_bench.ROOT)
+    seconds = time.time() - started
+    if proc.returncode != 0:
+        return f"exit {proc.returncode}: {(proc.stderr.strip().splitlines() or ['?'])[-1]}", seconds, [], proc.stdout
+    history = json.loads((out / "history.json").read_text())
+    losses = [v for row in history for k, v in row.items() if k.endswith("loss")]
+    shown = ", ".join(f"{v:.3f}" for v in losses)
+    error = None if losses and all(math.isfinite(v) for v in losses) else f"losses not finite: {shown}"
+    return error, seconds, losses, proc.stdout
+
+
 def finite_job(kind: str, sizes: dict, device: str, precision: str) -> tuple[bool, str]:
     """A short job through the CLI: exit 0, and every loss in its history.json finite."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -68,16 +84,10 @@ def finite_job(kind: str, sizes: dict, device: str, precision: str) -> tuple[boo
                 *sizes["job"]]
         if kind == "retrain":
             args += ["--genotype", "DARTS_V2", "--drop-path-prob", "0.2"]
-        started = time.time()
-        proc = subprocess.run([sys.executable, "-m", "dist_darts", *args], capture_output=True, text=True,
-                              env=_bench.worker_env(None), cwd=_bench.ROOT)
-        seconds = time.time() - started
-        if proc.returncode != 0:
-            return False, f"exit {proc.returncode}: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"
-        history = json.loads((out / "history.json").read_text())
-        losses = [v for row in history for k, v in row.items() if k.endswith("loss")]
-        ok = bool(losses) and all(math.isfinite(v) for v in losses)
-        return ok, (f"{sizes['steps']} steps in {seconds:.0f} s, losses " + ", ".join(f"{v:.3f}" for v in losses))
+        error, seconds, losses, _ = run_cli(args, out)
+        if error:
+            return False, error
+        return True, f"{sizes['steps']} steps in {seconds:.0f} s, losses " + ", ".join(f"{v:.3f}" for v in losses)
 
 
 def recipe_job(sizes: dict, device: str) -> tuple[bool, str]:
@@ -95,17 +105,11 @@ def recipe_job(sizes: dict, device: str) -> tuple[bool, str]:
         args = ["search", "--config", str(RECIPE), "--dataset", "folder", "--data-dir", str(folder),
                 "--train-subset", "0.5", "--arch-subset", "0.25", "--epochs", "2", "--warmup-epochs", "1",
                 "--arch-warmup-epochs", "1", "--device", device, "--output", str(out), *r["args"]]
-        started = time.time()
-        proc = subprocess.run([sys.executable, "-m", "dist_darts", *args], capture_output=True, text=True,
-                              env=_bench.worker_env(None), cwd=_bench.ROOT)
-        seconds = time.time() - started
-        if proc.returncode != 0:
-            return False, f"exit {proc.returncode}: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"
-        history = json.loads((out / "history.json").read_text())
-        losses = [v for row in history for k, v in row.items() if k.endswith("loss")]
-        ok = bool(losses) and all(math.isfinite(v) for v in losses) and "supernet stem: imagenet" in proc.stdout
-        return ok, (f"{r['size']} px, 2 epochs in {seconds:.0f} s (start-up included), losses "
-                    + ", ".join(f"{v:.3f}" for v in losses))
+        error, seconds, losses, stdout = run_cli(args, out)
+        if error:
+            return False, error
+        return "supernet stem: imagenet" in stdout, (f"{r['size']} px, 2 epochs in {seconds:.0f} s (start-up "
+                                                     "included), losses " + ", ".join(f"{v:.3f}" for v in losses))
 
 
 def step_configs(args, sizes: dict) -> list[tuple[Path, dict, int]]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -24,46 +23,25 @@ import _bench  # noqa: E402
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--init-channels", type=int, default=8, help="supernet C (default 8)")
-    p.add_argument("--layers", type=int, default=5, help="supernet cells (default 5)")
-    p.add_argument("--batch-size", type=int, default=32, help="per step and for the estimate (default 32)")
-    p.add_argument("--order", type=int, default=1, choices=[1, 2], help="DARTS order of the timed steps")
+    _bench.supernet_cost_arguments(p, "per step and for the estimate (default 32)")
     p.add_argument("--epoch-steps", type=int, default=390, help="steps per epoch for the share (default 390)")
     p.add_argument("--steps", type=int, default=5, help="timed search steps per repeat (default 5)")
     p.add_argument("--repeats", type=int, default=3, help="repeats, alternating steps and estimates (default 3)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = p.parse_args()
 
-    import torch
     import torch.nn as nn
     from dist_darts.collapse import hessian_eigenvalue
-    from dist_darts.engine import autocast_factory, to_memory_format
-    from dist_darts.supernet import Network
 
-    device = _bench.setup_worker({"device": args.device, "threads": args.threads})
-    torch.manual_seed(0)
-    model = Network(args.init_channels, 10, args.layers).to(device).to(memory_format=torch.channels_last)
-    def batch():
-        return (to_memory_format(torch.randn(args.batch_size, 3, 32, 32, device=device), True),
-                torch.randint(0, 10, (args.batch_size,), device=device))
-    batches = (*batch(), *batch())  # training and validation batch, as the step takes them
-    autocast, precision = autocast_factory("auto", device)
+    device, model, batches, autocast, precision = _bench.supernet_with_batches(args)
     step = _bench.darts_search_step(model, model, args.order, autocast, batches)
     criterion = nn.CrossEntropyLoss()
     step()  # warm-up
     hessian_eigenvalue(model, criterion, batches[2], batches[3], iterations=1)
     step_seconds, estimate_seconds = [], []
     for _ in range(args.repeats):
-        started = time.perf_counter()
-        for _ in range(args.steps):
-            step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        step_seconds.append((time.perf_counter() - started) / args.steps)
-        started = time.perf_counter()
-        hessian_eigenvalue(model, criterion, batches[2], batches[3])
-        estimate_seconds.append(time.perf_counter() - started)
+        step_seconds.append(_bench.seconds_per_call(step, args.steps, device))
+        estimate_seconds.append(_bench.seconds_per_call(
+            lambda: hessian_eigenvalue(model, criterion, batches[2], batches[3]), 1, device))
     per_step, per_estimate = statistics.median(step_seconds), statistics.median(estimate_seconds)
     share = per_estimate / (args.epoch_steps * per_step)
     header = ["supernet", "batch", "precision", "s per search step", "s per estimate", "estimate in steps",

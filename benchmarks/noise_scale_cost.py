@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,33 +28,17 @@ import _bench  # noqa: E402
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--init-channels", type=int, default=8, help="supernet C (default 8)")
-    p.add_argument("--layers", type=int, default=5, help="supernet cells (default 5)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
-    p.add_argument("--order", type=int, default=1, choices=[1, 2], help="DARTS order of the timed steps")
+    _bench.supernet_cost_arguments(p, "images per step (default 32)")
     p.add_argument("--every", type=int, default=200, help="the interval whose share is reported (default 200, "
                                                           "--noise-scale-every's default)")
     p.add_argument("--steps", type=int, default=4, help="timed steps per repeat and kind (default 4)")
     p.add_argument("--repeats", type=int, default=3, help="repeats, alternating the kinds (default 3)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = p.parse_args()
 
-    import torch
     import torch.nn as nn
-    from dist_darts.engine import autocast_factory, to_memory_format
     from dist_darts.noise_scale import NoiseScaleMonitor, squared_norm
-    from dist_darts.supernet import Network
 
-    device = _bench.setup_worker({"device": args.device, "threads": args.threads})
-    torch.manual_seed(0)
-    model = Network(args.init_channels, 10, args.layers).to(device).to(memory_format=torch.channels_last)
-
-    def batch():
-        return (to_memory_format(torch.randn(args.batch_size, 3, 32, 32, device=device), True),
-                torch.randint(0, 10, (args.batch_size,), device=device))
-    batches = (*batch(), *batch())
-    autocast, precision = autocast_factory("auto", device)
+    device, model, batches, autocast, precision = _bench.supernet_with_batches(args)
     monitor = NoiseScaleMonitor(model, nn.CrossEntropyLoss(), autocast, args.batch_size, 1, 1, 1, device)
     plain = _bench.darts_search_step(model, model, args.order, autocast, batches)
     measured = _bench.darts_search_step(model, model, args.order, autocast, batches, noise=monitor)
@@ -65,12 +48,7 @@ def main() -> None:
         float(squared_norm(p.grad for p in weights) + squared_norm(model.arch_parameters()))
 
     def timed(fn, steps):
-        started = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - started) / steps
+        return _bench.seconds_per_call(fn, steps, device)
 
     plain(), measured()  # warm-up
     times = {"plain": [], "measured": [], "norms": []}

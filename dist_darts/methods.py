@@ -20,7 +20,7 @@ Every method is plain DARTS plus one small change, with the defaults of its auth
   with fewer than two inputs, which the genotype format (two per node) does not hold.
 - drnas (DrNAS, Chen et al.): the op weights of the 7 ops other than 'none' (the authors' op set) are a sample of
   Dirichlet(elu(alphas) + 1) in every training forward (weight and alpha steps; the pathwise gradient reaches the
-  concentration); evaluation uses the Dirichlet's mean. Its default regulariser is the L2 penalty on the alphas,
+  concentration as torch.distributions.Dirichlet.rsample's does, the authors' estimator); evaluation uses the Dirichlet's mean. Its default regulariser is the L2 penalty on the alphas,
   which is the alpha optimiser's weight decay (1e-3, as DARTS's); the cell is derived from the softmax of the
   alphas over the 7 ops, as the authors do.
 
@@ -155,12 +155,33 @@ class DrNAS(Darts):
     def mix(self, alphas, phase, generator, epoch, epochs):
         if phase is None:
             return self.weights(alphas)
-        # a Dirichlet sample as normalised Gamma samples: torch's Gamma takes a generator (its Dirichlet does not)
-        # and differentiates through the sample with respect to the concentration
-        gammas = torch._standard_gamma(self.concentration(alphas).float(), generator=generator)
-        gammas = gammas.clamp_min(torch.finfo(gammas.dtype).tiny)  # an edge of all-zero draws would divide 0 by 0
-        gammas = without_none(gammas)  # the other ops' normalised gammas: a Dirichlet sample over them alone
-        return (gammas / gammas.sum(-1, keepdim=True)).to(alphas.dtype)
+        concentration = _searched(self.concentration(alphas).float())
+        with torch.no_grad():  # a Dirichlet sample as normalised Gamma draws: torch's Gamma takes a generator
+            gammas = torch._standard_gamma(concentration, generator=generator)
+            gammas = gammas.clamp_min(torch.finfo(gammas.dtype).tiny)  # all-zero draws would divide 0 by 0
+            sample = gammas / gammas.sum(-1, keepdim=True)
+        sample = _DirichletSample.apply(concentration, sample)
+        columns = torch.tensor(_searched_columns(alphas), device=alphas.device)
+        return sample.new_zeros(alphas.shape).index_copy(1, columns, sample).to(alphas.dtype)  # 'none' weighs 0
+
+
+class _DirichletSample(torch.autograd.Function):
+    """A Dirichlet sample drawn beforehand, differentiated as torch.distributions.Dirichlet.rsample differentiates
+    its own (torch's implicit reparameterisation, `_dirichlet_grad`), which the DrNAS authors' code uses: the
+    gradient through normalised Gamma draws is another unbiased estimator, and differs for one and the same sample."""
+
+    @staticmethod
+    def forward(ctx, concentration, sample):
+        ctx.save_for_backward(sample, concentration)
+        return sample.clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        sample, concentration = ctx.saved_tensors
+        total = concentration.sum(-1, keepdim=True).expand_as(concentration)
+        d_sample = torch._dirichlet_grad(sample, concentration, total)
+        return d_sample * (grad - (sample * grad).sum(-1, keepdim=True)), None
 
 
 METHODS = {m.name: m for m in (Darts(), DartsMinus(), BetaDarts(), SdartsRS(), FairDarts(), DrNAS())}
