@@ -416,7 +416,8 @@ class SearchTask:
                         if v is not None})
         return EpochEnd(
             metrics={"epoch": epoch + 1, "train_top1": train["top1"], "val_top1": val["top1"],
-                     "val_loss": val["loss"], "genotype": json.dumps(gt.to_dict(result_genotype))},
+                     "val_loss": val["loss"], "genotype": json.dumps(gt.to_dict(result_genotype)),
+                     **{k: v for k, v in noise_row.items() if v is not None}},
             row={"epoch": epoch + 1, "lr": self.lr, "train_loss": train["loss"], "train_top1": train["top1"],
                  "val_loss": val["loss"], "val_top1": val["top1"], **collapse_row, **noise_row,
                  "genotype": gt.to_dict(genotype)},

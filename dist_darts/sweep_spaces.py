@@ -77,7 +77,8 @@ class ConvSpace:
     def trial(self, metrics: dict) -> dict:
         genotype = gt.from_dict(json.loads(metrics["genotype"]))
         return {"search_val_top1": metrics["val_top1"], "genotype": gt.to_dict(genotype),
-                "param_free_normal": collapse.cell_counts(genotype)["param_free_normal"]}
+                "param_free_normal": collapse.cell_counts(genotype)["param_free_normal"],
+                **{k: metrics.get(k) for k in ("noise_scale_weights", "noise_scale_alphas")}}
 
     @staticmethod
     def selection(metrics: dict) -> dict:
@@ -103,15 +104,19 @@ class ConvSpace:
     def headline(search: dict) -> str:
         return (f"Searches: {'2nd' if search['unrolled'] else '1st'} order, method {search['method']}, derivation "
                 f"{search['derive']}. Run one sweep per method with the same seeds to compare them seed by seed.\n\n"
+                "B_noise is the gradient noise scale each search measured last (docs/large-batch.md): a global "
+                "batch well below the smaller of the two still cuts the steps nearly in proportion.\n\n"
                 "Splits: search val top-1 is on the half of the training images that trains the alphas; selection "
                 "val top-1 (the best epoch) on a hold-out of the training images that the selection retrain never "
                 "trains on; only the final retrains read the test split, once, after their last epoch.")
 
     def table(self, trials: list[dict]) -> list[str]:
-        lines = ["| seed | search val top-1 | param-free ops, normal cell | selection val top-1 | params | genotype |",
-                 "|---:|---:|---:|---:|---:|---|"]
+        lines = ["| seed | search val top-1 | param-free ops, normal cell | B_noise weights / alphas | selection val "
+                 "top-1 | params | genotype |", "|---:|---:|---:|---:|---:|---:|---|"]
         for t in trials:
-            lines.append(f"| {t['label']} | {t['search_val_top1']:.2f} | {t['param_free_normal']}/8 | "
+            noise = " / ".join("-" if t.get(k) is None else f"{t[k]:.3g}"
+                               for k in ("noise_scale_weights", "noise_scale_alphas"))
+            lines.append(f"| {t['label']} | {t['search_val_top1']:.2f} | {t['param_free_normal']}/8 | {noise} | "
                          f"{t['select_val_top1']:.2f} | {t['params']:,} | `{self.format(self.from_dict(t['genotype']))}`"
                          f"{t['same']} |")
         return lines

@@ -111,6 +111,8 @@ def test_sweep_survives_a_killed_worker_and_a_killed_driver(tmp_path):
         assert t["param_free_normal"] == sum(op in ("skip_connect", "max_pool_3x3", "avg_pool_3x3")
                                              for op, _ in gt.from_dict(t["genotype"]).normal)
         assert f"| {t['param_free_normal']}/8 |" in md
+        assert {"noise_scale_weights", "noise_scale_alphas"} <= t.keys()  # issue 26: B_noise per seed
+    assert "B_noise weights / alphas" in md
     assert (out / "winner_normal.png").exists() and (out / "selection.png").exists()
     # each trial's reports as they arrived: one line each, in the sweep's log and on its console, no Tune tables
     log_text = (out / "sweep.log").read_text()
