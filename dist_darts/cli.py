@@ -370,4 +370,8 @@ def main(argv=None) -> int:
     except (Diverged, SweepFailed) as e:
         print(f"dist-darts: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # checkpoints are written atomically: the last one is whole
+        print("dist-darts: interrupted; the run's last checkpoint is intact: the same command with --resume "
+              "continues it", file=sys.stderr)
+        return 130
     return 0

@@ -401,6 +401,9 @@ def _init_ray(sweep: SweepConfig) -> None:
     # Tune's default console output prints an experiment box and result paths whatever `verbose` says; its
     # classic one is silent at verbose=0, so the console holds only the sweep's own lines (TrialProgress)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Ctrl-C stops the sweep at once (the CLI says how to continue it); Tune's own handler would end the stage
+    # "gracefully" with unfinished trials that the next stage would read as results
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     # a failed trial's traceback is in its log and error.txt, which the sweep's one closing line names
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
     if sweep.address:

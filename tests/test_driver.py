@@ -76,3 +76,23 @@ def test_resume_checks_the_genotype_the_file_now_holds(tmp_path):
     proc = cli(*args, "--resume", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert "was trained with another genotype than this run's" in proc.stderr
+
+
+def test_ctrl_c_ends_a_job_with_one_line_and_a_resumable_checkpoint(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import checkpoint_step, env_for_subprocess, kill_when
+    out = tmp_path / "run"
+    args = ["search", *TINY_SEARCH, "--epochs", "2", "--steps-per-epoch", "6", "--checkpoint-steps", "1",
+            "--output", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "dist_darts", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=env_for_subprocess())
+    last = out / "checkpoints" / "last.pt"
+    kill_when(proc, lambda: (checkpoint_step(last) or (0, 0)) >= (0, 2), sig=signal.SIGINT)
+    stderr = proc.stderr.read()
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("dist-darts: interrupted")
+    resumed = cli(*args, "--resume")
+    assert "resumed from" in resumed.stdout
