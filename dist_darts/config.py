@@ -193,8 +193,8 @@ def check_types(cfg) -> None:
         name = f.name.replace("_", "-")
         if value is None:
             continue
-        if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))) or \
-                kind is int and not isinstance(value, int) or kind is bool and not isinstance(value, bool):
+        if (kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float)))
+                or kind is int and not isinstance(value, int) or kind is bool and not isinstance(value, bool)):
             raise ConfigError(f"{name}: needs a {kind.__name__}, got {value!r}")
         if kind is float and not math.isfinite(value):
             raise ConfigError(f"{name}: needs a finite number, got {value!r}")
@@ -706,8 +706,8 @@ def _coerce(cls, f, value, source):
             return False
         raise ConfigError(f"{name} ({source}): needs true or false, got {value!r}")
     try:
-        if kind in (int, float) and isinstance(value, bool) or kind is int and isinstance(value, float) and \
-                not value.is_integer():
+        if (kind in (int, float) and isinstance(value, bool)
+                or kind is int and isinstance(value, float) and not value.is_integer()):
             raise ValueError
         out = kind(value)
     except (TypeError, ValueError):

@@ -26,8 +26,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import config as config_io
 from .checkpoint import previous_path, tensor_bytes
-from .distributed import DistEnv, all_gather_object, all_reduce_sum, barrier, close_distributed, convert_gloo_sync_bn, \
-    init_distributed, seed_everything
+from .distributed import (DistEnv, all_gather_object, all_reduce_sum, barrier, close_distributed, convert_gloo_sync_bn,
+    init_distributed, seed_everything)
 from .logs import log, log_to_file, setup_logging
 from .runfolder import RunFolderError, RunFolderLock, atomic_write, claim, default_output
 
@@ -312,8 +312,8 @@ def saved_activation_bytes(build: Callable[[], nn.Module], image_size: int, half
     with torch.random.fork_rng(devices=[]):
         model = build().train()
         x = torch.zeros(2, 3, image_size, image_size)  # BN in training mode needs two values a channel
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=half), \
-                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with (torch.autocast("cpu", dtype=torch.bfloat16, enabled=half),
+              torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)):
             model(x)
     return sum(storages.values()) // 2
 

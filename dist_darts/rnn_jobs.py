@@ -27,8 +27,8 @@ from .architect import RecurrentArchitect
 from .config import RecurrentEvaluateConfig, RecurrentRetrainConfig, RecurrentSearchConfig
 from .data.text import (Corpus, batchify, eval_batches, load_text, search_batches, shard_columns,
                         train_batches, epoch_schedule)
-from .distributed import DistEnv, all_gather_object, all_reduce_mean_, all_reduce_sum, barrier, \
-    seed_model_randomness
+from .distributed import (DistEnv, all_gather_object, all_reduce_mean_, all_reduce_sum, barrier,
+    seed_model_randomness)
 from .driver import EpochEnd, StepOutput, best_checkpoint_path, run_epochs
 from .engine import EpochHook, Job, check_replicas, prepare_model, run_job
 from .logs import log, summary_table
