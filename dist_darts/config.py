@@ -101,6 +101,13 @@ class DataConfig:
         check_ranges(self, minimum=1, names=("batch_size",))
 
 
+def check_resume_has_output(cfg) -> None:
+    """--resume names the folder to continue: without --output each (re)start would begin a new dated one."""
+    if cfg.resume and cfg.output is None:
+        raise ConfigError("resume: needs --output, the run folder to continue (without it every run starts a new "
+                          f"runs/{cfg.run_kind}/DATE-TIME folder)")
+
+
 @dataclass
 class JobConfig(DataConfig, RunConfig):
     """What a training job (search or retrain) adds: resume, progress, SyncBN, epochs, the network's size, SGD,
@@ -131,9 +138,7 @@ class JobConfig(DataConfig, RunConfig):
         DataConfig.__post_init__(self)
         if self.dataset not in ("digits", "photos", "synthetic") and not self.data_dir and not self.download:
             raise ConfigError(f"data-dir: the {self.dataset} data set needs --data-dir (or --download with a network)")
-        if self.resume and self.output is None:  # else each (re)start would begin a new dated folder from scratch
-            raise ConfigError("resume: needs --output, the run folder to continue (without it every run starts a "
-                              f"new runs/{self.run_kind}/DATE-TIME folder)")
+        check_resume_has_output(self)
         check_ranges(self, minimum=0, names=("steps_per_epoch", "checkpoint_steps", "learning_rate", "weight_decay",
                                              "grad_clip"))
         check_ranges(self, minimum=1, names=("epochs", "layers", "init_channels", "log_interval"))
@@ -464,6 +469,8 @@ class RecurrentJobConfig(TextDataConfig, RunConfig):
     """A recurrent training job (search or retrain): the original rnn/ code's language model and its SGD."""
 
     resume: bool = opt(False, "continue from the latest checkpoint in the run folder", "runtime")
+    overwrite: bool = opt(False, "delete what an earlier run left in --output, then start over (a non-empty run "
+                                 "folder is refused otherwise)", "runtime")
     log_interval: int = opt(50, "steps between progress lines and TensorBoard step scalars", "runtime")
     channels_last: bool = opt(False, "unused by the recurrent networks (no images)", "runtime")
     epochs: int = opt(50, "epochs", "schedule")
@@ -488,6 +495,7 @@ class RecurrentJobConfig(TextDataConfig, RunConfig):
     def __post_init__(self):
         RunConfig.__post_init__(self)
         TextDataConfig.__post_init__(self)
+        check_resume_has_output(self)
         check_ranges(self, minimum=0, names=("steps_per_epoch", "checkpoint_steps", "learning_rate", "weight_decay",
                                              "grad_clip", "alpha", "beta"))
         check_ranges(self, minimum=1, names=("epochs", "emsize", "nhid", "log_interval", "eval_batch_size"))
@@ -502,9 +510,10 @@ class RecurrentJobConfig(TextDataConfig, RunConfig):
 @dataclass
 class RecurrentSearchConfig(RecurrentJobConfig):
     """Recurrent DARTS search; defaults are the original train_search.py's (Penn Treebank)."""
+    run_kind = "rnn_search"  # the default run folder is runs/rnn_search/DATE-TIME
 
-    output: str = opt("runs/rnn_search", "run folder: config, logs, TensorBoard events, checkpoints, genotypes",
-                      "runtime")
+    output: str | None = opt(None, "run folder: config, logs, TensorBoard events, checkpoints, genotypes (default: "
+                                   "a new runs/rnn_search/DATE-TIME per run)", "runtime")
     seed: int = opt(3, "random seed", "runtime")
     arch_learning_rate: float = opt(3e-3, "alphas: Adam learning rate", "architecture search")
     arch_weight_decay: float = opt(1e-3, "alphas: Adam weight decay", "architecture search")
@@ -521,9 +530,10 @@ class RecurrentSearchConfig(RecurrentJobConfig):
 @dataclass
 class RecurrentRetrainConfig(RecurrentJobConfig):
     """Training a recurrent genotype from scratch; defaults are the original train.py's (Penn Treebank)."""
+    run_kind = "rnn_retrain"  # the default run folder is runs/rnn_retrain/DATE-TIME
 
-    output: str = opt("runs/rnn_retrain", "run folder: config, logs, TensorBoard events, checkpoints, metrics.json",
-                      "runtime")
+    output: str | None = opt(None, "run folder: config, logs, TensorBoard events, checkpoints, metrics.json "
+                                   "(default: a new runs/rnn_retrain/DATE-TIME per run)", "runtime")
     genotype: str = opt("RNN_DARTS_V2", "published recurrent name (RNN_...) or recurrent genotype JSON", "model")
     seed: int = opt(1267, "random seed", "runtime")
     epochs: int = opt(8000, "epochs (the original's upper limit)", "schedule")
