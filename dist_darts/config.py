@@ -441,6 +441,7 @@ class EvaluateConfig(DataConfig, RunConfig):
             raise ConfigError("checkpoint: --checkpoint FILE is required")
         check_ranges(self, minimum=1, names=("layers", "init_channels"))
         if self.output is None:
+            from .runfolder import default_evaluate_output  # runfolder imports this module
             self.output = default_evaluate_output(self.checkpoint)
 
 
@@ -580,14 +581,8 @@ class RecurrentEvaluateConfig(TextDataConfig, RunConfig):
         if self.dataset not in (None, "pydoc") and not self.data_dir:
             raise ConfigError(f"data-dir: the {self.dataset} corpus needs --data-dir")
         if self.output is None:
+            from .runfolder import default_evaluate_output  # runfolder imports this module
             self.output = default_evaluate_output(self.checkpoint)
-
-
-def default_evaluate_output(checkpoint: str) -> str:
-    """evaluate/NAME in the checkpoint's run folder: the retrain's own metrics.json and config.yaml stay."""
-    parent = os.path.dirname(os.path.abspath(checkpoint))
-    run_dir = os.path.dirname(parent) if os.path.basename(parent) == "checkpoints" else parent
-    return os.path.join(run_dir, "evaluate", os.path.splitext(os.path.basename(checkpoint))[0])
 
 
 SEARCH_SCALING = ("base_batch_size", "lr_scaling", "warmup_epochs", "arch_lr_scaling", "arch_warmup_epochs",

@@ -29,7 +29,7 @@ from .checkpoint import previous_path, tensor_bytes
 from .distributed import (DistEnv, all_gather_object, all_reduce_sum, barrier, close_distributed, convert_gloo_sync_bn,
     init_distributed, seed_everything)
 from .logs import log, log_to_file, setup_logging
-from .runfolder import RunFolderError, RunFolderLock, atomic_write, claim, default_output
+from .runfolder import RunFolderError, RunFolderLock, atomic_write, checkpoint_path, claim, default_output
 
 # called on every rank after an epoch's checkpoint is written: (metrics, checkpoint path); Ray reports through it
 EpochHook = Callable[[dict, Path], None]
@@ -73,14 +73,6 @@ class Job:
             self.lock.release()
             if self.created and not self.committed and not any(self.run_dir.iterdir()):
                 self.run_dir.rmdir()
-
-
-def checkpoint_path(run_dir: Path) -> Path:
-    return run_dir / "checkpoints" / "last.pt"
-
-
-def best_checkpoint_path(run_dir: Path) -> Path:
-    return run_dir / "checkpoints" / "best.pt"
 
 
 def autocast_factory(precision: str, device: torch.device) -> tuple[Callable, str]:

@@ -29,12 +29,12 @@ from .data.text import (Corpus, batchify, eval_batches, load_text, search_batche
                         train_batches, epoch_schedule)
 from .distributed import (DistEnv, all_gather_object, all_reduce_mean_, all_reduce_sum, barrier,
     seed_model_randomness)
-from .driver import EpochEnd, StepOutput, best_checkpoint_path, run_epochs
+from .driver import EpochEnd, StepOutput, run_epochs
 from .engine import EpochHook, Job, check_replicas, prepare_model, run_job
 from .logs import log, summary_table
 from .model import count_parameters
 from .rnn import RNNModel, RNNModelSearch, detach_hidden
-from .runfolder import atomic_write
+from .runfolder import atomic_write, best_checkpoint_path
 
 # settings that define the run; a resume with any of them changed is refused
 SEARCH_RESUME_KEYS = ("dataset", "batch_size", "bptt", "emsize", "nhid", "unrolled", "epochs", "seed")

@@ -243,6 +243,24 @@ def claim(folder: str | os.PathLike, resume: bool, overwrite: bool) -> tuple[Run
     return lock, [n for n in notes if n]
 
 
+CHECKPOINTS = "checkpoints"  # a run folder's checkpoints: last.pt (with its previous copy) and best.pt
+
+
+def checkpoint_path(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS / "last.pt"
+
+
+def best_checkpoint_path(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS / "best.pt"
+
+
+def default_evaluate_output(checkpoint: str) -> str:
+    """evaluate/NAME in the checkpoint's run folder: the retrain's own metrics.json and config.yaml stay."""
+    parent = os.path.dirname(os.path.abspath(checkpoint))
+    run_dir = os.path.dirname(parent) if os.path.basename(parent) == CHECKPOINTS else parent
+    return os.path.join(run_dir, "evaluate", os.path.splitext(os.path.basename(checkpoint))[0])
+
+
 def default_output(kind: str, root: str = "runs") -> str:
     """A new run folder per run, as timm does: ROOT/KIND/YYYYmmdd-HHMMSS (with -2, -3, ... if that exists)."""
     base = os.path.join(root, kind, datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))

@@ -25,11 +25,10 @@ from pathlib import Path
 from . import config as config_io
 from .config import SWEEP_PASSED, ConfigError, SweepConfig
 from .logs import duration, log as logger, setup_logging, summary_table
-from .runfolder import atomic_write, claim
+from .runfolder import atomic_write, checkpoint_path, claim
 from .sweep_spaces import SPACES, SweepFailed, best_trial, draw, final_summary
 
 ray = None  # imported by _import_ray: Ray reads its single-machine switch once, when it is imported
-CHECKPOINT_NAME = "last.pt"
 # Ray's documented switch for its single-machine mode (the macOS and Windows default): every server of the runtime
 # listens on 127.0.0.1. Read once per process when Ray is imported, by the driver and each process it starts.
 SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -68,13 +67,13 @@ def _worker(config: dict) -> None:
     cfg = config_io.build(space.config(kind), {}, config["cfg"])
     _join_group(config["private"])
     rank = ray.train.get_context().get_world_rank()
-    run_ckpt = Path(cfg.output) / "checkpoints" / CHECKPOINT_NAME
+    run_ckpt = checkpoint_path(Path(cfg.output))
     restored = ray.train.get_checkpoint()
     if restored is not None and rank == 0 and not run_ckpt.is_file():
         # the run folder is not on shared storage (a new node): continue from Ray's copy of the checkpoint
         with restored.as_directory() as d:
             run_ckpt.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(Path(d) / CHECKPOINT_NAME, run_ckpt)
+            shutil.copy(Path(d) / run_ckpt.name, run_ckpt)
 
     def report(metrics: dict, checkpoint: Path) -> None:
         if rank == 0:
