@@ -771,7 +771,7 @@ def build(cls, yaml_values: dict | None = None, overrides: dict | None = None, s
     preset = PRESETS / f"{kind}_{values.get('dataset', fields['dataset'].default if 'dataset' in fields else '')}.yaml"
     if preset.is_file():
         values = {**{k: _coerce(cls, fields[k], v, str(preset)) for k, v in load_yaml(str(preset)).items()}, **values}
-    if "method" in fields:
+    if "method" in fields and issubclass(cls, JobConfig):  # a sweep's searches resolve their method themselves
         values.update(method_defaults(values.get("method", fields["method"].default), values))
     return cls(**values)
 

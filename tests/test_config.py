@@ -129,3 +129,14 @@ def test_recurrent_jobs_take_a_fresh_dated_folder_and_overwrite_like_the_others(
         assert c.output is None and c.run_kind == kind and cls(dataset="pydoc", overwrite=True).overwrite
         with pytest.raises(config.ConfigError, match="resume: needs --output"):
             cls(dataset="pydoc", resume=True)
+
+
+def test_a_sweep_with_a_method_leaves_its_settings_to_the_searches():
+    """`sweep --method fair-darts`: the searches get FairDARTS's settings where not given; the retrains never see
+    its batch (the sweep itself once took them and crashed)."""
+    sweep = _parse(config.SweepConfig, ["--dataset", "digits", "--method", "fair-darts"])
+    search = config.build(SearchConfig, sweep.passed_on(SearchConfig), source="sweep search settings")
+    assert (search.batch_size, search.learning_rate, search.arch_beta1) == (128, 0.005, 0.9)
+    assert "batch_size" not in sweep.passed_on(RetrainConfig)
+    yaml_sweep = config.build(config.SweepConfig, {"method": "drnas", "dataset": "digits"}, source="sweep.yaml")
+    assert yaml_sweep.method == "drnas" and yaml_sweep.batch_size is None
