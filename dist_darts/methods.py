@@ -155,12 +155,12 @@ class DrNAS(Darts):
     def mix(self, alphas, phase, generator, epoch, epochs):
         if phase is None:
             return self.weights(alphas)
-        concentration = _searched(self.concentration(alphas).float())
+        concentration = _searched(self.concentration(alphas))
         with torch.no_grad():  # a Dirichlet sample as normalised Gamma draws: torch's Gamma takes a generator
-            gammas = torch._standard_gamma(concentration, generator=generator)
+            gammas = torch._standard_gamma(concentration.float(), generator=generator)  # one stream at any dtype
             gammas = gammas.clamp_min(torch.finfo(gammas.dtype).tiny)  # all-zero draws would divide 0 by 0
-            sample = gammas / gammas.sum(-1, keepdim=True)
-        sample = _DirichletSample.apply(concentration, sample)
+            sample = (gammas / gammas.sum(-1, keepdim=True)).to(concentration.dtype)
+        sample = _DirichletSample.apply(concentration, sample)  # its gradient in the alphas' precision
         columns = torch.tensor(_searched_columns(alphas), device=alphas.device)
         return sample.new_zeros(alphas.shape).index_copy(1, columns, sample).to(alphas.dtype)  # 'none' weighs 0
 
