@@ -59,20 +59,20 @@ def gpu_tests(device: str) -> tuple[bool, str]:
     return proc.returncode == 0, summary
 
 
-def run_cli(args: list[str], out: Path) -> tuple[str | None, float, list[float], str]:
+def run_cli(args: list[str], out: Path) -> tuple[str | None, float, str, str]:
     """`dist-darts ARGS` in a child process writing the run folder `out`: (what failed, or None; wall seconds; the
-    losses in its history.json; its stdout). A non-zero exit or a loss that is not finite is a failure."""
+    losses in its history.json, formatted; its stdout). A non-zero exit or a loss that is not finite is a failure."""
     started = time.time()
     proc = subprocess.run([sys.executable, "-m", "dist_darts", *args], capture_output=True, text=True,
                           env=_bench.worker_env(None), cwd=_bench.ROOT)
     seconds = time.time() - started
     if proc.returncode != 0:
-        return f"exit {proc.returncode}: {(proc.stderr.strip().splitlines() or ['?'])[-1]}", seconds, [], proc.stdout
+        return f"exit {proc.returncode}: {(proc.stderr.strip().splitlines() or ['?'])[-1]}", seconds, "", proc.stdout
     history = json.loads((out / "history.json").read_text())
     losses = [v for row in history for k, v in row.items() if k.endswith("loss")]
     shown = ", ".join(f"{v:.3f}" for v in losses)
     error = None if losses and all(math.isfinite(v) for v in losses) else f"losses not finite: {shown}"
-    return error, seconds, losses, proc.stdout
+    return error, seconds, shown, proc.stdout
 
 
 def finite_job(kind: str, sizes: dict, device: str, precision: str) -> tuple[bool, str]:
@@ -87,7 +87,7 @@ def finite_job(kind: str, sizes: dict, device: str, precision: str) -> tuple[boo
         error, seconds, losses, _ = run_cli(args, out)
         if error:
             return False, error
-        return True, f"{sizes['steps']} steps in {seconds:.0f} s, losses " + ", ".join(f"{v:.3f}" for v in losses)
+        return True, f"{sizes['steps']} steps in {seconds:.0f} s, losses {losses}"
 
 
 def recipe_job(sizes: dict, device: str) -> tuple[bool, str]:
@@ -109,7 +109,7 @@ def recipe_job(sizes: dict, device: str) -> tuple[bool, str]:
         if error:
             return False, error
         return "supernet stem: imagenet" in stdout, (f"{r['size']} px, 2 epochs in {seconds:.0f} s (start-up "
-                                                     "included), losses " + ", ".join(f"{v:.3f}" for v in losses))
+                                                     f"included), losses {losses}")
 
 
 def step_configs(args, sizes: dict) -> list[tuple[Path, dict, int]]:

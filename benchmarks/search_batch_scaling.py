@@ -31,6 +31,11 @@ digits), and --no-record keeps a smoke run out of RESULTS.md.
     python benchmarks/search_batch_scaling.py --preset cifar10 --data-dir DIR --gpus 8
     python benchmarks/search_batch_scaling.py --toy --no-record # a smoke run
     python benchmarks/search_batch_scaling.py --redraw          # the newest recorded run's table and plot again
+
+A long study keeps every finished run in --rows FILE (one JSON line each, written as it completes): the same
+command again skips the runs already there, so a study outlives a stopped machine and its rows can be committed
+as they complete. The runs go in the order that answers first: 1x for every seed (the reference and its noise
+floor), then the multiplier that runs both BatchNorm choices, then the others from the smallest.
 """
 
 from __future__ import annotations
@@ -108,6 +113,8 @@ def parse_args(argv=None):
     p.add_argument("--plot", default=None, help="plot file (default: docs/search_batch_scaling_DATASET.png)")
     p.add_argument("--no-record", action="store_true", help="print the table only: nothing appended to "
                                                             "RESULTS.md and results.jsonl")
+    p.add_argument("--rows", default=None, help="JSON-lines file of finished runs: each run is appended as it "
+                   "completes and runs already in it are skipped (default: none, the study starts over)")
     p.add_argument("--redraw", action="store_true", help="no searches: the table and plot of the newest recorded "
                    "run on this preset's data set, from benchmarks/results.jsonl")
     args = p.parse_args(argv)
@@ -135,16 +142,37 @@ def parse_args(argv=None):
 
 
 def plan(args) -> list[tuple]:
-    """Every run: (seed, multiplier, arm, BatchNorm over "global" batch or "per-gpu")."""
-    runs = []
-    for seed in range(args.seeds):
-        runs.append((seed, 1, PAPER, "global"))
-        for m in args.multipliers:
-            if m == 1:
-                continue
+    """Every run: (seed, multiplier, arm, BatchNorm over "global" batch or "per-gpu"), in the order that answers
+    first (the module docstring)."""
+    runs = [(seed, 1, PAPER, "global") for seed in range(args.seeds)]
+    for m in sorted(set(args.multipliers) - {1}, key=lambda m: (m != args.per_gpu_bn_at, m)):
+        for seed in range(args.seeds):
             for bn in ("global", "per-gpu") if m == args.per_gpu_bn_at else ("global",):
                 runs += [(seed, m, arm, bn) for arm in args.arms]
     return runs
+
+
+# the arguments that decide what a run computes: a rows file written under other values cannot be reused
+RUN_SETTINGS = ("dataset", "layers", "init_channels", "base_batch", "epochs", "images_per_epoch", "retrain_epochs",
+                "retrain_layers", "retrain_channels", "retrain_steps", "warmup_epochs", "freeze_epochs", "device")
+
+
+def finished_rows(args) -> list[dict]:
+    """The rows already in --rows (none without it); a file from other settings is refused."""
+    if not args.rows or not Path(args.rows).is_file():
+        return []
+    rows = [json.loads(line) for line in Path(args.rows).read_text().splitlines() if line.strip()]
+    settings = {k: getattr(args, k) for k in RUN_SETTINGS}
+    for row in rows:
+        if row["settings"] != settings:
+            changed = sorted(k for k in settings if row["settings"].get(k) != settings[k])
+            raise SystemExit(f"--rows {args.rows}: its runs used other settings ({', '.join(changed)}): "
+                             "pass the same ones or another file")
+    return rows
+
+
+def run_key(row: dict) -> tuple:
+    return row["seed"], row["multiplier"], row["arm"], row["bn"]
 
 
 def search_config(args, seed: int, multiplier: int, arm: str, bn: str, output: str):
@@ -196,7 +224,7 @@ def run_one(job: tuple) -> dict:
                                            args.retrain_steps, args.retrain_layers, args.retrain_channels,
                                            f"{tmp}/retrain"))
     print(json.dumps({k: v for k, v in row.items() if k not in ("genotype", "epoch_genotypes")}), flush=True)
-    return row
+    return {**row, "settings": {k: getattr(args, k) for k in RUN_SETTINGS}}
 
 
 def expected_seconds(args, runs: list[tuple]) -> float:
@@ -298,8 +326,12 @@ def main(argv=None) -> None:
         return summarize(record["rows"], argparse.Namespace(**{**record["args"], "plot": args.plot,
                                                                "no_record": True}),
                          f" (redrawn from the run of {record['date'][:16]})")
-    runs = plan(args)
-    expected = expected_seconds(args, runs)
+    rows = finished_rows(args)
+    done = {run_key(r) for r in rows}
+    runs = [run for run in plan(args) if run not in done]
+    if rows:
+        print(f"{len(rows)} runs already in {args.rows}", flush=True)
+    expected = expected_seconds(args, runs) if runs else 0.0
     unit = "GPU-hours" if args.device == "cuda" else "core-hours"
     print(f"{len(runs)} searches, {args.jobs} at a time: expected {expected / 3600:.2f} h of wall time "
           f"({expected * args.jobs / 3600:.2f} {unit} of searching, the short retrains on top)", flush=True)
@@ -309,13 +341,21 @@ def main(argv=None) -> None:
         for i in range(args.jobs):
             devices.put(i % args.gpus)
     with multiprocessing.get_context("spawn").Pool(args.jobs, _init_worker, (devices,)) as pool:
-        rows = pool.map(run_one, [(args, run) for run in runs], chunksize=1)
+        for row in pool.imap_unordered(run_one, [(args, run) for run in runs], chunksize=1):
+            rows.append(row)
+            if args.rows:
+                with open(args.rows, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+    cells = set(plan(args))  # a rows file may hold more than this command's cells
+    rows = sorted((r for r in rows if run_key(r) in cells), key=lambda r: (
+        r["multiplier"], r["bn"] != "global", ([PAPER] + args.arms).index(r["arm"]), r["seed"]))  # the table's order
     references = [r for r in rows if r["arm"] == PAPER]
     for r in rows:
         others = [gt.from_dict(ref["genotype"]) for ref in references if ref["seed"] != r["seed"]]
         r["agreement"] = (statistics.fmean(agreement(gt.from_dict(r["genotype"]), o) for o in others)
                           if others else float("nan"))
         r["stability"] = stability(r.pop("epoch_genotypes"))
+        r.pop("settings")
     summarize(rows, args, " (toy size: a smoke run of the script, not evidence)" if args.toy else "")
 
 

@@ -391,6 +391,24 @@ def test_the_default_study_settles_at_1x_and_covers_every_cell():
     assert (cifar.layers, cifar.init_channels, cifar.base_batch, cifar.epochs, cifar.device) == (8, 16, 64, 50, "cuda")
 
 
+def test_the_study_runs_what_answers_first_and_resumes_from_its_rows_file(tmp_path):
+    """1x for every seed first, then the BatchNorm multiplier, then the rest from the smallest; a rows file from
+    other settings is refused with one line, and rows from the same settings are the runs to skip."""
+    study = _study()
+    rows = tmp_path / "rows.jsonl"
+    args = study.parse_args(["--rows", str(rows)])
+    multipliers = [m for _, m, _, _ in study.plan(args)]
+    assert multipliers[:3] == [1, 1, 1] and multipliers[3] == 8
+    assert [m for m in dict.fromkeys(multipliers)] == [1, 8, 2, 4, 16]
+    settings = {k: getattr(args, k) for k in study.RUN_SETTINGS}
+    row = {"seed": 0, "multiplier": 1, "arm": study.PAPER, "bn": "global", "settings": settings}
+    rows.write_text(json.dumps(row) + "\n")
+    assert [study.run_key(r) for r in study.finished_rows(args)] == [study.plan(args)[0]]
+    rows.write_text(json.dumps(dict(row, settings=dict(settings, epochs=3))) + "\n")
+    with pytest.raises(SystemExit, match="other settings \\(epochs\\)"):
+        study.finished_rows(args)
+
+
 def test_a_toy_dry_run_of_the_cifar10_preset_runs_on_the_cpu():
     import subprocess
     import sys
