@@ -361,9 +361,13 @@ def build_parser(space: str = "cnn") -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser(requested_space(sys.argv[1:] if argv is None else argv)).parse_args(argv)
     from .driver import Diverged
+    from .engine import StoppedAsAsked
     from .sweep_spaces import SweepFailed
     try:
         args.func(args)
+    except StoppedAsAsked as e:
+        print(f"dist-darts: {e}")
+        return 0
     except _bad_input_errors() as e:
         print(f"dist-darts: error: {e}", file=sys.stderr)
         return 2

@@ -132,6 +132,9 @@ class JobConfig(DataConfig, RunConfig):
     steps_per_epoch: int = opt(0, "cap on steps per epoch (0 = whole epoch); for demos and tests", "schedule")
     checkpoint_steps: int = opt(0, "also checkpoint every N steps inside an epoch (0 = at epoch ends only)",
                                 "runtime")
+    stop_after_step: int = opt(0, "end the job after its Nth optimiser step, counted over all epochs, with a "
+                                  "checkpoint there (exit 0; --resume goes on): a time-boxed run (0 = run to the "
+                                  "end)", "runtime")
 
     def __post_init__(self):
         RunConfig.__post_init__(self)
@@ -139,7 +142,7 @@ class JobConfig(DataConfig, RunConfig):
         if self.dataset not in ("digits", "photos", "synthetic") and not self.data_dir and not self.download:
             raise ConfigError(f"data-dir: the {self.dataset} data set needs --data-dir (or --download with a network)")
         check_resume_has_output(self)
-        check_ranges(self, minimum=0, names=("steps_per_epoch", "checkpoint_steps", "learning_rate", "weight_decay",
+        check_ranges(self, minimum=0, names=("steps_per_epoch", "checkpoint_steps", "stop_after_step", "learning_rate", "weight_decay",
                                              "grad_clip"))
         check_ranges(self, minimum=1, names=("epochs", "layers", "init_channels", "log_interval"))
         if not 0.0 <= self.momentum < 1.0:
@@ -491,13 +494,16 @@ class RecurrentJobConfig(TextDataConfig, RunConfig):
     steps_per_epoch: int = opt(0, "cap on steps per epoch (0 = whole epoch); for demos and tests", "schedule")
     checkpoint_steps: int = opt(0, "also checkpoint every N steps inside an epoch (0 = at epoch ends only)",
                                 "runtime")
+    stop_after_step: int = opt(0, "end the job after its Nth optimiser step, counted over all epochs, with a "
+                                  "checkpoint there (exit 0; --resume goes on): a time-boxed run (0 = run to the "
+                                  "end)", "runtime")
     eval_batch_size: int = opt(10, "streams of the validation split's evaluation, over all ranks", "data")
 
     def __post_init__(self):
         RunConfig.__post_init__(self)
         TextDataConfig.__post_init__(self)
         check_resume_has_output(self)
-        check_ranges(self, minimum=0, names=("steps_per_epoch", "checkpoint_steps", "learning_rate", "weight_decay",
+        check_ranges(self, minimum=0, names=("steps_per_epoch", "checkpoint_steps", "stop_after_step", "learning_rate", "weight_decay",
                                              "grad_clip", "alpha", "beta"))
         check_ranges(self, minimum=1, names=("epochs", "emsize", "nhid", "log_interval", "eval_batch_size"))
         if self.emsize != self.nhid:

@@ -19,7 +19,7 @@ import torch
 from . import checkpoint as ckpt_io
 from . import config as config_io
 from .distributed import all_gather_object, average_buffers_, barrier, world_size
-from .engine import EpochHook, Job, Meter
+from .engine import EpochHook, Job, Meter, StoppedAsAsked
 from .logs import Progress, log
 from .runfolder import atomic_write, best_checkpoint_path, checkpoint_path
 
@@ -143,8 +143,12 @@ def run_epochs(job: Job, task: Task, on_epoch: EpochHook | None = None) -> dict:
                 for tag, value in out.scalars.items():
                     job.scalar(tag, value.item(), global_step)
             progress.update(step + 1, shown)
-            if cfg.checkpoint_steps and (step + 1) % cfg.checkpoint_steps == 0 and step + 1 < task.steps:
+            if step + 1 < task.steps and (global_step == cfg.stop_after_step or (
+                    cfg.checkpoint_steps and (step + 1) % cfg.checkpoint_steps == 0)):
                 save(last, epoch, step + 1, meter)
+            if global_step == cfg.stop_after_step and step + 1 < task.steps:
+                progress.close()
+                raise StoppedAsAsked(_stopped_line(global_step, last))
         progress.close()
         start_step, meter_sums = 0, None
         divergence.check(task.steps, last)
@@ -167,9 +171,15 @@ def run_epochs(job: Job, task: Task, on_epoch: EpochHook | None = None) -> dict:
             on_epoch(metrics, last)
         if stopped:
             break
+        if cfg.stop_after_step == (epoch + 1) * task.steps and epoch + 1 < final_epoch:
+            raise StoppedAsAsked(_stopped_line(cfg.stop_after_step, last))
     if start_epoch == final_epoch and on_epoch is not None and "epoch" in metrics:
         on_epoch(metrics, last)  # resumed when already done: report the result again
     return metrics
+
+
+def _stopped_line(step: int, checkpoint: Path) -> str:
+    return f"stopped after step {step} as --stop-after-step asked; {checkpoint} holds it: --resume goes on"
 
 
 def resume_state(job: Job, task: Task) -> dict | None:

@@ -85,6 +85,10 @@ def autocast_factory(precision: str, device: torch.device) -> tuple[Callable, st
     return functools.partial(torch.autocast, device.type, dtype=dtype), precision
 
 
+class StoppedAsAsked(Exception):
+    """--stop-after-step was reached: every rank stops at the same step, its checkpoint written (exit code 0)."""
+
+
 def run_job(cfg, body: Callable, *args):
     """start_job, body(job, *args), and the clean-up every job needs, whatever happens."""
     try:
@@ -97,6 +101,9 @@ def run_job(cfg, body: Callable, *args):
         result = body(job, *args)
         finished = True
         return result
+    except StoppedAsAsked:
+        finished = True
+        raise
     finally:
         job.close()
         close_distributed(wait_for_peers=finished)

@@ -14,7 +14,7 @@ from dist_darts import config, search
 from dist_darts.architect import Architect
 from dist_darts.config import ConfigError, SearchConfig
 from dist_darts.distributed import all_reduce_mean_, close_distributed, init_distributed
-from dist_darts.engine import prepare_model
+from dist_darts.engine import StoppedAsAsked, prepare_model
 from dist_darts.search import search_step
 from dist_darts.supernet import Network
 from helpers import Smooth, free_port
@@ -331,28 +331,14 @@ def test_sync_bn_is_on_by_default_for_multi_gpu_searches():
     assert not use_sync_bn(SearchConfig(dataset="digits", sync_bn=False), gpus(8))
 
 
-class _Stop(Exception):
-    pass
-
-
-def test_a_resume_inside_the_warm_ups_with_accumulation_is_exact(tmp_path, monkeypatch):
+def test_a_resume_inside_the_warm_ups_with_accumulation_is_exact(tmp_path):
     """The warm-ups are derived from the epoch: a run stopped inside them resumes to the uninterrupted result."""
     torch.set_num_threads(1)
     settings = dict(TINY, epochs=2, steps_per_epoch=2, checkpoint_steps=1, accumulate=2, warmup_epochs=2,
                     arch_warmup_epochs=1, lr_scaling="linear", arch_lr_scaling="sqrt")
     search.run(SearchConfig(**settings, output=str(tmp_path / "straight")))
-    step, calls = search.SearchTask.step, []
-
-    def stop_at_the_second_step(self, batch):
-        calls.append(1)
-        if len(calls) == 2:  # after the checkpoint of epoch 0 step 1, inside both warm-ups
-            raise _Stop
-        return step(self, batch)
-
-    monkeypatch.setattr(search.SearchTask, "step", stop_at_the_second_step)
-    with pytest.raises(_Stop):
-        search.run(SearchConfig(**settings, output=str(tmp_path / "stopped")))
-    monkeypatch.setattr(search.SearchTask, "step", step)
+    with pytest.raises(StoppedAsAsked):  # after the checkpoint of epoch 0 step 1, inside both warm-ups
+        search.run(SearchConfig(**settings, output=str(tmp_path / "stopped"), stop_after_step=1))
     search.run(SearchConfig(**settings, output=str(tmp_path / "stopped"), resume=True))
     straight, resumed = (torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=False)
                          for name in ("straight", "stopped"))

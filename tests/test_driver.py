@@ -96,3 +96,22 @@ def test_ctrl_c_ends_a_job_with_one_line_and_a_resumable_checkpoint(tmp_path):
     assert stderr.strip().splitlines()[-1].startswith("dist-darts: interrupted")
     resumed = cli(*args, "--resume")
     assert "resumed from" in resumed.stdout
+
+
+def test_stop_after_step_ends_with_one_line_and_a_checkpoint_that_resumes_exactly(tmp_path):
+    """--stop-after-step inside an epoch and at an epoch's end: exit 0, one line, a checkpoint at that step; the
+    resumed runs end where an uninterrupted one does."""
+    args = ["retrain", *TINY_RETRAIN, "--epochs", "2", "--steps-per-epoch", "3", "--log-interval", "100"]
+    cli(*args, "--output", str(tmp_path / "straight"))
+    for stop, where in ((2, (0, 2)), (3, (1, 0))):
+        out = tmp_path / f"stopped{stop}"
+        proc = cli(*args, "--output", str(out), "--stop-after-step", str(stop))
+        assert proc.stdout.strip().splitlines()[-1].startswith(f"dist-darts: stopped after step {stop} as "
+                                                                "--stop-after-step asked")
+        state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+        assert (state["epoch"], state["step"]) == where and not (out / "metrics.json").exists()
+        cli(*args, "--output", str(out), "--resume")
+        straight, resumed = model_state(tmp_path / "straight"), model_state(out)
+        assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+        assert (json.loads((out / "history.json").read_text())
+                == json.loads((tmp_path / "straight" / "history.json").read_text()))

@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 from dist_darts import genotype as gt
 from dist_darts import search
 from dist_darts.config import ConfigError, SearchConfig, search_rates
+from dist_darts.engine import StoppedAsAsked
 from dist_darts.genotype import PRIMITIVES
 from dist_darts.projection import Projection, decision_count, node_edges
 from dist_darts.supernet import Network
@@ -145,12 +146,8 @@ def _cfg(out, **kw):
                         derive="darts-pt", pt_tune_epochs=1, output=str(out), log_interval=10**6, **kw)
 
 
-class _Crash(Exception):
-    pass
-
-
 @pytest.mark.slow
-def test_selection_runs_after_the_search_resumes_exactly_and_its_cell_is_the_decisions(tmp_path, monkeypatch):
+def test_selection_runs_after_the_search_resumes_exactly_and_its_cell_is_the_decisions(tmp_path):
     result = search.run(_cfg(tmp_path / "straight", steps_per_epoch=2, checkpoint_steps=1))
     history = json.loads((tmp_path / "straight" / "history.json").read_text())
     assert len(history) == 1 + 16 + 1 and result.epochs == 18
@@ -167,19 +164,10 @@ def test_selection_runs_after_the_search_resumes_exactly_and_its_cell_is_the_dec
             assert [start + j for _, j in ops[2 * node: 2 * node + 2]] == decided["kept"][cell][node]
             assert [op for op, _ in ops[2 * node: 2 * node + 2]] == [
                 PRIMITIVES[decided["op"][cell][e]] for e in decided["kept"][cell][node]]
-    # killed in the selection's 4th epoch at its 2nd step and resumed from that epoch's step-1 checkpoint,
-    # which holds the epoch's decision already: the same decisions, weights and alphas
-    step, calls = search.search_step, []
-
-    def crashing_step(*args):
-        calls.append(1)
-        if len(calls) == 2 * 4 + 2:
-            raise _Crash
-        return step(*args)
-    monkeypatch.setattr(search, "search_step", crashing_step)
-    with pytest.raises(_Crash):
-        search.run(_cfg(tmp_path / "crashed", steps_per_epoch=2, checkpoint_steps=1))
-    monkeypatch.setattr(search, "search_step", step)
+    # stopped in the selection's 4th epoch after its 1st step, whose checkpoint holds the epoch's decision
+    # already, and resumed: the same decisions, weights and alphas
+    with pytest.raises(StoppedAsAsked):
+        search.run(_cfg(tmp_path / "crashed", steps_per_epoch=2, checkpoint_steps=1, stop_after_step=2 * 4 + 1))
     search.run(_cfg(tmp_path / "crashed", steps_per_epoch=2, checkpoint_steps=1, resume=True))
     assert_same_state(model_state(tmp_path / "straight"), model_state(tmp_path / "crashed"))
     resumed = torch.load(tmp_path / "crashed" / "checkpoints" / "last.pt", weights_only=True)
