@@ -18,9 +18,8 @@ from typing import NamedTuple
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A bad configuration value or key; the message names it."""
+from .errors import ConfigError
+from .runfolder import atomic_write, default_evaluate_output
 
 
 class DatasetInfo(NamedTuple):
@@ -444,7 +443,6 @@ class EvaluateConfig(DataConfig, RunConfig):
             raise ConfigError("checkpoint: --checkpoint FILE is required")
         check_ranges(self, minimum=1, names=("layers", "init_channels"))
         if self.output is None:
-            from .runfolder import default_evaluate_output  # runfolder imports this module
             self.output = default_evaluate_output(self.checkpoint)
 
 
@@ -587,7 +585,6 @@ class RecurrentEvaluateConfig(TextDataConfig, RunConfig):
         if self.dataset not in (None, "pydoc") and not self.data_dir:
             raise ConfigError(f"data-dir: the {self.dataset} corpus needs --data-dir")
         if self.output is None:
-            from .runfolder import default_evaluate_output  # runfolder imports this module
             self.output = default_evaluate_output(self.checkpoint)
 
 
@@ -795,7 +792,6 @@ def dump(cfg, resolved: dict | None = None) -> str:
 
 
 def save(cfg, path: str) -> None:
-    from .runfolder import atomic_write  # runfolder raises this module's ConfigError
     atomic_write(path, dump(cfg))
 
 

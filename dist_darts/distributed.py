@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .config import ConfigError
+from .errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import socket
 from pathlib import Path
 from typing import BinaryIO, Callable, Union
 
-from .config import ConfigError
+from .errors import ConfigError
 
 LOCK_NAME = ".dist-darts.lock"
 TEMP_SUFFIX = ".dist-darts-tmp"

@@ -55,3 +55,13 @@ def test_model_code_never_imports_the_job_side(module):
 def test_timm_is_imported_by_one_module_only():
     package = PYPROJECT.parent / "dist_darts"
     assert [p.name for p in sorted(package.rglob("*.py")) if "timm" in imported_names(p)] == ["optimizers.py"]
+
+
+GROUND_FLOOR = ("errors", "logs", "safe_pickle", "runfolder", "checkpoint")  # what every other module may use
+
+
+@pytest.mark.parametrize("module", GROUND_FLOOR)
+def test_the_ground_floor_imports_nothing_above_it(module):
+    package = PYPROJECT.parent / "dist_darts"
+    own = {p.stem for p in package.glob("*.py")} | {p.name for p in package.iterdir() if p.is_dir()}
+    assert imported_names(package / f"{module}.py") & own <= set(GROUND_FLOOR)
