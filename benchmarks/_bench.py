@@ -66,7 +66,8 @@ def supernet_with_batches(args):
     """(device, supernet, batches, autocast, precision) for the arguments above: a seeded supernet in channels_last
     and a training and a validation batch of random CIFAR-size images, as a search step takes them (only time is
     measured)."""
-    from dist_darts.engine import autocast_factory, to_memory_format
+    from dist_darts.job import autocast_factory
+    from dist_darts.parallel import to_memory_format
     from dist_darts.supernet import Network
     device = setup_worker({"device": args.device, "threads": args.threads})
     torch.manual_seed(0)

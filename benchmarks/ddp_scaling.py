@@ -35,7 +35,8 @@ import torch  # noqa: E402
 
 def worker(cfg):
     from dist_darts.distributed import all_reduce_mean_, close_distributed, init_distributed
-    from dist_darts.engine import autocast_factory, prepare_model
+    from dist_darts.job import autocast_factory
+    from dist_darts.parallel import prepare_model
     from dist_darts.supernet import Network
 
     torch.set_num_threads(cfg["threads"])

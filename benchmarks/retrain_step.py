@@ -47,7 +47,8 @@ def build(cfg, device):
         cls = original_model.NetworkCIFAR if cfg["network"] == "cifar" else original_model.NetworkImageNet
         model = cls(net["C"], net["classes"], net["layers"], True, genotypes.DARTS_V2).to(device).train()
     else:
-        from dist_darts.engine import autocast_factory, prepare_model
+        from dist_darts.job import autocast_factory
+        from dist_darts.parallel import prepare_model
         from dist_darts.genotype import DARTS_V2
         from dist_darts.model import NetworkCIFAR, NetworkImageNet
         cls = NetworkCIFAR if cfg["network"] == "cifar" else NetworkImageNet

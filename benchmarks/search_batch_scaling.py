@@ -232,7 +232,7 @@ def expected_seconds(args, runs: list[tuple]) -> float:
     batch (alphas and weights), times the images every run's search processes, over the runs at a time (the short
     retrains come on top)."""
     from dist_darts.config import search_rates
-    from dist_darts.engine import autocast_factory
+    from dist_darts.job import autocast_factory
     from dist_darts.supernet import Network
     device = torch.device(args.device)
     size = 32  # the digits (upscaled) and CIFAR-10 alike

@@ -361,7 +361,7 @@ def build_parser(space: str = "cnn") -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser(requested_space(sys.argv[1:] if argv is None else argv)).parse_args(argv)
     from .driver import Diverged
-    from .engine import StoppedAsAsked
+    from .job import StoppedAsAsked
     from .sweep_spaces import SweepFailed
     try:
         args.func(args)

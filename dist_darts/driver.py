@@ -19,7 +19,8 @@ import torch
 from . import checkpoint as ckpt_io
 from . import config as config_io
 from .distributed import all_gather_object, average_buffers_, barrier, world_size
-from .engine import EpochHook, Job, Meter, StoppedAsAsked
+from .job import EpochHook, Job, StoppedAsAsked
+from .meters import Meter
 from .logs import Progress, log
 from .runfolder import atomic_write, best_checkpoint_path, checkpoint_path
 

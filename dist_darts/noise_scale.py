@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch.func import functional_call
 
 from .distributed import all_reduce_mean_
-from .methods import ALPHA_STEP, WEIGHT_STEP
+from .methods import ALPHA_STEP
 
 DECAY = 0.9  # per measurement: the averages span about the last 10 measurements
 

@@ -30,7 +30,8 @@ from .data.text import (Corpus, batchify, eval_batches, load_text, search_batche
 from .distributed import (DistEnv, all_gather_object, all_reduce_mean_, all_reduce_sum, barrier,
     seed_model_randomness)
 from .driver import EpochEnd, StepOutput, run_epochs
-from .engine import EpochHook, Job, check_replicas, prepare_model, run_job
+from .job import EpochHook, Job, run_job
+from .parallel import check_replicas, prepare_model
 from .logs import log, summary_table
 from .model import count_parameters
 from .rnn import RNNModel, RNNModelSearch, detach_hidden

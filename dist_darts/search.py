@@ -25,8 +25,10 @@ from .config import METHOD_DEFAULTS, ConfigError, SearchConfig, search_rates
 from .data import build_loaders
 from .distributed import all_reduce_mean_, seed_model_randomness
 from .driver import EpochEnd, StepOutput, run_epochs
-from .engine import (EpochHook, Job, affine_at, autocast_factory, check_memory, check_replicas, evaluate,
-    prepare_job_model, run_job, saved_activation_bytes, step_memory, to_memory_format)
+from .job import EpochHook, Job, autocast_factory, run_job
+from .memory import affine_at, check_memory, saved_activation_bytes, step_memory
+from .meters import evaluate
+from .parallel import check_replicas, prepare_job_model, to_memory_format
 from .logs import log, summary_table
 from .methods import ALPHA_STEP, WEIGHT_STEP
 from .noise_scale import NoiseScaleMonitor, suggestion

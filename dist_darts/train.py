@@ -26,8 +26,10 @@ from .config import DATASETS, ConfigError, EvaluateConfig, RetrainConfig, retrai
 from .data import build_loaders
 from .distributed import average_buffers_, seed_model_randomness
 from .driver import EpochEnd, StepOutput, run_epochs
-from .engine import (EpochHook, Job, affine_at, autocast_factory, check_memory, evaluate, prepare_job_model,
-    prepare_model, run_job, saved_activation_bytes, step_memory, to_memory_format)
+from .job import EpochHook, Job, autocast_factory, run_job
+from .memory import affine_at, check_memory, saved_activation_bytes, step_memory
+from .meters import evaluate
+from .parallel import prepare_job_model, prepare_model, to_memory_format
 from .logs import log, summary_table
 from .hub import load_weights
 from .model import build_network, count_parameters, paper_size

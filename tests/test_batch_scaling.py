@@ -14,7 +14,8 @@ from dist_darts import config, search
 from dist_darts.architect import Architect
 from dist_darts.config import ConfigError, SearchConfig
 from dist_darts.distributed import all_reduce_mean_, close_distributed, init_distributed
-from dist_darts.engine import StoppedAsAsked, prepare_model
+from dist_darts.job import StoppedAsAsked
+from dist_darts.parallel import prepare_model
 from dist_darts.search import search_step
 from dist_darts.supernet import Network
 from helpers import Smooth, free_port
@@ -319,7 +320,7 @@ def test_the_sweep_hands_the_rules_to_its_searches_only():
 
 def test_sync_bn_is_on_by_default_for_multi_gpu_searches():
     from dist_darts.distributed import DistEnv
-    from dist_darts.engine import use_sync_bn
+    from dist_darts.parallel import use_sync_bn
     gpus = lambda n: DistEnv(0, n, 0, torch.device("cuda", 0))
     search_cfg = SearchConfig(dataset="digits", batch_size=256)
     retrain_cfg = config.RetrainConfig(dataset="digits", batch_size=256)

@@ -13,7 +13,7 @@ from dist_darts.checkpoint import CheckpointCorrupted, CheckpointError
 
 
 def search_state(step: int) -> dict:
-    """A search checkpoint's layout (what engine.write_checkpoint writes), with small real tensors."""
+    """A search checkpoint's layout (what the driver writes), with small real tensors."""
     torch.manual_seed(step)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)

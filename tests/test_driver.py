@@ -4,8 +4,9 @@ import json
 
 import torch
 
-from dist_darts import config, driver, engine, train
+from dist_darts import config, driver, train
 from dist_darts.data import build_loaders
+from dist_darts.job import run_job
 from helpers import TINY_RETRAIN, TINY_SEARCH, cli, model_state
 
 TINY = {"dataset": "digits", "layers": 3, "init_channels": 4, "batch_size": 16, "workers": 0, "auxiliary": False}
@@ -55,7 +56,7 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
         return driver.run_epochs(job, task)
 
     try:
-        engine.run_job(cfg, body)
+        run_job(cfg, body)
         raise AssertionError("the poisoned run did not stop")
     except driver.Diverged as e:
         assert str(e).startswith("non-finite loss at epoch 2 step 2 (the run diverged; last good checkpoint ")

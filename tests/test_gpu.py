@@ -7,7 +7,9 @@ import torch
 import torch.nn as nn
 
 from dist_darts.architect import Architect
-from dist_darts.engine import Meter, autocast_factory, prepare_model
+from dist_darts.job import autocast_factory
+from dist_darts.meters import Meter
+from dist_darts.parallel import prepare_model
 from dist_darts.genotype import DARTS_V2
 from dist_darts.model import NetworkCIFAR
 from dist_darts.search import search_step

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dist_darts.engine import available_memory, saved_activation_bytes
+from dist_darts.memory import available_memory, saved_activation_bytes
 from dist_darts.supernet import Network
 from helpers import cli, env_for_subprocess
 
@@ -98,14 +98,14 @@ def test_a_step_that_cannot_fit_is_refused_with_one_line(tmp_path):
 
 
 def test_cpu_ranks_of_one_host_share_its_memory(monkeypatch):
-    from dist_darts import engine
+    from dist_darts import memory
     job = SimpleNamespace(cfg=SimpleNamespace(batch_size=64, init_channels=16, layers=8),
                           env=SimpleNamespace(device=torch.device("cpu"), rank=0))
     two_ranks = [("node1", "cpu", 3 * 2**30), ("node1", "cpu", 3 * 2**30)]
-    monkeypatch.setattr(engine, "all_gather_object", lambda mine: two_ranks)
-    engine.check_memory(job, 2**30, "search")  # 2 x 1 GiB of 3 GiB
-    with pytest.raises(engine.MemoryEstimateError, match=r"4\.00 GiB for 2 ranks .* node1 has only 3\.00 GiB"):
-        engine.check_memory(job, 2 * 2**30, "search")
+    monkeypatch.setattr(memory, "all_gather_object", lambda mine: two_ranks)
+    memory.check_memory(job, 2**30, "search")  # 2 x 1 GiB of 3 GiB
+    with pytest.raises(memory.MemoryEstimateError, match=r"4\.00 GiB for 2 ranks .* node1 has only 3\.00 GiB"):
+        memory.check_memory(job, 2 * 2**30, "search")
     one_each = [("node1", "cpu", 3 * 2**30), ("node2", "cpu", 3 * 2**30)]
-    monkeypatch.setattr(engine, "all_gather_object", lambda mine: one_each)
-    engine.check_memory(job, 2 * 2**30, "search")
+    monkeypatch.setattr(memory, "all_gather_object", lambda mine: one_each)
+    memory.check_memory(job, 2 * 2**30, "search")

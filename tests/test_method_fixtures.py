@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from dist_darts.architect import Architect
-from dist_darts.engine import evaluate
+from dist_darts.meters import evaluate
 from dist_darts.genotype import PRIMITIVES
 from dist_darts.methods import ALPHA_STEP, METHODS, WEIGHT_STEP
 from dist_darts.projection import Projection
@@ -242,7 +242,7 @@ def test_drnas_matches_the_authors_step(fixtures_dir):
 
 
 class _OneBatch(list):
-    """The fixture's projection batch as a loader for engine.evaluate."""
+    """The fixture's projection batch as a loader for meters.evaluate."""
 
     def set_epoch(self, epoch):
         pass

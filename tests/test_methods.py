@@ -15,7 +15,7 @@ from dist_darts import genotype as gt
 from dist_darts import search
 from dist_darts.architect import Architect
 from dist_darts.config import SearchConfig
-from dist_darts.engine import StoppedAsAsked
+from dist_darts.job import StoppedAsAsked
 from dist_darts.methods import ALPHA_STEP, METHODS, WEIGHT_STEP
 from dist_darts.ops import FactorizedReduce, Identity
 from dist_darts.supernet import MixedOp, Network

@@ -16,7 +16,7 @@ from dist_darts import search
 from dist_darts.architect import Architect
 from dist_darts.config import SearchConfig
 from dist_darts.distributed import all_reduce_mean_, close_distributed, init_distributed
-from dist_darts.engine import prepare_model
+from dist_darts.parallel import prepare_model
 from dist_darts.methods import WEIGHT_STEP
 from dist_darts.noise_scale import NoiseScale, NoiseScaleMonitor, estimates, suggestion
 from dist_darts.search import search_step

@@ -30,7 +30,7 @@ def test_dali_only_on_linux_x86_64():
 
 
 MODEL_MODULES = ("ops", "supernet", "model", "genotype", "methods", "projection", "rnn")
-JOB_SIDE = {"distributed", "data", "config", "tune", "engine", "driver", "ray"}
+JOB_SIDE = {"distributed", "data", "config", "tune", "job", "parallel", "meters", "memory", "driver", "ray"}
 
 
 def imported_names(path: Path) -> set[str]:

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 from dist_darts import genotype as gt
 from dist_darts import search
 from dist_darts.config import ConfigError, SearchConfig, search_rates
-from dist_darts.engine import StoppedAsAsked
+from dist_darts.job import StoppedAsAsked
 from dist_darts.genotype import PRIMITIVES
 from dist_darts.projection import Projection, decision_count, node_edges
 from dist_darts.supernet import Network
