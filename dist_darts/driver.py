@@ -20,7 +20,6 @@ from . import checkpoint as ckpt_io
 from . import config as config_io
 from .distributed import all_gather_object, average_buffers_, barrier, world_size
 from .job import EpochHook, Job, StoppedAsAsked
-from .meters import Meter
 from .logs import Progress, log
 from .runfolder import atomic_write, best_checkpoint_path, checkpoint_path
 
@@ -57,6 +56,7 @@ class Task(Protocol):
     steps: int  # steps per epoch
     images_per_step: int  # over all ranks, for images/s
     metrics: dict  # the metrics before any epoch finished
+    meter: type  # what a step measures (meters.Meter for images, LossMeter for language): meter(device, state)
 
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
@@ -128,7 +128,7 @@ def run_epochs(job: Job, task: Task, on_epoch: EpochHook | None = None) -> dict:
 
     final_epoch = start_epoch if stopped else task.epochs  # a run that its --early-stop ended is finished
     for epoch in range(start_epoch, final_epoch):
-        meter = Meter(env.device, meter_sums)
+        meter = task.meter(env.device, meter_sums)
         progress = Progress(task.kind, epoch, task.epochs, task.steps, start_step, task.images_per_step,
                             cfg.log_interval, env.is_main)
         for step, batch in zip(range(start_step, task.steps), task.begin_epoch(epoch, start_step)):
@@ -139,8 +139,7 @@ def run_epochs(job: Job, task: Task, on_epoch: EpochHook | None = None) -> dict:
             shown = None
             if global_step % cfg.log_interval == 0:
                 divergence.check(task.steps, last)
-                loss_sum, top1_sum, _, seen = meter.sums.tolist()  # this rank's running averages
-                shown = {"loss": loss_sum / max(seen, 1), "top1": 100.0 * top1_sum / max(seen, 1)}
+                shown = meter.shown()
                 for tag, value in out.scalars.items():
                     job.scalar(tag, value.item(), global_step)
             progress.update(step + 1, shown)

@@ -1,14 +1,18 @@
-"""Loss, top-1 and top-5 sums kept on the device, and the evaluation of a (sharded) loader averaged over all ranks."""
+"""What a task measures while it trains, as sums kept on the device: images (loss, top-1, top-5: Meter) and
+language (loss and perplexity: LossMeter); each task names its meter, so the driver knows no task's metrics.
+And the evaluation of a (sharded) image loader averaged over all ranks."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.nn as nn
 
 from .distributed import all_reduce_sum
 from .parallel import to_memory_format
+
 
 class Meter:
     """Sums of loss, top-1, top-5 and count, kept on the device (no host sync per step)."""
@@ -30,6 +34,37 @@ class Meter:
         loss, top1, top5, n = sums.tolist()
         n = max(n, 1.0)
         return {"loss": loss / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "count": int(n)}
+
+    def shown(self) -> dict:
+        """This rank's running averages for the progress line (read where the loop synchronises anyway)."""
+        loss, top1, _, n = self.sums.tolist()
+        return {"loss": loss / max(n, 1.0), "top1": 100.0 * top1 / max(n, 1.0)}
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 700.0))  # a diverged loss reads as a huge perplexity, not an overflow
+
+
+class LossMeter:
+    """Sums of loss and count for language models: their logits (a vocabulary wide) are never ranked."""
+
+    def __init__(self, device, state: torch.Tensor | None = None):
+        self.sums = state.to(device) if state is not None else torch.zeros(2, device=device, dtype=torch.float64)
+
+    @torch.no_grad()
+    def update(self, loss_sum: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.sums += torch.stack([loss_sum.detach().double(), torch.tensor(labels.numel(), dtype=torch.float64,
+                                                                           device=self.sums.device)])
+
+    def global_averages(self) -> dict:
+        loss, n = all_reduce_sum(self.sums.clone()).tolist()
+        loss /= max(n, 1.0)
+        return {"loss": loss, "perplexity": perplexity(loss), "count": int(n)}
+
+    def shown(self) -> dict:
+        loss, n = self.sums.tolist()
+        loss /= max(n, 1.0)
+        return {"loss": loss, "ppl": perplexity(loss)}
 
 
 @torch.no_grad()

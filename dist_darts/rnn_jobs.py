@@ -31,6 +31,7 @@ from .distributed import (DistEnv, all_gather_object, all_reduce_mean_, all_redu
     seed_model_randomness)
 from .driver import EpochEnd, StepOutput, run_epochs
 from .job import EpochHook, Job, run_job
+from .meters import LossMeter, perplexity
 from .parallel import check_replicas, prepare_model
 from .logs import log, summary_table
 from .model import count_parameters
@@ -80,10 +81,6 @@ def evaluate_loss(model: RNNModel, source: torch.Tensor, columns: int, rows: int
             total += F.nll_loss(log_prob.float().view(-1, model.ntoken), y.reshape(-1), reduction="sum").double()
     model.train(was_training)
     return float(all_reduce_sum(total)) / (columns * rows)
-
-
-def perplexity(loss: float) -> float:
-    return math.exp(min(loss, 700.0))  # a diverged loss reads as a huge perplexity, not an overflow
 
 
 def _steps_per_epoch(rows: int, cfg, variable: bool, max_seq_len_delta: int = 20) -> int:
@@ -145,6 +142,7 @@ class RecurrentSearchTask:
     """The recurrent supernet, its SGD and the alphas' Adam (the original's betas), as the driver's Task."""
 
     kind = "rnn_search"
+    meter = LossMeter
     resume_keys = SEARCH_RESUME_KEYS
 
     def __init__(self, job: Job, corpus: Corpus):
@@ -298,6 +296,7 @@ class RecurrentRetrainTask:
     validation loss stops improving, as the driver's Task."""
 
     kind = "rnn_retrain"
+    meter = LossMeter
     resume_keys = RETRAIN_RESUME_KEYS
 
     def __init__(self, job: Job, corpus: Corpus, genotype: gt.RecurrentGenotype):

@@ -27,7 +27,7 @@ from .distributed import all_reduce_mean_, seed_model_randomness
 from .driver import EpochEnd, StepOutput, run_epochs
 from .job import EpochHook, Job, autocast_factory, run_job
 from .memory import affine_at, check_memory, saved_activation_bytes, step_memory
-from .meters import evaluate
+from .meters import Meter, evaluate
 from .parallel import check_replicas, prepare_job_model, to_memory_format
 from .logs import log, summary_table
 from .methods import ALPHA_STEP, WEIGHT_STEP
@@ -221,6 +221,7 @@ class SearchTask:
     (scaled rates, warm-ups, accumulation) are fixed by the config and the epoch: a resume needs no state for them."""
 
     kind = "search"
+    meter = Meter
     resume_keys = RESUME_KEYS
 
     def __init__(self, job: Job, loaders):

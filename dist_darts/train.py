@@ -28,7 +28,7 @@ from .distributed import average_buffers_, seed_model_randomness
 from .driver import EpochEnd, StepOutput, run_epochs
 from .job import EpochHook, Job, autocast_factory, run_job
 from .memory import affine_at, check_memory, saved_activation_bytes, step_memory
-from .meters import evaluate
+from .meters import Meter, evaluate
 from .parallel import prepare_job_model, prepare_model, to_memory_format
 from .logs import log, summary_table
 from .hub import load_weights
@@ -134,6 +134,7 @@ class RetrainTask:
     """An evaluation network of a genotype, its optimizer, schedule and (optional) EMA, as the driver's Task."""
 
     kind = "retrain"
+    meter = Meter
     resume_keys = RESUME_KEYS
 
     def __init__(self, job: Job, loaders, genotype: gt.Genotype):

@@ -40,7 +40,9 @@ def _one_line_error(proc, *words):
 
 def test_cli_search_then_retrain_then_evaluate(tmp_path, corpus_dir):
     search = tmp_path / "search"
-    cli("search", "--space", "rnn", *_data(corpus_dir), "--epochs", "1", *TINY, "--output", str(search))
+    proc = cli("search", "--space", "rnn", *_data(corpus_dir), "--epochs", "1", *TINY, "--output", str(search))
+    progress = [line for line in proc.stdout.splitlines() if " rnn_search 1/1 step " in line]
+    assert progress and all("| loss " in line and " ppl " in line and "top1" not in line for line in progress)
     genotype = json.loads((search / "genotype.json").read_text())
     assert len(genotype["recurrent"]) == 8 and genotype["concat"] == list(range(1, 9))
     assert (search / "genotypes" / "epoch_000.json").is_file()
