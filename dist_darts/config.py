@@ -60,7 +60,7 @@ def opt(default, help: str, group: str, choices=None, **kw):
 
 @dataclass
 class RunConfig:
-    """Where and how any job runs: run folder, seed, device, precision, memory format."""
+    """Where and how any job runs: run folder, seed, device, precision."""
     run_kind = "job"
 
     output: str | None = opt(None, "run folder: config, logs, TensorBoard events, checkpoints, results (default: a "
@@ -70,8 +70,6 @@ class RunConfig:
                       choices=("auto", "cpu", "cuda"))
     precision: str = opt("auto", "autocast precision of training and evaluation: auto = bf16 on GPU, fp32 on CPU",
                          "runtime", choices=PRECISIONS[:3])
-    channels_last: bool = opt(True, "channels_last memory format for weights and activations (faster on GPU and "
-                                    "CPU)", "runtime")
     compile: bool = opt(False, "torch.compile the network", "runtime")
     deterministic: bool = opt(False, "deterministic algorithms (exact reruns; slower)", "runtime")
 
@@ -82,7 +80,7 @@ class RunConfig:
 
 @dataclass
 class DataConfig:
-    """Which data and how it is fed."""
+    """Which images and how they are fed, and the memory format they run in."""
 
     dataset: str = opt("cifar10", "data set", "data", choices=tuple(DATASETS))
     data_dir: str | None = opt(None, "data set folder (not needed for digits and synthetic)", "data")
@@ -94,6 +92,8 @@ class DataConfig:
                               "--space rnn's --batch-size counts over all ranks instead)", "data")
     image_size: int = opt(0, "image side in pixels; 0 = the data set's own (an image folder: the size its images "
                              "share, 224 for ImageNet or mixed sizes)", "data")
+    channels_last: bool = opt(True, "channels_last memory format for weights and activations (faster on GPU and "
+                                    "CPU; images only, so --space rnn has no such flag)", "runtime")
 
     def __post_init__(self):
         check_ranges(self, minimum=0, names=("workers", "image_size"))
@@ -474,7 +474,6 @@ class RecurrentJobConfig(TextDataConfig, RunConfig):
     overwrite: bool = opt(False, "delete what an earlier run left in --output, then start over (a non-empty run "
                                  "folder is refused otherwise)", "runtime")
     log_interval: int = opt(50, "steps between progress lines and TensorBoard step scalars", "runtime")
-    channels_last: bool = opt(False, "unused by the recurrent networks (no images)", "runtime")
     epochs: int = opt(50, "epochs", "schedule")
     emsize: int = opt(300, "embedding size (must equal --nhid: the decoder is tied to the embedding)", "model")
     nhid: int = opt(300, "hidden units of the recurrent cell", "model")
@@ -575,7 +574,6 @@ class RecurrentEvaluateConfig(TextDataConfig, RunConfig):
     output: str | None = opt(None, "folder for metrics.json, config.yaml and log.txt (default: evaluate/NAME in the "
                                    "checkpoint's run folder)", "runtime")
     seed: int = opt(0, "seed (evaluation draws no random numbers)", "runtime")
-    channels_last: bool = opt(False, "unused by the recurrent networks (no images)", "runtime")
 
     def __post_init__(self):
         RunConfig.__post_init__(self)

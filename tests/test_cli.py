@@ -119,3 +119,11 @@ def test_malformed_genotype_file_via_cli(tmp_path, capsys):
     (tmp_path / "g.json").write_text('{"normal": 3}')
     assert main(["genotype", "show", str(tmp_path / "g.json")]) == 2
     assert "genotype field" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["search", "retrain", "evaluate"])
+def test_the_recurrent_space_has_no_image_flags(command, capsys):
+    """--channels-last does nothing without images: --space rnn refuses it as an unknown flag (exit 2)."""
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--space", "rnn", "--no-channels-last"])
+    assert exit_.value.code == 2 and "unrecognized arguments: --no-channels-last" in capsys.readouterr().err
