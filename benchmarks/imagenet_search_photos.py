@@ -7,8 +7,8 @@ reads) at --size px and the same images resized to 32 px, then runs two searches
 its own process: PC-DARTS' recipe (launch/configs/imagenet_search.yaml: the ImageNet stem, K=2, class-balanced
 subsets, weight warm-up, alphas frozen at first) at toy size on the large images, and the same settings with
 the CIFAR stem on the 32 px copies. Per search: the supernet's top-1 on the alphas' subset at the end (against
-chance, one over the classes), the peak resident memory of the process and the memory check's estimate, and the seconds per
-step of the last epoch (from its img/s, data loading included). The table is printed and appended to
+chance, one over the classes), the peak resident memory of the process and the memory check's estimate, and the
+seconds per step of the last epoch (from its img/s, data loading included). The table is printed and appended to
 benchmarks/RESULTS.md (and results.jsonl) unless --no-record.
 
     python benchmarks/imagenet_search_photos.py                       # 128 px, a few CPU minutes
@@ -124,6 +124,7 @@ def main():
                       "seeds both searches. Top-1 is the supernet's on the alphas' subset at the end of the search; "
                       "peak RSS is the whole search process's (Python and torch included); the step time is the "
                       f"last epoch's (data loading included).\n\n{text}")
+
 
 if __name__ == "__main__":
     main()

@@ -157,12 +157,16 @@ RUN_SETTINGS = ("dataset", "layers", "init_channels", "base_batch", "epochs", "i
                 "retrain_layers", "retrain_channels", "retrain_steps", "warmup_epochs", "freeze_epochs", "device")
 
 
+def run_settings(args) -> dict:
+    return {k: getattr(args, k) for k in RUN_SETTINGS}
+
+
 def finished_rows(args) -> list[dict]:
     """The rows already in --rows (none without it); a file from other settings is refused."""
     if not args.rows or not Path(args.rows).is_file():
         return []
     rows = [json.loads(line) for line in Path(args.rows).read_text().splitlines() if line.strip()]
-    settings = {k: getattr(args, k) for k in RUN_SETTINGS}
+    settings = run_settings(args)
     for row in rows:
         if row["settings"] != settings:
             changed = sorted(k for k in settings if row["settings"].get(k) != settings[k])
@@ -224,7 +228,7 @@ def run_one(job: tuple) -> dict:
                                            args.retrain_steps, args.retrain_layers, args.retrain_channels,
                                            f"{tmp}/retrain"))
     print(json.dumps({k: v for k, v in row.items() if k not in ("genotype", "epoch_genotypes")}), flush=True)
-    return {**row, "settings": {k: getattr(args, k) for k in RUN_SETTINGS}}
+    return {**row, "settings": run_settings(args)}
 
 
 def expected_seconds(args, runs: list[tuple]) -> float:

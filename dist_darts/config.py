@@ -141,8 +141,8 @@ class JobConfig(DataConfig, RunConfig):
         if self.dataset not in ("digits", "photos", "synthetic") and not self.data_dir and not self.download:
             raise ConfigError(f"data-dir: the {self.dataset} data set needs --data-dir (or --download with a network)")
         check_resume_has_output(self)
-        check_ranges(self, minimum=0, names=("steps_per_epoch", "checkpoint_steps", "stop_after_step", "learning_rate", "weight_decay",
-                                             "grad_clip"))
+        check_ranges(self, minimum=0, names=("steps_per_epoch", "checkpoint_steps", "stop_after_step", "learning_rate",
+                                             "weight_decay", "grad_clip"))
         check_ranges(self, minimum=1, names=("epochs", "layers", "init_channels", "log_interval"))
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"momentum: must be in [0, 1), got {self.momentum}")
@@ -500,8 +500,8 @@ class RecurrentJobConfig(TextDataConfig, RunConfig):
         RunConfig.__post_init__(self)
         TextDataConfig.__post_init__(self)
         check_resume_has_output(self)
-        check_ranges(self, minimum=0, names=("steps_per_epoch", "checkpoint_steps", "stop_after_step", "learning_rate", "weight_decay",
-                                             "grad_clip", "alpha", "beta"))
+        check_ranges(self, minimum=0, names=("steps_per_epoch", "checkpoint_steps", "stop_after_step", "learning_rate",
+                                             "weight_decay", "grad_clip", "alpha", "beta"))
         check_ranges(self, minimum=1, names=("epochs", "emsize", "nhid", "log_interval", "eval_batch_size"))
         if self.emsize != self.nhid:
             raise ConfigError(f"emsize: must equal nhid (the decoder is tied to the embedding), got {self.emsize} "

@@ -143,10 +143,10 @@ def run_epochs(job: Job, task: Task, on_epoch: EpochHook | None = None) -> dict:
                 for tag, value in out.scalars.items():
                     job.scalar(tag, value.item(), global_step)
             progress.update(step + 1, shown)
-            if step + 1 < task.steps and (global_step == cfg.stop_after_step or (
-                    cfg.checkpoint_steps and (step + 1) % cfg.checkpoint_steps == 0)):
+            stop_here = global_step == cfg.stop_after_step and step + 1 < task.steps  # an epoch's end stops below
+            if stop_here or (cfg.checkpoint_steps and (step + 1) % cfg.checkpoint_steps == 0 and step + 1 < task.steps):
                 save(last, epoch, step + 1, meter)
-            if global_step == cfg.stop_after_step and step + 1 < task.steps:
+            if stop_here:
                 progress.close()
                 raise StoppedAsAsked(_stopped_line(global_step, last))
         progress.close()

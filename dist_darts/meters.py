@@ -53,8 +53,8 @@ class LossMeter:
 
     @torch.no_grad()
     def update(self, loss_sum: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        self.sums += torch.stack([loss_sum.detach().double(), torch.tensor(labels.numel(), dtype=torch.float64,
-                                                                           device=self.sums.device)])
+        self.sums[0] += loss_sum.detach().double()
+        self.sums[1] += labels.numel()  # a host scalar: no copy to the device each step
 
     def global_averages(self) -> dict:
         loss, n = all_reduce_sum(self.sums.clone()).tolist()

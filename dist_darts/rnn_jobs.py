@@ -31,10 +31,10 @@ from .distributed import (DistEnv, all_gather_object, all_reduce_mean_, all_redu
     seed_model_randomness)
 from .driver import EpochEnd, StepOutput, run_epochs
 from .job import EpochHook, Job, run_job
-from .meters import LossMeter, perplexity
-from .parallel import check_replicas, prepare_model
 from .logs import log, summary_table
+from .meters import LossMeter, perplexity
 from .model import count_parameters
+from .parallel import check_replicas, prepare_model
 from .rnn import RNNModel, RNNModelSearch, detach_hidden
 from .runfolder import atomic_write, best_checkpoint_path
 

@@ -387,7 +387,7 @@ def test_the_study_runs_what_answers_first_and_resumes_from_its_rows_file(tmp_pa
     multipliers = [m for _, m, _, _ in study.plan(args)]
     assert multipliers[:3] == [1, 1, 1] and multipliers[3] == 8
     assert [m for m in dict.fromkeys(multipliers)] == [1, 8, 2, 4, 16]
-    settings = {k: getattr(args, k) for k in study.RUN_SETTINGS}
+    settings = study.run_settings(args)
     row = {"seed": 0, "multiplier": 1, "arm": study.PAPER, "bn": "global", "settings": settings}
     rows.write_text(json.dumps(row) + "\n")
     assert [study.run_key(r) for r in study.finished_rows(args)] == [study.plan(args)[0]]
