@@ -19,7 +19,8 @@ epochs, a short retrain of the cell, the normal cell's parameter-free ops, steps
 noise scale along the search (history.json). The summary sets each global batch against the 1x searches' measured
 B_noise, the theory's bound on the batch that still pays.
 
-What is shrunk to afford it on 2 cores: the data (the 8x8 digits, stored at 32 px), the supernet (5 cells of C=4
+What is shrunk to afford it on 2 cores: the data (the 8x8 digits, upscaled to 16 px instead of the 32 they are
+stored at: --image-size), the supernet (3 cells of C=4
 instead of 8 of C=16) and the epoch (--images-per-epoch 640, a fresh draw each epoch: 40 steps at the base batch
 16, so 25 epochs make 1,000 steps at 1x). The script prints its expected
 total time from a short calibration before it starts. `--preset cifar10` runs the same study on CIFAR-10 at the
@@ -70,14 +71,14 @@ ARMS = {
 PAPER = "paper (1x)"
 SEARCH_SPLIT = {"cifar10": 25000}  # training images of a whole search epoch (train-portion 0.5)
 PRESETS = {  # the study's sizes: CPU (default) and the paper's CIFAR-10 supernet on GPUs
-    "digits": dict(dataset="digits", layers=5, init_channels=4, base_batch=16, epochs=25,
+    "digits": dict(dataset="digits", image_size=16, layers=3, init_channels=4, base_batch=16, epochs=25,
                    images_per_epoch=640, retrain_epochs=4, retrain_layers=6, retrain_channels=12, device="cpu"),
-    "cifar10": dict(dataset="cifar10", layers=8, init_channels=16, base_batch=64, epochs=50,
+    "cifar10": dict(dataset="cifar10", image_size=0, layers=8, init_channels=16, base_batch=64, epochs=50,
                     images_per_epoch=0, retrain_epochs=20, retrain_layers=8, retrain_channels=16, device="cuda"),
 }
 
 
-TOY = dict(dataset="digits", device="cpu", layers=3, init_channels=4, base_batch=8, epochs=1,
+TOY = dict(dataset="digits", image_size=16, device="cpu", layers=3, init_channels=4, base_batch=8, epochs=1,
            images_per_epoch=16, retrain_epochs=1, retrain_layers=3, retrain_channels=4)
 
 
@@ -101,7 +102,7 @@ def parse_args(argv=None):
                                                                    "arms that freeze (default: 30 %% of the epochs, "
                                                                    "PC-DARTS's 15 of 50)")
     p.add_argument("--retrain-steps", type=int, default=0, help="cap on retrain steps per epoch (0 = whole epoch)")
-    for name, kind in (("dataset", str), ("layers", int), ("init_channels", int),
+    for name, kind in (("dataset", str), ("image_size", int), ("layers", int), ("init_channels", int),
                        ("base_batch", int), ("epochs", int), ("images_per_epoch", int), ("retrain_epochs", int),
                        ("retrain_layers", int), ("retrain_channels", int), ("device", str)):
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
@@ -118,6 +119,8 @@ def parse_args(argv=None):
     p.add_argument("--redraw", action="store_true", help="no searches: the table and plot of the newest recorded "
                    "run on this preset's data set, from benchmarks/results.jsonl")
     args = p.parse_args(argv)
+    if args.image_size is None and args.dataset not in (None, PRESETS[args.preset]["dataset"]):
+        args.image_size = 0  # another data set at its own size
     # --toy: the preset's plumbing at the size of a smoke run, on the CPU and the digits (flags given still win)
     for key, value in {**PRESETS[args.preset], **(TOY if args.toy else {})}.items():  # toy's over the preset's
         if getattr(args, key) is None:
@@ -153,8 +156,9 @@ def plan(args) -> list[tuple]:
 
 
 # the arguments that decide what a run computes: a rows file written under other values cannot be reused
-RUN_SETTINGS = ("dataset", "layers", "init_channels", "base_batch", "epochs", "images_per_epoch", "retrain_epochs",
-                "retrain_layers", "retrain_channels", "retrain_steps", "warmup_epochs", "freeze_epochs", "device")
+RUN_SETTINGS = ("dataset", "image_size", "layers", "init_channels", "base_batch", "epochs", "images_per_epoch",
+                "retrain_epochs", "retrain_layers", "retrain_channels", "retrain_steps", "warmup_epochs", "freeze_epochs",
+                "device")
 
 
 def run_settings(args) -> dict:
@@ -188,12 +192,13 @@ def search_config(args, seed: int, multiplier: int, arm: str, bn: str, output: s
     batch = args.base_batch * (1 if per_gpu else multiplier)
     accumulate = multiplier if per_gpu else 1
     global_batch = args.base_batch * multiplier
-    return SearchConfig(dataset=args.dataset, data_dir=args.data_dir, workers=0,
+    return SearchConfig(dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size, workers=0,
                         device=args.device, seed=seed, epochs=args.epochs, layers=args.layers,
                         init_channels=args.init_channels, batch_size=batch, accumulate=accumulate,
                         steps_per_epoch=args.images_per_epoch // global_batch, base_batch_size=args.base_batch,
                         warmup_epochs=args.warmup_epochs if warmup else 0,
-                        arch_warmup_epochs=args.freeze_epochs if freeze else 0, noise_scale_every=1,
+                        arch_warmup_epochs=args.freeze_epochs if freeze else 0,
+                        noise_scale_every=max(1, steps_per_epoch(args, multiplier) // 4),
                         log_interval=10**6, output=output, **settings)
 
 
@@ -226,7 +231,7 @@ def run_one(job: tuple) -> dict:
         if args.retrain_epochs:
             row.update(_bench.short_retrain(args.dataset, f"{tmp}/search/genotype.json", seed, args.retrain_epochs,
                                            args.retrain_steps, args.retrain_layers, args.retrain_channels,
-                                           f"{tmp}/retrain"))
+                                           f"{tmp}/retrain", image_size=args.image_size))
     print(json.dumps({k: v for k, v in row.items() if k not in ("genotype", "epoch_genotypes")}), flush=True)
     return {**row, "settings": run_settings(args)}
 
@@ -398,7 +403,8 @@ def summarize(rows: list[dict], args, title_note: str) -> None:
     panels = ([("retrain_top1", f"{args.retrain_epochs}-epoch retrain top-1 %")] if args.retrain_epochs else []) + [
         ("search_val_top1", "supernet val top-1 %"), ("agreement", "agreement with other seeds' 1x cells")]
     drawn = plot(args.plot, rows, args, panels) if args.plot else None
-    size = (f"{args.dataset}, supernet {args.layers} cells C={args.init_channels}, "
+    size = (f"{args.dataset}" + (f" at {args.image_size} px" if args.image_size else "") +
+            f", supernet {args.layers} cells C={args.init_channels}, "
             f"base batch {args.base_batch}, {args.epochs} search epoch(s) of " +
             (f"{args.images_per_epoch} training images" if args.images_per_epoch else "the whole search split") +
             f" ({steps_per_epoch(args, 1) * args.epochs} steps at 1x), first order, warm-up {args.warmup_epochs} "

@@ -63,7 +63,18 @@ def test_the_size_comes_from_the_images(digits_folder, tmp_path):
     mixed = write_image_folder(tmp_path / "mixed")  # images of five sizes
     assert datasets.load("folder", str(mixed)).image_size == 224
     with pytest.raises(DataError, match="image size applies to image folders"):
-        datasets.load("digits", None, image_size=64)
+        datasets.load("cifar10", str(tmp_path), image_size=64)
+
+
+def test_the_digits_come_at_any_size_from_the_same_originals():
+    """The 8x8 originals upscaled to the asked size (cheap CPU studies run at 16 px), 32 px by default."""
+    small, default = datasets.load("digits", None, image_size=16), datasets.load("digits", None)
+    assert small.image_size == 16 and small.train.images.shape[1:] == (16, 16, 3)
+    assert default.image_size == 32 and default.train.images.shape[1:] == (32, 32, 3)
+    assert (small.train.labels == default.train.labels).all()
+    shrunk = torch.nn.functional.interpolate(torch.from_numpy(default.train.images).permute(0, 3, 1, 2).float(),
+                                             size=16, mode="area").permute(0, 2, 3, 1).numpy()
+    assert np.abs(shrunk - small.train.images).mean() < 1  # the same digits: grey levels 0..255
     with pytest.raises(DataError, match="image size -1"):
         datasets.load("folder", str(digits_folder), image_size=-1)
 
