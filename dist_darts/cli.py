@@ -15,6 +15,7 @@ from . import genotype as gt
 from . import config
 from .config import DATASETS, ConfigError
 from .methods import METHODS
+from .spaces import SPACES, described
 
 
 class UsageError(ValueError):
@@ -31,18 +32,8 @@ def _bad_input_errors():
 
 # --- jobs -------------------------------------------------------------------------------------------------
 
-# the config class of each job in each search space
-JOB_CONFIGS = {
-    "cnn": {"search": config.SearchConfig, "retrain": config.RetrainConfig, "evaluate": config.EvaluateConfig,
-            "sweep": config.SweepConfig},
-    "rnn": {"search": config.RecurrentSearchConfig, "retrain": config.RecurrentRetrainConfig,
-            "evaluate": config.RecurrentEvaluateConfig},
-}
-
-
 def _run_job(args, kind: str) -> None:
     """The `kind` job (search or retrain) of the space --space names, with its config from the command line."""
-    from .sweep_spaces import SPACES  # the jobs of each space, the sweep's too
     space = SPACES[args.space]
     space.job(kind)(config.from_args(space.config(kind), args))
 
@@ -61,13 +52,8 @@ def cmd_sweep(args):
 
 
 def cmd_evaluate(args):
-    cfg = config.from_args(JOB_CONFIGS[args.space]["evaluate"], args)
-    if args.space == "rnn":
-        from . import rnn_jobs
-        rnn_jobs.evaluate_checkpoint(cfg)
-    else:
-        from . import train
-        train.evaluate_checkpoint(cfg)
+    space = SPACES[args.space]
+    space.evaluate(config.from_args(space.config("evaluate"), args))
 
 
 # --- genotype ---------------------------------------------------------------------------------------------
@@ -214,10 +200,8 @@ def cmd_hub_list(args):
 # --- parser -----------------------------------------------------------------------------------------------
 
 def _add_space(parser: argparse.ArgumentParser, space: str) -> None:
-    parser.add_argument("--space", choices=[s for s in config.SPACES if s in JOB_CONFIGS and
-                                            parser.prog.split()[-1] in JOB_CONFIGS[s]], default=space,
-                        help="search space: cnn (convolutional cells on images) or rnn (recurrent cells on text, the "
-                             "original's rnn/ code); it also picks the options listed here (default: cnn)")
+    parser.add_argument("--space", choices=list(SPACES), default=space,
+                        help=f"search space: {described()}; it also picks the options listed here (default: cnn)")
 
 
 def requested_space(argv) -> str:
@@ -236,7 +220,8 @@ class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
 
 def build_parser(space: str = "cnn") -> argparse.ArgumentParser:
     """The parser; `space` picks the option set of the jobs (search, retrain, evaluate)."""
-    jobs = JOB_CONFIGS.get(space, JOB_CONFIGS["cnn"])
+    jobs = {kind: SPACES[space if space in SPACES else "cnn"].config(kind) for kind in ("search", "retrain",
+                                                                                       "evaluate")}
     fmt = _DefaultsHelp
     parser = argparse.ArgumentParser(prog="dist-darts", description="Distributed Differentiable Architecture "
                                      "Search (DARTS): search, retrain, evaluate, sweep, genotypes, models and the "

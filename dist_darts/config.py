@@ -20,6 +20,7 @@ import yaml
 
 from .errors import ConfigError
 from .runfolder import atomic_write, default_evaluate_output
+from .spaces import NAMES as SPACES
 
 
 class DatasetInfo(NamedTuple):
@@ -38,7 +39,6 @@ DATASETS = {
     "synthetic": DatasetInfo(10, 32),
 }
 TEXT_DATASETS = ("pydoc", "ptb", "wt2", "text")  # the recurrent space's corpora; pydoc is embedded (no files)
-SPACES = ("cnn", "rnn")  # the search spaces: convolutional cells (CIFAR, ImageNet) and recurrent cells (text)
 DATA_BACKENDS = ("auto", "torch", "dali-cpu", "dali-gpu", "synthetic")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCALING_RULES = ("none", "linear", "sqrt")
@@ -347,6 +347,10 @@ class SearchConfig(JobConfig):
         for name in ("arch_beta1", "arch_beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name.replace('_', '-')}: must be in [0, 1), got {getattr(self, name)}")
+        self.check_layers()
+
+    def check_layers(self) -> None:
+        """The supernet's size is one it can build (another space's config says its own)."""
         if self.layers < 3:  # cells layers//3 and 2*layers//3 reduce: fewer than 3 leave no normal cell to search
             raise ConfigError(f"layers: a search needs >= 3 cells (a normal one besides the two reductions), "
                               f"got {self.layers}")
@@ -373,8 +377,9 @@ class RetrainConfig(JobConfig):
     learning_rate: float = opt(0.025, "initial SGD learning rate, for a global batch of --base-batch-size "
                                       "(scaled by --lr-scaling for others)", "optimiser")
     momentum: float = opt(0.9, "SGD momentum", "optimiser")
+    nesterov: bool = opt(False, "Nesterov momentum (the DARTS paper's retrain has none)", "optimiser")
     weight_decay: float = opt(3e-4, "weight decay", "optimiser")
-    grad_clip: float = opt(5.0, "gradient norm clipping", "optimiser")
+    grad_clip: float = opt(5.0, "gradient norm clipping (0 = off)", "optimiser")
     ema_decay: float = opt(0.0, "exponential moving average of the weights (0 = off, e.g. 0.9999)", "optimiser")
     base_batch_size: int = opt(96, "global batch the learning rate is meant for (the paper's 96 on CIFAR; the "
                                    "ImageNet preset's 128); --lr-scaling compares the global batch (batch size x "
@@ -602,8 +607,9 @@ SWEEP_PASSED = tuple(f.name for f in dataclasses.fields(DataConfig) + dataclasse
 class SweepSettings:
     """The DARTS authors' protocol as one job: seeded searches, short selection retrains, the winner's retrain."""
 
-    space: str = opt("cnn", "search space of every trial: cnn (convolutional cells, ranked by top-1) or rnn "
-                            "(recurrent cells, ranked by perplexity)", "runtime", choices=SPACES)
+    space: str = opt("cnn", "search space of every trial: cnn (convolutional cells, ranked by top-1), rnn "
+                            "(recurrent cells, ranked by perplexity) or nb201 (NAS-Bench-201's cell, ranked by "
+                            "top-1)", "runtime", choices=SPACES)
     seeds: str = opt("4", "N seeds (0..N-1) or a comma-separated list of seeds", "runtime")
     workers_per_trial: int = opt(1, "DDP workers (ranks) per search and selection trial", "distributed")
     final_workers: int = opt(0, "DDP workers of each final retrain (0 = workers-per-trial)", "distributed")
@@ -651,8 +657,9 @@ class SweepSettings:
             raise ConfigError(f"select-val-portion: must be between 0 and 1, got {self.select_val_portion}")
         if not 0.0 <= self.select_train_subset < 1.0:
             raise ConfigError(f"select-train-subset: must be in [0, 1), got {self.select_train_subset}")
-        if self.select_train_subset and self.space != "cnn":
-            raise ConfigError("select-train-subset: only --space cnn's selection retrains train on a subset")
+        if self.select_train_subset and self.space == "rnn":
+            raise ConfigError("select-train-subset: the image spaces' selection retrains train on a subset; --space "
+                              "rnn's read the corpus")
         check_ranges(self, minimum=0, names=("final_workers", "gpus_per_worker", "max_concurrent_trials",
                                              "max_failures"))
         if self.cpus_per_worker <= 0:
@@ -670,7 +677,7 @@ class SweepSettings:
 
     def passed_on(self, cls) -> dict:
         """The settings handed on to each job of type cls (unset ones keep the job's YAML value or default)."""
-        own = set() if cls is SearchConfig else set(SEARCH_SCALING + SEARCH_SUBSETS)
+        own = set() if issubclass(cls, SearchConfig) else set(SEARCH_SCALING + SEARCH_SUBSETS)
         # the retrain's own base-batch-size, warm-up and train-subset mean something else: the search's stay with it
         names = {f.name for f in dataclasses.fields(cls)} - own
         return {k: getattr(self, k) for k in SWEEP_PASSED if k in names and getattr(self, k) is not None}

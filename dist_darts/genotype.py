@@ -293,6 +293,8 @@ def from_dict(d: dict) -> Genotype:
         return from_nni_dict(d)
     if is_recurrent_dict(d):
         raise GenotypeError("genotype: this is a recurrent cell (it has 'recurrent' edges): use it with --space rnn")
+    if "arch_str" in d:
+        raise GenotypeError("genotype: this is a NAS-Bench-201 cell (it has an 'arch_str'): use it with --space nb201")
     for field in Genotype._fields:
         if field not in d:
             raise GenotypeError(f"genotype field '{field}' is missing")

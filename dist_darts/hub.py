@@ -150,8 +150,9 @@ def load_searched_model(name: str, dataset: str = "cifar10", weights: str | os.P
     return model.eval()
 
 
-def load_weights(path: str | os.PathLike, layers: int) -> tuple[dict, dict | None]:
-    """An evaluation network's weights from a file, as (state dict, architecture or None).
+def load_weights(path: str | os.PathLike, layers: int, from_dict=gt.from_dict) -> tuple[dict, dict | None]:
+    """An evaluation network's weights from a file, as (state dict, architecture or None); `from_dict` reads the
+    genotype of the checkpoint's space.
 
     Our retrain checkpoints (verified by their digests) give their EMA weights when the run kept an EMA (those were
     validated) and their architecture (genotype, layers, init_channels, auxiliary, config). Foreign files give None:
@@ -167,7 +168,7 @@ def load_weights(path: str | os.PathLike, layers: int) -> tuple[dict, dict | Non
         if ckpt.get("ema"):
             weights = {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
         c = ckpt["config"]
-        arch = {"genotype": gt.from_dict(ckpt["genotype"]), "layers": c["layers"], "init_channels": c["init_channels"],
+        arch = {"genotype": from_dict(ckpt["genotype"]), "layers": c["layers"], "init_channels": c["init_channels"],
                 "auxiliary": c["auxiliary"], "config": c}
         return weights, arch
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):

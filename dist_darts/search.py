@@ -51,47 +51,32 @@ class SearchResult:
     seconds: float
 
 
-def alpha_statistics(model: Network) -> dict:
-    """Mean entropy of each edge's op distribution and each op's mean weight, per cell type (the method's
-    deterministic weights, normalised per edge: FairDARTS's sigmoids do not sum to 1)."""
+def alpha_statistics(model: nn.Module, op_alphas: dict, primitives) -> dict:
+    """Mean entropy of each edge's op distribution and each op's mean weight, per alpha matrix (cell type) (the
+    method's deterministic weights, normalised per edge: FairDARTS's sigmoids do not sum to 1)."""
     stats = {}
-    for cell in ("normal", "reduce"):
-        w = model.method.weights(getattr(model, f"alphas_{cell}").detach().float())
+    for cell, alphas in op_alphas.items():
+        w = model.method.weights(alphas.detach().float())
         w = w / w.sum(-1, keepdim=True)
         stats[f"alpha_entropy/{cell}"] = float(-(w * w.clamp_min(1e-12).log()).sum(-1).mean())
-        for op, share in zip(gt.PRIMITIVES, w.mean(0).tolist()):
+        for op, share in zip(primitives, w.mean(0).tolist()):
             stats[f"op_share_{cell}/{op}"] = share
     return stats
 
 
-def _save_epoch_outputs(model: Network, genotype: gt.Genotype, run_dir: Path, epoch: int) -> None:
-    gt.save(genotype, run_dir / "genotypes" / f"epoch_{epoch:03d}.json")
-    atomic_write(run_dir / "alphas" / f"epoch_{epoch:03d}.pt", lambda f: torch.save(alphas_of(model), f))
-
-
-def alphas_of(model: Network) -> dict:
+def alphas_of(model: nn.Module) -> dict:
     return {name: p.detach().cpu() for name, p in zip(model.arch_parameter_names(), model.arch_parameters())}
 
 
-def _draw(run_dir: Path, genotype: gt.Genotype, model: Network) -> list[str]:
-    """Cell drawings and the alpha plot; a machine without Graphviz or matplotlib gets a warning, not a crash."""
-    from .visualize import DrawingError, draw_genotype, plot_alphas, plot_collapse
-    paths = []
+def drawn(what: str, draw) -> list[str]:
+    """The files `draw()` writes; a machine without Graphviz or matplotlib gets a warning naming `what`, not a
+    crash."""
+    from .visualize import DrawingError
     try:
-        paths += [str(p) for p in draw_genotype(genotype, run_dir / "genotype", "png")]
+        return [str(p) for p in draw()]
     except DrawingError as e:
-        log.warning("no cell drawings: %s", e)
-    try:
-        paths.append(str(plot_alphas(model.alphas_normal, model.alphas_reduce, run_dir / "alphas.png",
-                                     "softmax(alphas) at the end of the search", genotype)))
-    except DrawingError as e:
-        log.warning("no alpha plot: %s", e)
-    try:
-        history = json.loads((run_dir / "history.json").read_text())
-        paths.append(str(plot_collapse(history, run_dir / "collapse.png")))
-    except DrawingError as e:
-        log.warning("no collapse plot: %s", e)
-    return paths
+        log.warning("no %s: %s", what, e)
+        return []
 
 
 def search_memory(cfg: SearchConfig, model: Network, num_classes: int, image_size: int, precision: str,
@@ -196,10 +181,6 @@ def _subsets_record(weights_indices, alphas_indices) -> dict:
     return {"weights_images": len(weights_indices), "alphas_images": len(alphas_indices), "sha256": digest.hexdigest()}
 
 
-def _as_dict(genotype: gt.Genotype | None) -> dict | None:
-    return None if genotype is None else gt.to_dict(genotype)
-
-
 def _cycled(loader, epoch: int, start: int):
     """The loader's batches from batch `start` of its epoch `epoch` on (counted on through its next epochs),
     without end: a pure function of (epoch, start), so a resume reads the same."""
@@ -218,20 +199,23 @@ def _join(pairs):
 
 class SearchTask:
     """The supernet, its two optimizers and the weights' schedule, as the driver's Task. The batch-size rules
-    (scaled rates, warm-ups, accumulation) are fixed by the config and the epoch: a resume needs no state for them."""
+    (scaled rates, warm-ups, accumulation) are fixed by the config and the epoch: a resume needs no state for them.
+
+    This task searches the DARTS convolutional space; another space's search subclasses it and overrides what
+    differs: the supernet (build_supernet), reading the cell off it (derive), the genotype's type (to_dict,
+    from_dict, save_genotype, format_genotype), the collapse counts (collapse_counts), op_alphas, the drawings
+    (draw) and what it reports (epoch_extras)."""
 
     kind = "search"
     meter = Meter
     resume_keys = RESUME_KEYS
+    primitives = gt.PRIMITIVES
+    to_dict, from_dict = staticmethod(gt.to_dict), staticmethod(gt.from_dict)
+    save_genotype, format_genotype = staticmethod(gt.save), staticmethod(gt.format_genotype)
 
     def __init__(self, job: Job, loaders):
         cfg, self.job, self.loaders = job.cfg, job, loaders
-        self.stem = supernet_stem(cfg, loaders.image_size)
-        model = Network(cfg.init_channels, loaders.num_classes, cfg.layers, partial_channels=cfg.partial_channels,
-                        method=cfg.method, stem=self.stem)
-        memory_at = search_memory_at(cfg, model, loaders.num_classes, loaders.image_size,
-                                     autocast_factory(cfg.precision, job.env.device)[1], job.env.world_size)
-        check_memory(job, memory_at(cfg.batch_size), "search", memory_at)
+        model = self.build_supernet(cfg, loaders)
         seed_model_randomness(cfg.seed, job.env.rank)  # identical weights, per-rank noise from here on
         self.model, self.train_model = prepare_job_model(model, job, exclude=tuple(model.arch_parameters()))
         self.criterion = nn.CrossEntropyLoss()
@@ -251,7 +235,6 @@ class SearchTask:
             log.info("subsets: %d images for the weights, %d for the alphas (class-balanced, seed %d, sha256 %s)",
                      self.subsets["weights_images"], self.subsets["alphas_images"], cfg.seed,
                      self.subsets["sha256"][:16])
-        log.info("supernet stem: %s (%d px images)", self.stem, loaders.image_size)
         log.info("global batch %d (%d per rank x %d rank(s) x accumulate %d) | weights lr %.6g (%s) | alphas lr %.6g "
                  "(%s) | base batch %d | weights optimizer %s | %d epochs (epoch scaling %s) | BatchNorm over %s",
                  self.rates["global_batch"], cfg.batch_size, job.env.world_size, cfg.accumulate,
@@ -282,7 +265,7 @@ class SearchTask:
         # DARTS-PT's selection runs after the search's epochs: a decision every --pt-tune-epochs, search between
         self.projection = None
         self.epochs = self.search_epochs
-        if cfg.derive == "darts-pt":
+        if cfg.derive == "darts-pt":  # the DARTS cell's decisions (SearchConfig refuses it elsewhere)
             self.projection = Projection(gt.STEPS, cfg.seed, cfg.max_skip)
             self.decisions = decision_count(gt.STEPS)
             self.epochs += cfg.pt_tune_epochs * (self.decisions - 1) + 1
@@ -295,12 +278,59 @@ class SearchTask:
         self.eigenvalue_rule = collapse.LocalAverageRule(cfg.eigenvalue_window, cfg.eigenvalue_delta,
                                                          cfg.eigenvalue_factor, cfg.eigenvalue_start_epoch)
 
+    def build_supernet(self, cfg, loaders) -> nn.Module:
+        """The DARTS supernet for the data's image size (its stem), after the memory check."""
+        self.stem = supernet_stem(cfg, loaders.image_size)
+        model = Network(cfg.init_channels, loaders.num_classes, cfg.layers, partial_channels=cfg.partial_channels,
+                        method=cfg.method, stem=self.stem)
+        memory_at = search_memory_at(cfg, model, loaders.num_classes, loaders.image_size,
+                                     autocast_factory(cfg.precision, self.job.env.device)[1], self.job.env.world_size)
+        check_memory(self.job, memory_at(cfg.batch_size), "search", memory_at)
+        log.info("supernet stem: %s (%d px images)", self.stem, loaders.image_size)
+        return model
+
+    def derive(self, max_skip: int | None = None):
+        """The cell the supernet holds now (the original's rule; --max-skip caps the normal cell's skips)."""
+        return self.model.genotype(max_skip)
+
+    def op_alphas(self) -> dict:
+        """The op-weight alphas by cell type: what the methods' penalties and the alpha statistics read."""
+        return {"normal": self.model.alphas_normal, "reduce": self.model.alphas_reduce}
+
+    @staticmethod
+    def collapse_counts(genotype) -> tuple[dict, str, dict]:
+        """The history.json columns of the collapse fingerprint, their text for the epoch line, and the counts the
+        collapse rules read (collapse.signals)."""
+        counts = collapse.cell_counts(genotype)
+        edges = len(genotype.normal)
+        text = f"param-free ops normal {counts['param_free_normal']}/{edges} reduce {counts['param_free_reduce']}/{edges}"
+        return ({"param_free_normal": counts["param_free_normal"], "param_free_reduce": counts["param_free_reduce"]},
+                text, counts)
+
+    def epoch_extras(self, genotype) -> tuple[dict, str]:
+        """What a space adds to each epoch's history row and line (the DARTS space: nothing)."""
+        return {}, ""
+
+    def draw(self, run_dir: Path, genotype) -> list[str]:
+        """The cells, the alphas and the collapse plot of the search's end (what could be drawn)."""
+        from .visualize import draw_genotype, plot_alphas, plot_collapse
+        model = self.model
+        return (drawn("cell drawings", lambda: draw_genotype(genotype, run_dir / "genotype", "png"))
+                + drawn("alpha plot", lambda: [plot_alphas(model.alphas_normal, model.alphas_reduce,
+                                                           run_dir / "alphas.png",
+                                                           "softmax(alphas) at the end of the search", genotype)])
+                + drawn("collapse plot", lambda: [plot_collapse(json.loads((run_dir / "history.json").read_text()),
+                                                                run_dir / "collapse.png")]))
+
+    def _as_dict(self, genotype) -> dict | None:
+        return None if genotype is None else self.to_dict(genotype)
+
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "w_optimizer": self.w_opt.state_dict(),
                 "a_optimizer": self.a_opt.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "hessian_eigenvalues": list(self.eigenvalues), "hessian_epochs": list(self.eigenvalue_epochs),
-                "epoch_genotypes": {e: _as_dict(g) for e, g in self.epoch_genotypes.items()},
-                "chosen_genotype": _as_dict(self.chosen_genotype),
+                "epoch_genotypes": {e: self._as_dict(g) for e, g in self.epoch_genotypes.items()},
+                "chosen_genotype": self._as_dict(self.chosen_genotype),
                 "projection": None if self.projection is None else self.projection.state_dict(),
                 "noise_scale": None if self.noise is None else self.noise.state_dict()}
 
@@ -311,8 +341,9 @@ class SearchTask:
         self.scheduler.load_state_dict(state["scheduler"])
         self.eigenvalues = list(state["hessian_eigenvalues"])
         self.eigenvalue_epochs = list(state["hessian_epochs"])
-        self.epoch_genotypes = {int(e): gt.from_dict(g) for e, g in state["epoch_genotypes"].items()}
-        self.chosen_genotype = None if state.get("chosen_genotype") is None else gt.from_dict(state["chosen_genotype"])
+        self.epoch_genotypes = {int(e): self.from_dict(g) for e, g in state["epoch_genotypes"].items()}
+        chosen = state.get("chosen_genotype")
+        self.chosen_genotype = None if chosen is None else self.from_dict(chosen)
         if self.noise is not None and state.get("noise_scale") is not None:
             self.noise.load_state_dict(state["noise_scale"])
         if self.projection is not None:
@@ -338,8 +369,8 @@ class SearchTask:
         model = self.model
         schedule_epoch = min(epoch, self.search_epochs)  # the methods' schedules end with the search
         model.set_epoch(schedule_epoch, self.search_epochs)
-        self.architect.penalty = lambda: self.method.penalty([model.alphas_normal, model.alphas_reduce],
-                                                             schedule_epoch, self.search_epochs)
+        self.architect.penalty = lambda: self.method.penalty(list(self.op_alphas().values()), schedule_epoch,
+                                                             self.search_epochs)
         self.step_index = epoch * self.steps + start_step  # seeds the step's noise: a resume draws the same
         self.loaders.train.set_epoch(epoch, start_step * cfg.accumulate)
         # a shorter alphas' split (PC-DARTS' 2.5 % against 10 %) is read again within the epoch, as theirs
@@ -395,13 +426,16 @@ class SearchTask:
         val = evaluate(model, self.loaders.val, self.job.autocast, self.steps * cfg.accumulate, cfg.channels_last)
         # identical on every rank: the alphas are. The monitor watches the cell of the original rule, which
         # --max-skip would hide
-        original = model.genotype()
-        genotype = original if cfg.max_skip is None else model.genotype(cfg.max_skip)
+        original = self.derive()
+        genotype = original if cfg.max_skip is None else self.derive(cfg.max_skip)
         if self.job.env.is_main:
-            _save_epoch_outputs(model, genotype, self.job.run_dir, epoch)
+            run_dir = self.job.run_dir
+            self.save_genotype(genotype, run_dir / "genotypes" / f"epoch_{epoch:03d}.json")
+            atomic_write(run_dir / "alphas" / f"epoch_{epoch:03d}.pt", lambda f: torch.save(alphas_of(model), f))
         self.epoch_genotypes[epoch] = genotype
         collapse_row, collapse_text, signals = self._collapse_signs(epoch, original)
         noise_row, noise_text = self.noise_scales()
+        extra_row, extra_text = self.epoch_extras(genotype)
         stop = None
         if cfg.early_stop in signals:  # the rule says which epoch's genotype is the result
             stop, kept = signals[cfg.early_stop]
@@ -417,17 +451,18 @@ class SearchTask:
         scalars.update({f"collapse/{k}": v for k, v in collapse_row.items() if v is not None})
         scalars.update({f"noise_scale/{k.removeprefix('noise_scale_')}": v for k, v in noise_row.items()
                         if v is not None})
+        scalars.update({f"search/{k}": v for k, v in extra_row.items() if isinstance(v, (int, float))})
         return EpochEnd(
             metrics={"epoch": epoch + 1, "train_top1": train["top1"], "val_top1": val["top1"],
-                     "val_loss": val["loss"], "genotype": json.dumps(gt.to_dict(result_genotype)),
-                     **{k: v for k, v in noise_row.items() if v is not None}},
+                     "val_loss": val["loss"], "genotype": json.dumps(self.to_dict(result_genotype)),
+                     **{k: v for k, v in {**noise_row, **extra_row}.items() if v is not None}},
             row={"epoch": epoch + 1, "lr": self.lr, "train_loss": train["loss"], "train_top1": train["top1"],
-                 "val_loss": val["loss"], "val_top1": val["top1"], **collapse_row, **noise_row,
-                 "genotype": gt.to_dict(genotype)},
-            scalars={**scalars, **alpha_statistics(model)},
+                 "val_loss": val["loss"], "val_top1": val["top1"], **collapse_row, **noise_row, **extra_row,
+                 "genotype": self.to_dict(genotype)},
+            scalars={**scalars, **alpha_statistics(model, self.op_alphas(), self.primitives)},
             line=f"epoch {epoch + 1}/{self.epochs} lr {self.lr:.5f} | train loss {train['loss']:.4f} top1 "
                  f"{train['top1']:.2f}% | val loss {val['loss']:.4f} top1 {val['top1']:.2f}% | {collapse_text}"
-                 f"{noise_text} | {gt.format_genotype(genotype)}",
+                 f"{noise_text}{extra_text} | {self.format_genotype(genotype)}",
             stop=stop)
 
     def noise_scales(self) -> tuple[dict, str]:
@@ -439,11 +474,11 @@ class SearchTask:
         shown = ["-" if v is None else f"{v:.3g}" for v in values.values()]
         return values, f" | B_noise weights {shown[0]} alphas {shown[1]}"
 
-    def _collapse_signs(self, epoch: int, genotype: gt.Genotype) -> tuple[dict, str, dict]:
+    def _collapse_signs(self, epoch: int, genotype) -> tuple[dict, str, dict]:
         """This epoch's collapse monitor: the history.json keys, a short text for the log line, and the signals
         (collapse.signals), each also logged as a warning."""
         cfg = self.job.cfg
-        counts = collapse.cell_counts(genotype)
+        row, text, counts = self.collapse_counts(genotype)
         eigenvalue = None
         if cfg.hessian_every and (epoch + 1) % cfg.hessian_every == 0:
             self.loaders.val.set_epoch(0)  # the same fixed validation batch every time
@@ -452,8 +487,6 @@ class SearchTask:
                                                      y, average=all_reduce_mean_, seed=cfg.seed)
             self.eigenvalues.append(eigenvalue)
             self.eigenvalue_epochs.append(epoch)
-        edges = len(genotype.normal)
-        text = f"param-free ops normal {counts['param_free_normal']}/{edges} reduce {counts['param_free_reduce']}/{edges}"
         if eigenvalue is not None:
             text += f" | Hessian eigenvalue {eigenvalue:.4g}"
         # RobustDARTS never stops at the search's last epoch: it ends there anyway, with its own cell
@@ -463,31 +496,31 @@ class SearchTask:
         if self.job.env.is_main:
             for warning, _ in signals.values():
                 log.warning("collapse warning at epoch %d: %s", epoch + 1, warning)
-        return {"param_free_normal": counts["param_free_normal"], "param_free_reduce": counts["param_free_reduce"],
-                "hessian_eigenvalue": eigenvalue}, text, signals
+        return {**row, "hessian_eigenvalue": eigenvalue}, text, signals
 
 
 def run(cfg: SearchConfig, on_epoch: EpochHook | None = None) -> SearchResult:
     """Search; `on_epoch(metrics, checkpoint)` is called on every rank after each epoch's checkpoint is written."""
-    return run_job(cfg, _search, on_epoch)
+    return run_job(cfg, search_job, on_epoch, SearchTask)
 
 
-def _search(job: Job, on_epoch: EpochHook | None) -> SearchResult:
-    task = SearchTask(job, build_loaders(job.cfg, job.env, "search"))
+def search_job(job: Job, on_epoch: EpochHook | None, task_class: type[SearchTask]) -> SearchResult:
+    """A search of the space whose task is `task_class` (SearchTask or a space's subclass), to its end."""
+    task = task_class(job, build_loaders(job.cfg, job.env, "search"))
     metrics = run_epochs(job, task, on_epoch)
     model, cfg, env = task.model, job.cfg, job.env
-    genotype = task.chosen_genotype or model.genotype(cfg.max_skip)
+    genotype = task.chosen_genotype or task.derive(cfg.max_skip)
     epochs_run = metrics.get("epoch", task.epochs)
     digest = check_replicas(model.parameters())
     noise = task.noise_scales()[0]  # every rank: a collective under DDP
     seconds = time.time() - job.started
     result = SearchResult(genotype, metrics["val_top1"], metrics["train_top1"], epochs_run, str(job.run_dir), seconds)
     if env.is_main:
-        gt.save(genotype, job.run_dir / "genotype.json")
+        task.save_genotype(genotype, job.run_dir / "genotype.json")
         atomic_write(job.run_dir / "alphas.pt", lambda f: torch.save(alphas_of(model), f))
-        drawings = _draw(job.run_dir, genotype, model)
+        drawings = task.draw(job.run_dir, genotype)
         atomic_write(job.run_dir / "result.json", json.dumps({
-            "genotype": gt.to_dict(genotype), "val_top1": result.val_top1, "train_top1": result.train_top1,
+            "genotype": task.to_dict(genotype), "val_top1": result.val_top1, "train_top1": result.train_top1,
             "epochs": epochs_run, "early_stopped": task.chosen_genotype is not None, "derive": cfg.derive,
             "world_size": env.world_size, "global_batch": task.rates["global_batch"], **noise,
             "seconds": seconds,
@@ -510,5 +543,5 @@ def _search(job: Job, on_epoch: EpochHook | None) -> SearchResult:
             ("genotype", str(job.run_dir / "genotype.json")),
             ("drawings", ", ".join(drawings) or "none"),
         ]))
-        print(gt.format_genotype(genotype))
+        print(task.format_genotype(genotype))
     return result

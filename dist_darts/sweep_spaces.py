@@ -1,6 +1,7 @@
-"""What the jobs need to know of a search space: its job configs and jobs (the CLI's search and retrain run them),
-and for `dist-darts sweep` how its trials' metrics read, which selection score is better, and what its report
-shows. tune.py runs the three stages alike for every space; a new space is one more class here. Nothing here
+"""What the jobs need to know of a search space (its `Space` object): its job configs and jobs (the CLI's
+search, retrain and evaluate run them), and for `dist-darts sweep` how its trials' metrics read, which selection
+score is better, and what its report shows. tune.py runs the three stages alike for every space. The DARTS
+spaces' Space classes are here; another space's lives in its unit and is one row of spaces.TABLE. Nothing here
 imports Ray.
 """
 
@@ -12,7 +13,8 @@ from pathlib import Path
 
 from . import collapse
 from . import genotype as gt
-from .config import RecurrentRetrainConfig, RecurrentSearchConfig, RetrainConfig, SearchConfig
+from .config import (EvaluateConfig, RecurrentEvaluateConfig, RecurrentRetrainConfig, RecurrentSearchConfig,
+                     RetrainConfig, SearchConfig)
 from .logs import log
 
 
@@ -26,7 +28,7 @@ class ConvSpace:
     epoch; higher is better."""
 
     name = "cnn"
-    search_config, retrain_config = SearchConfig, RetrainConfig
+    search_config, retrain_config, evaluate_config = SearchConfig, RetrainConfig, EvaluateConfig
     stand_in_genotype = "DARTS_V2"  # checks the retrain settings before any trial runs
     to_dict, from_dict, save, format = (staticmethod(gt.to_dict), staticmethod(gt.from_dict), staticmethod(gt.save),
                                         staticmethod(gt.format_genotype))
@@ -58,13 +60,19 @@ class ConvSpace:
             datasets.load(cfg.dataset, cfg.data_dir, cfg.download, cfg.image_size)
 
     def config(self, kind: str) -> type:
-        """The config class of the space's `kind` job (search or retrain)."""
-        return self.search_config if kind == "search" else self.retrain_config
+        """The config class of the space's `kind` job (search, retrain or evaluate)."""
+        return {"search": self.search_config, "retrain": self.retrain_config, "evaluate": self.evaluate_config}[kind]
 
     @staticmethod
     def job(kind: str):
         from . import search, train
         return search.run if kind == "search" else train.run
+
+    @staticmethod
+    def evaluate(cfg) -> dict:
+        """The evaluate job on a checkpoint (cfg: evaluate_config)."""
+        from . import train
+        return train.evaluate_checkpoint(cfg)
 
     @staticmethod
     def final_report(kind: str, result) -> dict | None:
@@ -137,7 +145,8 @@ class RecurrentSpace(ConvSpace):
     each retrain worker sends after its job (the best weights' validation and test perplexity); lower is better."""
 
     name = "rnn"
-    search_config, retrain_config = RecurrentSearchConfig, RecurrentRetrainConfig
+    search_config, retrain_config, evaluate_config = (RecurrentSearchConfig, RecurrentRetrainConfig,
+                                                      RecurrentEvaluateConfig)
     stand_in_genotype = "RNN_DARTS_V2"
     to_dict, from_dict, save, format = (staticmethod(gt.recurrent_to_dict), staticmethod(gt.recurrent_from_dict),
                                         staticmethod(gt.save_recurrent), staticmethod(gt.format_recurrent))
@@ -166,6 +175,11 @@ class RecurrentSpace(ConvSpace):
     def job(kind: str):
         from . import rnn_jobs
         return rnn_jobs.search if kind == "search" else rnn_jobs.retrain
+
+    @staticmethod
+    def evaluate(cfg) -> dict:
+        from . import rnn_jobs
+        return rnn_jobs.evaluate_checkpoint(cfg)
 
     @staticmethod
     def final_report(kind: str, result) -> dict | None:
@@ -222,9 +236,6 @@ class RecurrentSpace(ConvSpace):
         from .visualize import draw_recurrent_cell
         return [draw_recurrent_cell(gt.recurrent_from_dict(genotype), root / "winner_recurrent.png",
                                     "the winner's recurrent cell")]
-
-
-SPACES = {space.name: space for space in (ConvSpace(), RecurrentSpace())}
 
 
 def best_trial(space, trials: list[dict]) -> dict:

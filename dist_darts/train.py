@@ -83,14 +83,16 @@ def train_step(model: nn.Module, train_model: nn.Module, optimizer: torch.optim.
     x, y = batch
     optimizer.zero_grad(set_to_none=True)
     with autocast():
-        logits, logits_aux = train_model(to_memory_format(x, channels_last))
+        out = train_model(to_memory_format(x, channels_last))
+    logits, logits_aux = out if isinstance(out, tuple) else (out, None)  # a network without an auxiliary head
     logits = logits.float()
     loss = criterion(logits, y)
     if logits_aux is not None:
         loss = loss + auxiliary_weight * criterion(logits_aux.float(), y)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
-    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     scaler.step(optimizer)
     scaler.update()
     if ema is not None:
@@ -131,19 +133,19 @@ class WeightEMA(nn.Module):
 
 
 class RetrainTask:
-    """An evaluation network of a genotype, its optimizer, schedule and (optional) EMA, as the driver's Task."""
+    """An evaluation network of a genotype, its optimizer, schedule and (optional) EMA, as the driver's Task.
+
+    This task trains a DARTS convolutional cell; another space's retrain subclasses it with its own network
+    (build_network) and genotype type (to_dict)."""
 
     kind = "retrain"
     meter = Meter
     resume_keys = RESUME_KEYS
+    to_dict = staticmethod(gt.to_dict)
 
     def __init__(self, job: Job, loaders, genotype: gt.Genotype):
         cfg, self.job, self.loaders, self.genotype = job.cfg, job, loaders, genotype
-        net = build_network(genotype, loaders.num_classes, loaders.image_size, cfg.layers, cfg.init_channels,
-                            cfg.auxiliary)
-        check_memory(job, retrain_memory(cfg, net, genotype, loaders.num_classes, loaders.image_size,
-                                         autocast_factory(cfg.precision, job.env.device)[1], job.env.world_size),
-                     "retrain")
+        net = self.build_network(cfg, loaders, genotype)
         seed_model_randomness(cfg.seed, job.env.rank)  # identical weights, per-rank drop-path masks from here on
         self.model, self.train_model = prepare_job_model(net, job)
         self.params = count_parameters(self.model)
@@ -157,7 +159,7 @@ class RetrainTask:
                      f"a {cfg.train_subset:g} subset of those left after the hold-out; " if cfg.train_subset else "",
                      len(loaders.val.plan.indices) if loaders.val is not None else 0, cfg.seed)
         self.optimizer = torch.optim.SGD(self.model.parameters(), rates["learning_rate"], momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay)
+                                         weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
                                                            lambda e: lr_factor(cfg, e, rates["warmup_epochs"]))
         self.ema = WeightEMA(self.model, cfg.ema_decay) if cfg.ema_decay else None
@@ -168,11 +170,20 @@ class RetrainTask:
         self.best_val_top1 = None  # no hold-out: no best epoch, the last one is the result
         self.metrics = {}
 
+    def build_network(self, cfg, loaders, genotype) -> nn.Module:
+        """NetworkCIFAR or NetworkImageNet of the genotype, after the memory check."""
+        net = build_network(genotype, loaders.num_classes, loaders.image_size, cfg.layers, cfg.init_channels,
+                            cfg.auxiliary)
+        check_memory(self.job, retrain_memory(cfg, net, genotype, loaders.num_classes, loaders.image_size,
+                                              autocast_factory(cfg.precision, self.job.env.device)[1],
+                                              self.job.env.world_size), "retrain")
+        return net
+
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.job.scaler.state_dict(),
                 "ema": None if self.ema is None else self.ema.state_dict(), "best": self.best_val_top1,
-                "genotype": gt.to_dict(self.genotype), "num_classes": self.loaders.num_classes,
+                "genotype": self.to_dict(self.genotype), "num_classes": self.loaders.num_classes,
                 "image_size": self.loaders.image_size}
 
     def load_state_dict(self, state: dict) -> None:
@@ -188,7 +199,7 @@ class RetrainTask:
         """The genotype, and the hold-out and training subset where used: a resume must read the same images."""
         cfg = self.job.cfg
         split = {k: getattr(cfg, k) for k in ("val_portion", "train_subset") if getattr(cfg, k)}
-        return {"genotype": gt.to_dict(self.genotype), **split}
+        return {"genotype": self.to_dict(self.genotype), **split}
 
     def begin_epoch(self, epoch: int, start_step: int):
         cfg = self.job.cfg
@@ -232,11 +243,12 @@ class RetrainTask:
 def run(cfg: RetrainConfig, on_epoch: EpochHook | None = None) -> TrainResult:
     """Retrain; `on_epoch(metrics, checkpoint)` is called on every rank after each epoch's checkpoint is written."""
     genotype = gt.load(cfg.genotype)  # a bad genotype fails before any process group forms
-    return run_job(cfg, _train, genotype, on_epoch)
+    return run_job(cfg, retrain_job, genotype, on_epoch, RetrainTask)
 
 
-def _train(job: Job, genotype: gt.Genotype, on_epoch: EpochHook | None) -> TrainResult:
-    task = RetrainTask(job, build_loaders(job.cfg, job.env, "retrain"), genotype)
+def retrain_job(job: Job, genotype, on_epoch: EpochHook | None, task_class: type[RetrainTask]) -> TrainResult:
+    """A retrain of `genotype` by `task_class` (RetrainTask or a space's subclass), to its end."""
+    task = task_class(job, build_loaders(job.cfg, job.env, "retrain"), genotype)
     metrics = run_epochs(job, task, on_epoch)
     cfg, params = job.cfg, task.params
     test = {"top1": None, "top5": None}
@@ -249,7 +261,7 @@ def _train(job: Job, genotype: gt.Genotype, on_epoch: EpochHook | None) -> Train
         # each number named by its split: test (after the last epoch), val (the hold-out; best = best.pt's epoch)
         _write_metrics(job.run_dir, {"test_top1": result.test_top1, "test_top5": result.test_top5,
                                      "val_top1": result.val_top1, "best_val_top1": result.best_val_top1,
-                                     "params": params, "epochs": cfg.epochs, "genotype": gt.to_dict(genotype),
+                                     "params": params, "epochs": cfg.epochs, "genotype": task.to_dict(genotype),
                                      "world_size": job.env.world_size, "seconds": seconds})
         rows = [("run folder", str(job.run_dir)),
                 ("network", f"{type(task.model).__name__} C={cfg.init_channels} layers={cfg.layers}"),
@@ -270,15 +282,21 @@ def _write_metrics(run_dir, metrics: dict) -> None:
 
 def evaluate_checkpoint(cfg: EvaluateConfig) -> dict:
     """Top-1/top-5 and parameters of a dist-darts checkpoint, or of an original DARTS state dict with --genotype."""
-    arch, weights, cfg = _read_weights(cfg)
-    return run_job(cfg, _evaluate, arch, weights)
+    image_size = DATASETS[cfg.dataset].image_size if cfg.dataset else 32
+    arch, weights, cfg = read_weights(cfg, gt.load, gt.from_dict, paper_size(image_size))
+    return run_job(cfg, evaluate_job, arch, weights, _evaluation_network)
 
 
-def _evaluate(job: Job, arch: dict, weights: dict) -> dict:
+def _evaluation_network(arch: dict, loaders) -> nn.Module:
+    return build_network(arch["genotype"], loaders.num_classes, loaders.image_size, arch["layers"],
+                         arch["init_channels"], arch["auxiliary"])
+
+
+def evaluate_job(job: Job, arch: dict, weights: dict, network) -> dict:
+    """The test split's top-1/top-5 of `weights` in the network `network(arch, loaders)` builds."""
     cfg = job.cfg
     loaders = build_loaders(cfg, job.env, "evaluate")
-    net = build_network(arch["genotype"], loaders.num_classes, loaders.image_size, arch["layers"],
-                        arch["init_channels"], arch["auxiliary"])
+    net = network(arch, loaders)
     try:
         net.load_state_dict(weights, strict=True)
     except RuntimeError as e:
@@ -297,12 +315,12 @@ def _evaluate(job: Job, arch: dict, weights: dict) -> dict:
     return metrics
 
 
-def _read_weights(cfg: EvaluateConfig):
-    """(architecture, state dict, cfg) from our checkpoint, or from a foreign state dict described by --genotype."""
-    image_size = DATASETS[cfg.dataset].image_size if cfg.dataset else 32
-    paper_C, paper_layers = paper_size(image_size)
-    C, layers = cfg.init_channels or paper_C, cfg.layers or paper_layers
-    weights, arch = load_weights(cfg.checkpoint, layers)
+def read_weights(cfg: EvaluateConfig, load_genotype, from_dict, default_size: tuple[int, int]):
+    """(architecture, state dict, cfg) from our checkpoint, or from a foreign state dict described by --genotype
+    (read by `load_genotype`), --layers and --init-channels (default_size: (C, layers)); `from_dict` reads the
+    space's genotype from a checkpoint."""
+    C, layers = cfg.init_channels or default_size[0], cfg.layers or default_size[1]
+    weights, arch = load_weights(cfg.checkpoint, layers, from_dict)
     if arch is not None:
         c = arch["config"]
         if cfg.dataset is None:
@@ -313,6 +331,6 @@ def _read_weights(cfg: EvaluateConfig):
                                       "of the original DARTS code or NNI pass --genotype (and --dataset)")
     if cfg.dataset is None:
         raise ConfigError("dataset: a plain state dict does not say its data set; pass --dataset")
-    arch = {"genotype": gt.load(cfg.genotype), "layers": layers, "init_channels": C,
+    arch = {"genotype": load_genotype(cfg.genotype), "layers": layers, "init_channels": C,
             "auxiliary": any(k.startswith("auxiliary_head.") for k in weights)}
     return arch, weights, cfg

@@ -26,7 +26,8 @@ from . import config as config_io
 from .config import SWEEP_PASSED, ConfigError, SweepConfig
 from .logs import duration, log as logger, setup_logging, summary_table
 from .runfolder import atomic_write, checkpoint_path, claim
-from .sweep_spaces import SPACES, SweepFailed, best_trial, draw, final_summary
+from .spaces import SPACES
+from .sweep_spaces import SweepFailed, best_trial, draw, final_summary
 
 ray = None  # imported by _import_ray: Ray reads its single-machine switch once, when it is imported
 # Ray's documented switch for its single-machine mode (the macOS and Windows default): every server of the runtime

@@ -105,7 +105,7 @@ def test_retrain_rates_are_printed_and_resolved_in_config_yaml(tmp_path):
 
 def test_the_selection_length_is_the_papers_by_default():
     assert SweepConfig().select_epochs is None  # unset: the space's own, below
-    from dist_darts.sweep_spaces import SPACES
+    from dist_darts.spaces import SPACES
     assert (SPACES["cnn"].paper_select_epochs, SPACES["rnn"].paper_select_epochs) == (100, 300)
 
 
@@ -139,7 +139,7 @@ def test_a_selection_retrain_trains_on_a_class_balanced_subset_disjoint_from_its
 
 
 def test_the_sweep_gives_its_selection_retrains_the_subset_and_never_its_final_retrains():
-    from dist_darts.sweep_spaces import SPACES
+    from dist_darts.spaces import SPACES
     sweep = SweepConfig(dataset="digits", train_subset=0.1, arch_subset=0.025, select_train_subset=0.2)
     assert SPACES["cnn"].selection_settings(sweep)["train_subset"] == 0.2
     assert "train_subset" not in sweep.passed_on(RetrainConfig)  # the search's 0.1 is the search's

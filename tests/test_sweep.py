@@ -169,6 +169,32 @@ def test_recurrent_sweep_ranks_by_perplexity(tmp_path):
         assert re.search(pattern, log_text), pattern
 
 
+def test_nb201_sweep_ranks_its_cells_by_top1(tmp_path):
+    """--space nb201: the three stages with the NAS-Bench-201 jobs; the trials carry their cell's arch string and
+    collapse count, the winner is the best selection val top-1."""
+    from dist_darts.spaces import nb201
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "dist_darts", "sweep", "--space", "nb201", "--seeds", "2", "--dataset", "digits",
+           "--layers", "1", "--init-channels", "4", "--batch-size", "16", "--steps-per-epoch", "3",
+           "--search-epochs", "1", "--select-epochs", "1", "--final-epochs", "1", "--cpus-per-worker", "0.5",
+           "--output", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env_for_subprocess(), timeout=900,
+                          start_new_session=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["search"]["space"] == "nb201" and report["search"]["method"] == "darts"
+    for t in report["trials"]:
+        arch = nb201.from_dict(t["genotype"])
+        assert arch == nb201.load(str(out / "search" / f"seed_{t['seed']}" / "genotype.json"))
+        assert t["param_free"] == sum(op in ("none", "skip_connect", "avg_pool_3x3") for op in nb201.parse_arch(arch))
+    best = max(report["trials"], key=lambda t: (t["select_val_top1"], -t["seed"]))
+    assert report["winner"]["seed"] == best["seed"]
+    assert nb201.load(str(out / "final" / "genotype.json")) == nb201.from_dict(best["genotype"])
+    assert report["final"]["metric"] == "test_top1" and len(report["final"]["runs"]) == 1
+    assert "| seed | search val top-1 | param-free edges |" in (out / "report.md").read_text()
+    assert (out / "winner.png").exists()
+
+
 def test_settings_of_the_other_space_are_one_line_exit_2(tmp_path):
     done = subprocess.run([sys.executable, "-m", "dist_darts", "sweep", "--space", "rnn", "--layers", "5",
                            "--output", str(tmp_path / "s")], capture_output=True, text=True,

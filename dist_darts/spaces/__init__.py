@@ -1,6 +1,51 @@
-"""Search spaces, one unit each: a space's networks, genotype type (read, write, derive, draw) and, where it has one,
-its benchmark live together in one subpackage here.
+"""Search spaces, one unit each, and the one table of them that the CLI, the sweep and the configs consult.
 
-``nb201`` (NAS-Bench-201) is the first unit; the DARTS convolutional and recurrent spaces still live in the shared
-modules (supernet.py, model.py, genotype.py, rnn.py) until they move here, with one table of the spaces.
+A space's unit holds its networks, genotype type (read, write, derive, draw), job settings, jobs and what its
+sweep reports (a `Space` object: sweep_spaces.py describes the protocol). ``nb201`` (NAS-Bench-201) is a
+subpackage here; the DARTS convolutional and recurrent spaces still live in the shared modules (supernet.py,
+model.py, genotype.py, rnn.py, search.py, train.py, rnn_jobs.py) until they move here. A new space is one
+folder plus one row of TABLE.
 """
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Mapping
+
+# name -> (module, class of its Space, what --space says of it)
+TABLE = {
+    "cnn": ("dist_darts.sweep_spaces", "ConvSpace", "convolutional cells on images (the DARTS paper's CIFAR and "
+                                                    "ImageNet space)"),
+    "rnn": ("dist_darts.sweep_spaces", "RecurrentSpace", "recurrent cells on text (the original's rnn/ code)"),
+    "nb201": ("dist_darts.spaces.nb201.sweep", "NB201Space", "NAS-Bench-201's cell on images, each epoch's cell "
+                                                            "looked up in the benchmark (docs/nas-bench-201.md)"),
+}
+NAMES = tuple(TABLE)
+
+
+class _Spaces(Mapping):
+    """name -> Space object, each imported on first use (a space's unit imports the jobs; the table does not)."""
+
+    def __getitem__(self, name: str):
+        return _load(name)
+
+    def __iter__(self):
+        return iter(TABLE)
+
+    def __len__(self) -> int:
+        return len(TABLE)
+
+
+@functools.cache
+def _load(name: str):
+    module, cls, _ = TABLE[name]
+    return getattr(importlib.import_module(module), cls)()
+
+
+SPACES = _Spaces()
+
+
+def described() -> str:
+    """Every space with its line, for --space's help."""
+    return "; ".join(f"{name}: {text}" for name, (_, _, text) in TABLE.items())
