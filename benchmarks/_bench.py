@@ -333,12 +333,32 @@ def short_retrain(dataset: str, genotype_file: str, seed: int, epochs: int, step
     does) and on the test split (`retrain_top1`, read once, to report)."""
     from dist_darts import train
     from dist_darts.config import RetrainConfig
-    cfg = RetrainConfig(dataset=dataset, image_size=image_size, workers=0, device="cpu", seed=seed, genotype=genotype_file, epochs=epochs,
+    cfg = RetrainConfig(dataset=dataset, image_size=image_size, workers=0, device="cpu", seed=seed,
+                        genotype=genotype_file, epochs=epochs,
                         steps_per_epoch=steps, layers=layers, init_channels=channels, batch_size=64,
                         base_batch_size=64, learning_rate=0.05, auxiliary=False, val_portion=0.1,
                         log_interval=10**6, output=output)
     result = train.run(cfg)
     return {"retrain_val_top1": result.val_top1, "retrain_top1": result.test_top1}
+
+
+def pyplot():
+    """matplotlib's pyplot on its file backend, or None (saying so) where matplotlib is not installed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no plot: matplotlib is not installed")
+        return None
+    return plt
+
+
+def save_figure(fig, path: str) -> str:
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
 
 
 def gib(n: float) -> str:

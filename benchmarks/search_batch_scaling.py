@@ -157,8 +157,8 @@ def plan(args) -> list[tuple]:
 
 # the arguments that decide what a run computes: a rows file written under other values cannot be reused
 RUN_SETTINGS = ("dataset", "image_size", "layers", "init_channels", "base_batch", "epochs", "images_per_epoch",
-                "retrain_epochs", "retrain_layers", "retrain_channels", "retrain_steps", "warmup_epochs", "freeze_epochs",
-                "device")
+                "retrain_epochs", "retrain_layers", "retrain_channels", "retrain_steps", "warmup_epochs",
+                "freeze_epochs", "device")
 
 
 def run_settings(args) -> dict:
@@ -294,12 +294,8 @@ def last_measured(values: list):
 
 
 def plot(path: str, rows: list[dict], args, panels: list[tuple[str, str]]) -> str | None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("no plot: matplotlib is not installed")
+    plt = _bench.pyplot()
+    if plt is None:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4), squeeze=False)
     for ax, (metric, label) in zip(axes[0], panels):
@@ -320,10 +316,7 @@ def plot(path: str, rows: list[dict], args, panels: list[tuple[str, str]]) -> st
         ax.set_ylabel(label)
     axes[0][0].legend(title="arm", fontsize=7)
     fig.suptitle(f"DARTS search on {args.dataset}, {args.epochs} epochs at 1x, {args.seeds} seed(s) (mean ± std)")
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    return _bench.save_figure(fig, path)
 
 
 def main(argv=None) -> None:

@@ -109,12 +109,8 @@ def run_one(job: tuple) -> dict:
 
 
 def plot(path: str, rows: list[dict], labels: list[str], args) -> str | None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("no plot: matplotlib is not installed")
+    plt = _bench.pyplot()
+    if plt is None:
         return None
     panels = [("param_free_normal", "parameter-free ops in the normal cell (of 8)")]
     if args.retrain_epochs:
@@ -129,10 +125,7 @@ def plot(path: str, rows: list[dict], labels: list[str], args) -> str | None:
         ax.set_ylabel(label)
     fig.suptitle(f"DARTS search on {args.dataset}, {args.epochs} epochs x {args.steps_per_epoch} steps, "
                  f"{args.seeds} seeds (dots; bar = mean)")
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    return _bench.save_figure(fig, path)
 
 
 def main(argv=None) -> None:

@@ -67,7 +67,27 @@ def cmd_genotype_list(args):
         print(f"{name:<{width}}  {gt.format_recurrent(g)}")
 
 
+def _nb201_cell(key: str) -> str | None:
+    """The arch string when `key` is a NAS-Bench-201 cell (an arch string, or a JSON file holding arch_str)."""
+    from .spaces import nb201
+    if key.lstrip().startswith("|"):
+        return nb201.load(key)
+    if os.path.isfile(key):
+        try:
+            is_cell = nb201.is_arch_dict(json.loads(open(key, "rb").read()))
+        except ValueError:  # not JSON: the DARTS readers say what is wrong with it
+            return None
+        return nb201.load(key) if is_cell else None
+    return None
+
+
 def cmd_genotype_show(args):
+    arch_str = _nb201_cell(args.genotype)
+    if arch_str is not None:
+        if args.format == "nni":
+            raise UsageError("--format nni: NNI's DARTS space has no NAS-Bench-201 cells; use text or json")
+        print(json.dumps({"arch_str": arch_str}, indent=2) if args.format == "json" else arch_str)
+        return
     g = gt.load_any(args.genotype)
     if isinstance(g, gt.RecurrentGenotype):
         if args.format == "nni":
@@ -84,6 +104,11 @@ def cmd_genotype_show(args):
 
 def cmd_genotype_draw(args):
     from .visualize import draw_genotype, draw_recurrent_cell, draw_side_by_side
+    arch_str = _nb201_cell(args.genotype)
+    if arch_str is not None:  # one cell: PREFIX.FMT
+        from .spaces import nb201
+        print(nb201.draw(arch_str, f"{args.output}.{args.format}", "NAS-Bench-201 cell"))
+        return
     g = gt.load_any(args.genotype)
     if isinstance(g, gt.RecurrentGenotype):  # one cell: PREFIX.FMT
         print(draw_recurrent_cell(g, f"{args.output}.{args.format}", args.genotype))
@@ -232,8 +257,9 @@ def build_parser(space: str = "cnn") -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="DARTS architecture search (1st/2nd order, PC-DARTS), one or many ranks",
                        description="Search a cell with DARTS. Under torchrun every rank runs this; the run folder "
                                    "ends with genotype.json, alphas.pt, drawings, history.json and checkpoints. "
-                                   "--space rnn searches a recurrent cell on text (the original's rnn/ code; "
-                                   "--space rnn --help lists its options).")
+                                   "--space rnn searches a recurrent cell on text (the original's rnn/ code), "
+                                   "--space nb201 NAS-Bench-201's cell (docs/nas-bench-201.md); --space NAME "
+                                   "--help lists that space's options.")
     _add_space(p, space)
     config.add_arguments(p, jobs["search"])
     p.set_defaults(func=cmd_search)
@@ -242,7 +268,8 @@ def build_parser(space: str = "cnn") -> argparse.ArgumentParser:
                        description="Train an evaluation network of a genotype. The run folder ends with "
                                    "metrics.json (top1, top5, params), checkpoints/last.pt and best.pt. --space rnn "
                                    "trains a recurrent cell on text (metrics.json: val_perplexity, "
-                                   "test_perplexity, params).")
+                                   "test_perplexity, params); --space nb201 a NAS-Bench-201 cell with the "
+                                   "benchmark's protocol.")
     _add_space(p, space)
     config.add_arguments(p, jobs["retrain"])
     p.set_defaults(func=cmd_retrain)
@@ -267,7 +294,8 @@ def build_parser(space: str = "cnn") -> argparse.ArgumentParser:
 
     p_gen = sub.add_parser("genotype", help="show, draw and convert genotypes", formatter_class=fmt)
     gsub = p_gen.add_subparsers(dest="action", required=True, metavar="ACTION")
-    geno_help = "a published name (see `genotype list`), a genotype JSON file, or an NNI architecture-dict JSON"
+    geno_help = ("a published name (see `genotype list`), a genotype JSON file, an NNI architecture-dict JSON, or a "
+                 "NAS-Bench-201 arch string (quoted: |op~0|+...)")
 
     p = gsub.add_parser("list", help="list the published genotypes", formatter_class=fmt)
     p.set_defaults(func=cmd_genotype_list)

@@ -303,7 +303,8 @@ class SearchTask:
         collapse rules read (collapse.signals)."""
         counts = collapse.cell_counts(genotype)
         edges = len(genotype.normal)
-        text = f"param-free ops normal {counts['param_free_normal']}/{edges} reduce {counts['param_free_reduce']}/{edges}"
+        text = (f"param-free ops normal {counts['param_free_normal']}/{edges} reduce "
+                f"{counts['param_free_reduce']}/{edges}")
         return ({"param_free_normal": counts["param_free_normal"], "param_free_reduce": counts["param_free_reduce"]},
                 text, counts)
 

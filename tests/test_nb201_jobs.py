@@ -15,7 +15,7 @@ from dist_darts.spaces import nb201
 from dist_darts.spaces.nb201 import jobs
 from dist_darts.spaces.nb201.config import NB201RetrainConfig, NB201SearchConfig
 from helpers import assert_same_state, cli, model_state, torchrun
-from test_nb201_bench import BEST, _arch_results, write
+from test_nb201_bench import BEST, _arch_results
 
 TINY = ("--space", "nb201", "--dataset", "digits", "--layers", "1", "--init-channels", "4", "--batch-size", "8",
         "--workers", "0")
@@ -118,6 +118,14 @@ def test_every_method_searches_in_both_orders(tmp_path, method, unrolled):
     assert result.genotype == nb201.derive(alphas)
 
 
+def test_the_collapse_monitors_and_the_accumulation_run_on_its_supernet(tmp_path):
+    """RobustDARTS's eigenvalue (every epoch) and DARTS+'s skip rule read this space's alphas and cell."""
+    jobs.search(_search_cfg(tmp_path, epochs=2, hessian_every=1, early_stop="skips", accumulate=2))
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert all(isinstance(row["hessian_eigenvalue"], float) for row in history)
+    assert len(history) == (1 if history[0]["skip_connect"] >= 2 else 2)  # the rule ends it at 2 skips
+
+
 def test_a_stopped_search_resumes_exactly(tmp_path):
     straight = tmp_path / "straight"
     jobs.search(_search_cfg(straight, epochs=2, method="drnas"))
@@ -167,6 +175,17 @@ def test_a_file_that_is_not_the_benchmark_is_one_line(tmp_path):
     done = cli("search", *TINY, "--benchmark-file", str(tmp_path / "b.pth"), "--output", str(tmp_path / "s"),
                check=False)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_genotype_show_and_draw_take_an_arch_string_or_its_json(tmp_path):
+    shown = cli("genotype", "show", BEST, "--format", "json")
+    assert json.loads(shown.stdout) == {"arch_str": BEST}
+    nb201.save(BEST, tmp_path / "genotype.json")
+    assert cli("genotype", "show", str(tmp_path / "genotype.json")).stdout.strip() == BEST
+    drawn = cli("genotype", "draw", str(tmp_path / "genotype.json"), "--output", str(tmp_path / "cell"))
+    assert drawn.stdout.strip() == str(tmp_path / "cell.png") and (tmp_path / "cell.png").stat().st_size > 0
+    bad = cli("genotype", "show", "|nor_conv_3x3~0|", check=False)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_the_table_lists_the_three_spaces():

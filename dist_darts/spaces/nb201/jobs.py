@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from ...job import EpochHook, Job, run_job
+from ...job import EpochHook, run_job
 from ...logs import log
 from ...search import SearchResult, SearchTask, drawn, search_job
 from ...train import RetrainTask, TrainResult, evaluate_job, read_weights, retrain_job
