@@ -222,3 +222,13 @@ def test_same_numbers_as_nats_bench_api(tmp_path, layout):
         entry = ours.lookup(arch)
         assert index == entry["index"]
         assert _authors_numbers(api, index) == pytest.approx({k: entry[k] for k, _, _ in bench.RESULTS}, rel=1e-12)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_the_first_look_passes_every_layout_and_refuses_other_files(tmp_path, layout):
+    bench.check_file(write(layout, tmp_path))
+    (tmp_path / "notes.txt").write_text("not a benchmark")
+    for path, why in ((tmp_path / "notes.txt", "neither a torch file"), (tmp_path / "missing.pth", "does not exist"),
+                      (tmp_path, "no meta.pickle.pbz2")):
+        with pytest.raises(bench.BenchmarkError, match=why):
+            bench.check_file(path)

@@ -97,6 +97,28 @@ def _check_topology(meta_archs, where: str) -> list:
     return list(meta_archs)
 
 
+# the first bytes of the benchmark's file formats: bz2 (NATS-Bench), zip and legacy torch pickles (NAS-Bench-201)
+MAGIC = (b"BZh", b"PK\x03\x04", b"\x80")
+
+
+def check_file(path: str | os.PathLike) -> None:
+    """A first look that reads a few bytes, before a job starts (every rank may run it): the benchmark is there and
+    in one of its formats. Benchmark(path) reads it (on one rank: the NAS-Bench-201 files are several GB)."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / f"meta{PICKLE_EXT}").is_file():
+            raise BenchmarkError(f"benchmark folder {path}: no meta{PICKLE_EXT} (not a NATS-Bench topology archive "
+                                 "folder)")
+        return
+    if not path.is_file():
+        raise BenchmarkError(f"benchmark file {path} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith(MAGIC):
+        raise BenchmarkError(f"benchmark file {path}: neither a torch file (NAS-Bench-201 .pth) nor a bz2 pickle "
+                             "(NATS-Bench)")
+
+
 class Benchmark:
     """An opened benchmark: ``lookup(arch_str)`` gives a cell's 200-epoch results (RESULTS, mean over trials)."""
 

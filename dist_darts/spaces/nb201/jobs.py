@@ -18,7 +18,7 @@ from ...logs import log
 from ...search import SearchResult, SearchTask, drawn, search_job
 from ...train import RetrainTask, TrainResult, evaluate_job, read_weights, retrain_job
 from . import genotype as nb
-from .bench import RESULTS, Benchmark, BenchmarkError
+from .bench import RESULTS, Benchmark, BenchmarkError, check_file
 from .config import BENCH_C, BENCH_N, NB201EvaluateConfig, NB201RetrainConfig, NB201SearchConfig
 from .networks import Network, SearchNetwork
 
@@ -87,8 +87,8 @@ class NB201RetrainTask(RetrainTask):
 
 def search(cfg: NB201SearchConfig, on_epoch: EpochHook | None = None) -> SearchResult:
     """Search; `on_epoch(metrics, checkpoint)` is called on every rank after each epoch's checkpoint is written."""
-    if cfg.benchmark_file:
-        Benchmark(cfg.benchmark_file)  # a file that is not the benchmark fails before any process group forms
+    if cfg.benchmark_file:  # a missing or foreign file fails before any process group forms
+        check_file(cfg.benchmark_file)
     return run_job(cfg, search_job, on_epoch, NB201SearchTask)
 
 
