@@ -116,6 +116,8 @@ def parse_args(argv=None):
                                                             "RESULTS.md and results.jsonl")
     p.add_argument("--rows", default=None, help="JSON-lines file of finished runs: each run is appended as it "
                    "completes and runs already in it are skipped (default: none, the study starts over)")
+    p.add_argument("--table-only", action="store_true", help="no searches: the table and plot of the runs already "
+                   "in --rows, as far as the study has got (the runs still missing are counted in the title)")
     p.add_argument("--redraw", action="store_true", help="no searches: the table and plot of the newest recorded "
                    "run on this preset's data set, from benchmarks/results.jsonl")
     args = p.parse_args(argv)
@@ -333,6 +335,12 @@ def main(argv=None) -> None:
     runs = [run for run in plan(args) if run not in done]
     if rows:
         print(f"{len(rows)} runs already in {args.rows}", flush=True)
+    partial = ""
+    if args.table_only:
+        if not rows:
+            raise SystemExit(f"--table-only: no finished runs in {args.rows}")
+        partial = f" (partial: {len(plan(args)) - len(runs)} of {len(plan(args))} runs; the study goes on)"
+        runs = []
     expected = expected_seconds(args, runs) if runs else 0.0
     unit = "GPU-hours" if args.device == "cuda" else "core-hours"
     print(f"{len(runs)} searches, {args.jobs} at a time: expected {expected / 3600:.2f} h of wall time "
@@ -342,7 +350,7 @@ def main(argv=None) -> None:
         devices = multiprocessing.get_context("spawn").Manager().Queue()
         for i in range(args.jobs):
             devices.put(i % args.gpus)
-    with multiprocessing.get_context("spawn").Pool(args.jobs, _init_worker, (devices,)) as pool:
+    with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(runs) or 1), _init_worker, (devices,)) as pool:
         for row in pool.imap_unordered(run_one, [(args, run) for run in runs], chunksize=1):
             rows.append(row)
             if args.rows:
@@ -358,7 +366,7 @@ def main(argv=None) -> None:
                           if others else float("nan"))
         r["stability"] = stability(r.pop("epoch_genotypes"))
         r.pop("settings")
-    summarize(rows, args, " (toy size: a smoke run of the script, not evidence)" if args.toy else "")
+    summarize(rows, args, " (toy size: a smoke run of the script, not evidence)" if args.toy else partial)
 
 
 def summarize(rows: list[dict], args, title_note: str) -> None:
@@ -373,7 +381,7 @@ def summarize(rows: list[dict], args, title_note: str) -> None:
                 if any(v is not None for v in (last_measured(r["noise_scale_weights"]),
                                                last_measured(r["noise_scale_alphas"])))]
     b_noise = statistics.median(measured) if measured else None
-    header = ["global batch", "arm", "BN", "steps", "search val top-1 %", "agreement with other seeds' 1x",
+    header = ["global batch", "arm", "BN", "seeds", "steps", "search val top-1 %", "agreement with other seeds' 1x",
               "cell stability (last 3 epochs)", "param-free ops, normal (of 8)", "retrain top-1 %",
               "B_noise weights", "B_noise alphas", "batch / B_noise(1x)", "search s"]
 
@@ -384,7 +392,7 @@ def summarize(rows: list[dict], args, title_note: str) -> None:
     for m, arm, bn in dict.fromkeys((r["multiplier"], r["arm"], r["bn"]) for r in rows):
         sel = [r for r in rows if (r["multiplier"], r["arm"], r["bn"]) == (m, arm, bn)]
         col = {key: [r.get(key) for r in sel] for key in sel[0]}
-        lines.append([str(args.base_batch * m), arm, bn, shown(col["steps"], ".0f"), shown(col["search_val_top1"]),
+        lines.append([str(args.base_batch * m), arm, bn, str(len(sel)), shown(col["steps"], ".0f"), shown(col["search_val_top1"]),
                       shown(col["agreement"]), shown(col["stability"]), shown(col["param_free_normal"]),
                       shown(col.get("retrain_top1", [])),
                       shown([last_measured(v) for v in col["noise_scale_weights"]], ".0f"),

@@ -396,6 +396,25 @@ def test_the_study_runs_what_answers_first_and_resumes_from_its_rows_file(tmp_pa
         study.finished_rows(args)
 
 
+def test_a_partial_study_prints_its_table_from_the_rows_file(tmp_path):
+    """--table-only: the table of the runs finished so far, no searches, and how many runs are still missing."""
+    import subprocess
+    import sys
+    from helpers import env_for_subprocess
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "search_batch_scaling.py")
+    rows = tmp_path / "rows.jsonl"
+    command = [sys.executable, script, "--toy", "--no-record", "--arms", "none", "--per-gpu-bn-at", "0",
+               "--retrain-epochs", "0", "--jobs", "1", "--rows", str(rows)]
+    subprocess.run(command, capture_output=True, text=True, env=env_for_subprocess(), timeout=900, check=True)
+    first = rows.read_text().splitlines()
+    assert len(first) == 2
+    rows.write_text(next(line for line in first if json.loads(line)["multiplier"] == 1) + "\n")
+    out = subprocess.run(command + ["--table-only"], capture_output=True, text=True, env=env_for_subprocess(),
+                         timeout=900, check=True).stdout
+    assert "0 searches" in out and "| 8 | paper (1x) | global | 1 |" in out and "| 16 |" not in out
+    assert len(rows.read_text().splitlines()) == 1  # nothing ran
+
+
 def test_a_toy_dry_run_of_the_cifar10_preset_runs_on_the_cpu():
     import subprocess
     import sys
