@@ -32,7 +32,7 @@ _EXPORTS = {
     "CheckpointError": ("checkpoint", "CheckpointError"),
     "GenotypeError": ("genotype", "GenotypeError"),
 }
-_SUBMODULES = ("config", "search", "train", "genotype", "model", "hub", "visualize", "data", "tune")
+_SUBMODULES = ("config", "search", "train", "genotype", "model", "hub", "visualize", "data", "tune", "spaces")
 
 __all__ = ["__version__", *_EXPORTS]
 
