@@ -25,7 +25,9 @@ Every method is plain DARTS plus one small change, with the defaults of its auth
   alphas over the 7 ops, as the authors do.
 
 A method whose authors search without 'none' keeps the alphas' 8 columns (genotype and alpha files keep their
-format): the 'none' column gets weight 0 in every forward and in the derivation, so no gradient reaches it.
+format): the 'none' column gets weight 0 in every forward and in the derivation, so no gradient reaches it. In a
+space whose cell is read off with 'none' among the ops (NAS-Bench-201), every method searches 'none' too
+(`with_none`), as the benchmark's DARTS and DrNAS's authors' NAS-Bench-201 code do.
 
 Random draws come from the `generator` the caller hands in: seeded alike on every rank, they make the noise of
 sdarts-rs and the samples of drnas identical on all ranks, so the alphas stay identical under DDP. The network
@@ -35,19 +37,12 @@ micro-batches of --accumulate all see it, so its finite difference measures the 
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
 from .genotype import NONE_INDEX, without_none
-
-def _searched_columns(alphas: torch.Tensor) -> list[int]:
-    """The columns of the ops other than 'none' (the 7 of the DARTS space; any space keeps 'none' first)."""
-    return [i for i in range(alphas.shape[-1]) if i != NONE_INDEX]
-
-
-def _searched(alphas: torch.Tensor) -> torch.Tensor:
-    return alphas[:, _searched_columns(alphas)]
-
 
 # phases of a search step in which a network's forward runs; None = evaluation (deterministic weights)
 WEIGHT_STEP, ALPHA_STEP = "weights", "alphas"
@@ -67,9 +62,28 @@ class Darts:
         """The op weights of each edge (rows of `alphas`) for a forward in `phase`."""
         return self.weights(alphas)
 
+    def with_none(self) -> Darts:
+        """This method over a space where its authors search 'none' too (NAS-Bench-201: the benchmark's DARTS and
+        DrNAS's 201-space code weigh all 5 of its ops, 'none' included, and derive the cell from all 5)."""
+        method = copy.copy(self)
+        method.searches_none = True
+        return method
+
+    def searched_columns(self, alphas: torch.Tensor) -> list[int]:
+        """The columns of the ops the method searches: all, or those other than 'none' (any space keeps 'none'
+        first)."""
+        return [i for i in range(alphas.shape[-1]) if self.searches_none or i != NONE_INDEX]
+
+    def searched(self, alphas: torch.Tensor) -> torch.Tensor:
+        return alphas[:, self.searched_columns(alphas)]
+
+    def op_set(self, t: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """t over the ops the method searches: the 'none' column set to `fill` where it searches without 'none'."""
+        return t if self.searches_none else without_none(t, fill)
+
     def weights(self, alphas: torch.Tensor) -> torch.Tensor:
         """The deterministic op weights: evaluation, statistics."""
-        return F.softmax(alphas if self.searches_none else without_none(alphas, float("-inf")), dim=-1)
+        return F.softmax(self.op_set(alphas, float("-inf")), dim=-1)
 
     def penalty(self, alphas: list[torch.Tensor], epoch: int, epochs: int) -> torch.Tensor | None:
         """The term the alpha step adds to the validation loss (None: none)."""
@@ -96,7 +110,7 @@ class BetaDarts(Darts):
 
     def penalty(self, alphas, epoch, epochs):
         lam = self.LAMBDA_MAX * epoch / epochs
-        return lam * torch.cat([torch.logsumexp(_searched(a), dim=-1) for a in alphas]).mean()
+        return lam * torch.cat([torch.logsumexp(self.searched(a), dim=-1) for a in alphas]).mean()
 
 
 class SdartsRS(Darts):
@@ -116,7 +130,7 @@ class SdartsRS(Darts):
             eps = self.epsilon(epoch, epochs)
             w = self.weights(alphas)
             noise = torch.zeros_like(w)
-            searched = _searched_columns(w)
+            searched = self.searched_columns(w)
             noise[:, searched] = torch.empty_like(w[:, searched]).uniform_(-eps, eps, generator=generator)
             noisy = (w + noise).clamp_(0, 1)
             empty = noisy.sum(-1) == 0  # every op clipped to 0: the edge keeps its strongest op alone
@@ -131,10 +145,10 @@ class FairDarts(Darts):
     ZERO_ONE_WEIGHT = 10.0
 
     def weights(self, alphas):
-        return without_none(torch.sigmoid(alphas))
+        return self.op_set(torch.sigmoid(alphas))
 
     def penalty(self, alphas, epoch, epochs):
-        sig = torch.sigmoid(torch.cat([_searched(a).reshape(-1) for a in alphas]))
+        sig = torch.sigmoid(torch.cat([self.searched(a).reshape(-1) for a in alphas]))
         return -self.ZERO_ONE_WEIGHT * ((sig - 0.5) ** 2).mean()
 
 
@@ -149,19 +163,19 @@ class DrNAS(Darts):
         return F.elu(alphas) + 1
 
     def weights(self, alphas):
-        c = without_none(self.concentration(alphas))
+        c = self.op_set(self.concentration(alphas))
         return c / c.sum(-1, keepdim=True)
 
     def mix(self, alphas, phase, generator, epoch, epochs):
         if phase is None:
             return self.weights(alphas)
-        concentration = _searched(self.concentration(alphas))
+        concentration = self.searched(self.concentration(alphas))
         with torch.no_grad():  # a Dirichlet sample as normalised Gamma draws: torch's Gamma takes a generator
             gammas = torch._standard_gamma(concentration.float(), generator=generator)  # one stream at any dtype
             gammas = gammas.clamp_min(torch.finfo(gammas.dtype).tiny)  # all-zero draws would divide 0 by 0
             sample = (gammas / gammas.sum(-1, keepdim=True)).to(concentration.dtype)
         sample = _DirichletSample.apply(concentration, sample)  # its gradient in the alphas' precision
-        columns = torch.tensor(_searched_columns(alphas), device=alphas.device)
+        columns = torch.tensor(self.searched_columns(alphas), device=alphas.device)
         return sample.new_zeros(alphas.shape).index_copy(1, columns, sample).to(alphas.dtype)  # 'none' weighs 0
 
 

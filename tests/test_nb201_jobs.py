@@ -11,6 +11,7 @@ import torch
 from dist_darts import spaces
 from dist_darts.data import build_loaders
 from dist_darts.job import StoppedAsAsked
+from dist_darts.methods import ALPHA_STEP, METHODS
 from dist_darts.spaces import nb201
 from dist_darts.spaces.nb201 import jobs
 from dist_darts.spaces.nb201.config import NB201RetrainConfig, NB201SearchConfig
@@ -109,7 +110,22 @@ def test_the_retrain_steps_with_nesterov_sgd_unclipped(tmp_path):
         torch.testing.assert_close(after[name], value, rtol=1e-4, atol=2e-5, msg=name)
 
 
-@pytest.mark.parametrize("method", ["darts", "darts-minus", "beta-darts", "sdarts-rs", "fair-darts", "drnas"])
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_searches_none_in_this_space(method):
+    """The cell is read off with 'none' among the ops (the authors' rule), so every method weighs it and trains
+    its alpha, as DrNAS's authors' NAS-Bench-201 code does; the DARTS space's methods keep their own op sets."""
+    net = nb201.SearchNetwork(4, 1, 10, method=method)
+    assert (net.method.weights(net.alphas)[:, nb201.OPS.index("none")] > 0).all()
+    x = torch.randn(4, 3, 8, 8)
+    with net.sampling(ALPHA_STEP, torch.Generator().manual_seed(0)):
+        loss = net(x).logsumexp(-1).mean()
+        penalty = net.method.penalty([net.alphas], 5, 10)
+    (loss if penalty is None else loss + penalty).backward()
+    assert (net.alphas.grad[:, nb201.OPS.index("none")] != 0).all()
+    assert METHODS[method].searches_none == (method in ("darts", "darts-minus"))  # the DARTS space's own
+
+
+@pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("unrolled", [False, True])
 def test_every_method_searches_in_both_orders(tmp_path, method, unrolled):
     result = jobs.search(_search_cfg(tmp_path, method=method, unrolled=unrolled))

@@ -143,7 +143,8 @@ class SearchNetwork(nn.Module):
 
     def __init__(self, C: int, N: int, num_classes: int, method: str = "darts"):
         super().__init__()
-        self.method: Darts = METHODS[method]
+        # every method weighs all 5 ops, 'none' included, which derive reads (methods.Darts.with_none)
+        self.method: Darts = METHODS[method].with_none()
         self._phase, self._generator, self._epoch, self._epochs = None, None, 0, 1
         self._draw_state = None  # the generator's state at the start of a sampling block (DartsSupernet.sampling)
         self.stem = nn.Sequential(nn.Conv2d(3, C, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(C))
