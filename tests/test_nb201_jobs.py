@@ -3,6 +3,7 @@ per epoch), retrain with the benchmark's protocol, evaluate, and the refusals of
 
 import json
 import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -56,6 +57,21 @@ def test_search_retrain_evaluate_from_the_command_line(tmp_path):
     wrong = cli("evaluate", "--checkpoint", str(retrain / "checkpoints" / "last.pt"), check=False)
     assert wrong.returncode == 2 and "use it with --space nb201" in wrong.stderr
     assert len(wrong.stderr.strip().splitlines()) == 1
+
+
+def test_evaluate_reads_a_state_dict_of_the_authors_network(tmp_path):
+    """xautodl's TinyNetwork weights (the fixture's) with --genotype, --layers and --init-channels."""
+    from test_nb201 import _load
+    ref = _load(Path(__file__).parent / "fixtures", "xautodl_nb201_infer.pt")
+    c = ref["config"]
+    torch.save(ref["archs"][BEST]["state_dict"], tmp_path / "tiny.pth")
+    done = cli("evaluate", "--space", "nb201", "--checkpoint", str(tmp_path / "tiny.pth"), "--genotype", BEST,
+               "--layers", str(c["N"]), "--init-channels", str(c["C"]), "--dataset", "digits",
+               "--output", str(tmp_path / "eval"))
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["images"] == 300 and metrics["params"] == sum(
+        v.numel() for k, v in ref["archs"][BEST]["state_dict"].items() if "running" not in k and "num_batches" not in k)
+    assert "top-1" in done.stdout
 
 
 @pytest.mark.parametrize("flag", [("--partial-channels", "4"), ("--stem", "imagenet"), ("--max-skip", "1"),
