@@ -65,3 +65,23 @@ def test_the_ground_floor_imports_nothing_above_it(module):
     package = PYPROJECT.parent / "dist_darts"
     own = {p.stem for p in package.glob("*.py")} | {p.name for p in package.iterdir() if p.is_dir()}
     assert imported_names(package / f"{module}.py") & own <= set(GROUND_FLOOR)
+
+
+def test_the_spaces_are_listed_once_in_the_table():
+    """No module but the table (dist_darts/spaces/__init__.py) writes down a collection of the space names: the CLI,
+    the sweep and the configs read the table."""
+    import ast
+    from dist_darts.spaces import TABLE
+    package = PYPROJECT.parent / "dist_darts"
+    names = set(TABLE)
+    listing = []
+    for path in sorted(package.rglob("*.py")):
+        if path == package / "spaces" / "__init__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set, ast.Dict)):
+                values = node.keys if isinstance(node, ast.Dict) else node.elts
+                found = {v.value for v in values if isinstance(v, ast.Constant) and v.value in names}
+                if len(found) > 1:
+                    listing.append(f"{path.relative_to(package)}:{node.lineno}")
+    assert not listing, listing
