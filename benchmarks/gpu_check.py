@@ -7,8 +7,8 @@
 
 In order:
 1. the gpu-marked tests (no host sync in a search or retrain step, a one-rank NCCL group, the GPU data paths);
-2. a 20-step bf16 search and a 20-step bf16 retrain on the embedded digits data, through the CLI: both must end
-   with exit 0 and finite losses in history.json;
+2. a 20-step bf16 search and a 20-step bf16 retrain on the embedded digits data, through the CLI, in the DARTS
+   space and in NAS-Bench-201's (--space nb201): each must end with exit 0 and finite losses in history.json;
 3. a dry run of PC-DARTS' ImageNet search recipe (launch/configs/imagenet_search.yaml, the ImageNet stem, K=2,
    subsets, warm-ups) at toy size through the CLI, on a folder of scikit-image's photographs at 224 px (128 px
    with --toy): two epochs, the alphas frozen in the first; exit 0 and finite losses, and its wall time;
@@ -75,14 +75,15 @@ def run_cli(args: list[str], out: Path) -> tuple[str | None, float, str, str]:
     return error, seconds, shown, proc.stdout
 
 
-def finite_job(kind: str, sizes: dict, device: str, precision: str) -> tuple[bool, str]:
-    """A short job through the CLI: exit 0, and every loss in its history.json finite."""
+def finite_job(kind: str, sizes: dict, device: str, precision: str, space: str = "cnn") -> tuple[bool, str]:
+    """A short job of `space` through the CLI: exit 0, and every loss in its history.json finite (NAS-Bench-201's
+    network at its benchmark's size, C=16 and N=5 cells per stage, with the same flags)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / kind
-        args = [kind, "--dataset", "digits", "--workers", "0", "--epochs", "1", "--steps-per-epoch",
-                str(sizes["steps"]), "--device", device, "--precision", precision, "--output", str(out),
-                *sizes["job"]]
-        if kind == "retrain":
+        args = [kind, "--space", space, "--dataset", "digits", "--workers", "0", "--epochs", "1",
+                "--steps-per-epoch", str(sizes["steps"]), "--device", device, "--precision", precision,
+                "--output", str(out), *sizes["job"]]
+        if kind == "retrain" and space == "cnn":
             args += ["--genotype", "DARTS_V2", "--drop-path-prob", "0.2"]
         error, seconds, losses, _ = run_cli(args, out)
         if error:
@@ -174,9 +175,11 @@ def main():
     precision = "bf16" if args.device == "cuda" else "fp32"
 
     checks = [("gpu-marked tests", *gpu_tests(args.device))]
-    for kind in ("search", "retrain"):
-        checks.append((f"{sizes['steps']}-step {precision} {kind} stays finite",
-                       *finite_job(kind, sizes, args.device, precision)))
+    for space in ("cnn", "nb201"):
+        for kind in ("search", "retrain"):
+            label = kind if space == "cnn" else f"{space} {kind}"
+            checks.append((f"{sizes['steps']}-step {precision} {label} stays finite",
+                           *finite_job(kind, sizes, args.device, precision, space)))
     checks.append(("ImageNet search recipe (toy size) runs", *recipe_job(sizes, args.device)))
     for name, ok, detail in checks:
         print(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}", flush=True)

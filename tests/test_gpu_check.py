@@ -20,6 +20,7 @@ def test_gpu_check_runs_every_part_on_the_cpu():
     out = proc.stdout
     assert "ok   gpu-marked tests:" in out and "(no GPU: skipped)" in out
     assert "ok   2-step fp32 search stays finite" in out and "ok   2-step fp32 retrain stays finite" in out
+    assert "ok   2-step fp32 nb201 search stays finite" in out and "ok   2-step fp32 nb201 retrain stays finite" in out
     assert "ok   ImageNet search recipe (toy size) runs: 128 px, 2 epochs" in out
     for name in ("search order 1 batch 8 fp32", "search order 2 batch 8 bf16", "retrain DARTS_V2 batch 8 eager",
                  "retrain DARTS_V2 batch 8 torch.compile"):
