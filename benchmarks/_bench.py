@@ -25,7 +25,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from dist_darts.methods import METHODS
+
 HERE = Path(__file__).resolve().parent
+METHOD_NAMES = tuple(METHODS)  # the search methods (--method), in dist_darts's order
 ROOT = HERE.parent
 
 
@@ -340,6 +343,15 @@ def short_retrain(dataset: str, genotype_file: str, seed: int, epochs: int, step
                         log_interval=10**6, output=output)
     result = train.run(cfg)
     return {"retrain_val_top1": result.val_top1, "retrain_top1": result.test_top1}
+
+
+def method_list(parser, text: str) -> list[str]:
+    """--methods as a list of search methods, each one of METHOD_NAMES (else the parser's error)."""
+    methods = text.split(",")
+    unknown = [m for m in methods if m not in METHOD_NAMES]
+    if unknown:
+        parser.error(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHOD_NAMES)}")
+    return methods
 
 
 def pyplot():

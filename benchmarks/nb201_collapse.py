@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench  # noqa: E402
 
-METHODS = ("darts", "darts-minus", "beta-darts", "sdarts-rs", "fair-darts", "drnas")
 DEFAULT_METHODS = "darts,beta-darts,fair-darts,drnas"
 
 
@@ -59,10 +58,7 @@ def parse_args(argv=None):
     if args.toy:
         args.methods, args.seeds, args.epochs, args.steps_per_epoch = "darts,drnas", 1, 2, 2
         args.batch_size, args.channels, args.retrain_epochs, args.retrain_steps, args.plot = 8, 4, 1, 2, ""
-    args.methods = args.methods.split(",")
-    unknown = [m for m in args.methods if m not in METHODS]
-    if unknown:
-        p.error(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    args.methods = _bench.method_list(p, args.methods)
     return args
 
 

@@ -33,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench  # noqa: E402
 
-METHODS = ("darts", "darts-minus", "beta-darts", "sdarts-rs", "fair-darts", "drnas")
 
 
 def parse_args(argv=None):
@@ -42,7 +41,7 @@ def parse_args(argv=None):
                                                        "1-epoch retrain of 2 steps; no plot")
     p.add_argument("--dataset", default="digits", choices=("digits", "photos"),
                    help="embedded real images: digits (8x8 digits) or photos (patches of 10 photographs)")
-    p.add_argument("--methods", default=",".join(METHODS), help="methods (default: all)")
+    p.add_argument("--methods", default=",".join(_bench.METHOD_NAMES), help="methods (default: all)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per method (default: 3)")
     p.add_argument("--first-seed", type=int, default=0, help="seeds run from this one (default: 0; a held-back "
                                                               "check takes seeds no comparison has seen)")
@@ -69,10 +68,7 @@ def parse_args(argv=None):
         args.methods, args.seeds, args.epochs, args.steps_per_epoch = "darts,drnas", 1, 1, 2
         args.layers, args.batch_size, args.retrain_epochs, args.retrain_steps = 3, 8, 1, 2
         args.retrain_layers, args.retrain_channels, args.plot = 3, 4, ""
-    args.methods = args.methods.split(",")
-    unknown = [m for m in args.methods if m not in METHODS]
-    if unknown:
-        p.error(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    args.methods = _bench.method_list(p, args.methods)
     return args
 
 

@@ -231,3 +231,14 @@ def test_two_ranks_search_with_identical_replicas(tmp_path):
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["world_size"] == 2 and len(result["replica_digest"]) == 64
     assert "ranks diverged" not in proc.stdout + proc.stderr
+
+
+def test_the_collapse_study_runs_at_toy_size():
+    import subprocess
+    import sys
+    from helpers import env_for_subprocess
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "nb201_collapse.py"
+    out = subprocess.run([sys.executable, str(script), "--toy", "--no-record", "--jobs", "1"], capture_output=True,
+                         text=True, env=env_for_subprocess(), timeout=900, check=True).stdout
+    assert "| method | param-free edges (of 6) | skip_connect | none |" in out
+    assert re.search(r"\| darts \| [\d.]+ \| [\d.]+ \| [\d.]+ \| \d/1 \|", out) and "| drnas |" in out
