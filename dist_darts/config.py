@@ -620,16 +620,17 @@ class SweepSettings:
     search_epochs: int | None = opt(None, "epochs of each search, over the --search YAML's (default: unset = the "
                                           "YAML's epochs, else the paper's 50)", "schedule")
     select_epochs: int | None = opt(None, "epochs of each selection retrain (default: unset = the paper's short "
-                                          "period, DARTS section 3.2: 100 for --space cnn, 300 for rnn)", "schedule")
+                                          "period, DARTS section 3.2: 100 for --space cnn and nb201, 300 for rnn)",
+                                    "schedule")
     select_val_portion: float = opt(0.1, "share of each class of the training images that a selection retrain "
                                          "holds out and ranks the genotypes on (the test split is never read before "
                                          "the final stage); 0.1 of CIFAR-10 is 5,000 images: a top-1 standard "
-                                         "error of about 0.3 points (--space cnn)", "data")
+                                         "error of about 0.3 points (the image spaces)", "data")
     select_train_subset: float = opt(0.0, "the selection retrains train on this class-balanced fraction of the "
                                           "training images left after the hold-out (the search's --train-subset "
                                           "for ImageNet: a selection retrain on all of ImageNet costs far more than "
                                           "the search); 0 = all of them; the final retrains always train on all "
-                                          "(--space cnn)", "data")
+                                          "(the image spaces)", "data")
     final_epochs: int | None = opt(None, "epochs of the winner's final retrain, over the --retrain YAML's "
                                          "(default: unset = the YAML's epochs, else the paper's 600 for cnn, the "
                                          "original's 8000 for rnn)", "schedule")
@@ -692,8 +693,8 @@ def _passed_field(name: str):
                                                        else " (handed on to the trials)"))
     if name == "dataset":  # either space's data sets; the trials' own configs check theirs before any trial runs
         meta.update(choices=tuple(DATASETS) + TEXT_DATASETS,
-                    help="data set: an image set for --space cnn, a text corpus for --space rnn (handed on to the "
-                         "trials)")
+                    help="data set: an image set for --space cnn and nb201, a text corpus for --space rnn (handed on "
+                         "to the trials)")
     return name, kind | None, field(default=None, metadata=meta)
 
 
