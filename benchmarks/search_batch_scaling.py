@@ -306,6 +306,8 @@ def plot(path: str, rows: list[dict], args, panels: list[tuple[str, str]]) -> st
             for m in args.multipliers:
                 values = [r[metric] for r in rows if r["multiplier"] == m and r["bn"] == "global"
                           and r["arm"] in (arm, PAPER)]
+                if not values:  # a partial study (--table-only): this arm has not run at this batch yet
+                    continue
                 xs.append(args.base_batch * m * (1 + 0.03 * (i - len(args.arms) / 2)))  # arms side by side
                 means.append(statistics.fmean(values))
                 stds.append(statistics.stdev(values) if len(values) > 1 else 0.0)
