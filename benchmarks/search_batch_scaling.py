@@ -394,7 +394,8 @@ def summarize(rows: list[dict], args, title_note: str) -> None:
     for m, arm, bn in dict.fromkeys((r["multiplier"], r["arm"], r["bn"]) for r in rows):
         sel = [r for r in rows if (r["multiplier"], r["arm"], r["bn"]) == (m, arm, bn)]
         col = {key: [r.get(key) for r in sel] for key in sel[0]}
-        lines.append([str(args.base_batch * m), arm, bn, str(len(sel)), shown(col["steps"], ".0f"), shown(col["search_val_top1"]),
+        lines.append([str(args.base_batch * m), arm, bn, str(len(sel)), shown(col["steps"], ".0f"),
+                      shown(col["search_val_top1"]),
                       shown(col["agreement"]), shown(col["stability"]), shown(col["param_free_normal"]),
                       shown(col.get("retrain_top1", [])),
                       shown([last_measured(v) for v in col["noise_scale_weights"]], ".0f"),
