@@ -18,8 +18,6 @@ class NB201Space(ConvSpace):
     stand_in_genotype = NB201RetrainConfig.genotype  # the benchmark's best CIFAR-10 cell
     to_dict, from_dict, save, format = (staticmethod(nb.to_dict), staticmethod(nb.from_dict), staticmethod(nb.save),
                                         staticmethod(str))
-    # the benchmark trains every cell 200 epochs; DARTS's short selection period (100 of 600) is kept in proportion
-    paper_select_epochs = 100
 
     @staticmethod
     def job(kind: str):
