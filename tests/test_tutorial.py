@@ -62,6 +62,6 @@ def test_tutorial_block(workdir, index):
     work, env = workdir
     kind, code = blocks()[index]
     cmd = ["bash", "-euo", "pipefail", "-c", code] if kind == "bash" else [sys.executable, "-c", code]
-    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, (f"block {index}:\n{code}\nstdout:\n{proc.stdout[-3000:]}\n"
                                   f"stderr:\n{proc.stderr[-3000:]}")
