@@ -9,8 +9,8 @@ Dropouts are train_search.py's (0.75, 0.25, 0.75, 0.2, 0). The batches are real 
 
 `--original PATH` is the original's rnn/ folder, extracted outside this repository and made to run on the CPU
 with the edits tests/fixtures/README.md lists (no `.cuda()`, the legacy embedding backend replaced by
-F.embedding); ours: the recurrent search job's own step (dist_darts.architect.RecurrentArchitect, first order,
-then dist_darts.rnn_jobs.weight_step) on dist_darts.rnn.RNNModelSearch.
+F.embedding); ours: the recurrent search job's own step (dist_darts.spaces.rnn.architect.RecurrentArchitect,
+first order, then dist_darts.spaces.rnn.jobs.weight_step) on dist_darts.spaces.rnn.RNNModelSearch.
 Each code runs in its own worker process (benchmarks/_bench.py), alternating step by step; the median of
 `--steps` timed steps after `--warmup` is reported. Appends to benchmarks/results.jsonl and RESULTS.md.
 
@@ -63,9 +63,9 @@ def build_ours(cfg):
     """The library's own step: RecurrentArchitect (first order) then rnn_jobs.weight_step, as the search job runs."""
     import contextlib
 
-    from dist_darts.architect import RecurrentArchitect
-    from dist_darts.rnn import RNNModelSearch
-    from dist_darts.rnn_jobs import weight_step as library_weight_step
+    from dist_darts.spaces.rnn.architect import RecurrentArchitect
+    from dist_darts.spaces.rnn.networks import RNNModelSearch
+    from dist_darts.spaces.rnn.jobs import weight_step as library_weight_step
     ntoken, nhid = cfg["ntoken"], cfg["nhid"]
     torch.manual_seed(0)
     model = RNNModelSearch(ntoken, nhid, nhid, nhid, *DROPOUTS).train()
@@ -88,7 +88,8 @@ def build_original(cfg):
     sys.path.insert(0, cfg["original"])
     import architect as original_architect  # the original's modules, from cfg["original"]
     import model_search
-    from dist_darts.rnn import detach_hidden  # the original's repackage_hidden recurses forever on torch >= 0.4
+    # the original's repackage_hidden recurses forever on torch >= 0.4
+    from dist_darts.spaces.rnn.networks import detach_hidden
     ntoken, nhid = cfg["ntoken"], cfg["nhid"]
     torch.manual_seed(0)
     model = model_search.RNNModelSearch(ntoken, nhid, nhid, nhid, *DROPOUTS).train()

@@ -59,26 +59,40 @@ def cmd_evaluate(args):
 # --- genotype ---------------------------------------------------------------------------------------------
 
 def cmd_genotype_list(args):
-    width = max(map(len, [*gt.GENOTYPES, *gt.RNN_GENOTYPES]))
+    from .spaces import rnn
+    width = max(map(len, [*gt.GENOTYPES, *rnn.RNN_GENOTYPES]))
     for name, g in gt.GENOTYPES.items():
         print(f"{name:<{width}}  {gt.format_genotype(g)}")
     print("recurrent cells (--space rnn):")
-    for name, g in gt.RNN_GENOTYPES.items():
-        print(f"{name:<{width}}  {gt.format_recurrent(g)}")
+    for name, g in rnn.RNN_GENOTYPES.items():
+        print(f"{name:<{width}}  {rnn.format_recurrent(g)}")
+
+
+def _cell_of_space(key: str, is_name, is_cell_dict, load):
+    """load(key) when `key` is one of a space's cells (is_name(key), or a JSON file holding an object that
+    is_cell_dict accepts), else None: the convolutional readers take it, and say what is wrong with it."""
+    if is_name(key):
+        return load(key)
+    if os.path.isfile(key):
+        try:
+            is_cell = is_cell_dict(json.loads(open(key, "rb").read()))
+        except ValueError:  # not JSON
+            return None
+        return load(key) if is_cell else None
+    return None
 
 
 def _nb201_cell(key: str) -> str | None:
     """The arch string when `key` is a NAS-Bench-201 cell (an arch string, or a JSON file holding arch_str)."""
     from .spaces import nb201
-    if key.lstrip().startswith("|"):
-        return nb201.load(key)
-    if os.path.isfile(key):
-        try:
-            is_cell = nb201.is_arch_dict(json.loads(open(key, "rb").read()))
-        except ValueError:  # not JSON: the DARTS readers say what is wrong with it
-            return None
-        return nb201.load(key) if is_cell else None
-    return None
+    return _cell_of_space(key, lambda k: k.lstrip().startswith("|"), nb201.is_arch_dict, nb201.load)
+
+
+def _recurrent_cell(key: str):
+    """The RecurrentGenotype when `key` is a recurrent cell (RNN_..., or a JSON file holding its edges)."""
+    from .spaces import rnn
+    from .spaces.rnn.genotype import is_recurrent_dict
+    return _cell_of_space(key, rnn.RNN_GENOTYPES.__contains__, is_recurrent_dict, rnn.load_recurrent)
 
 
 def cmd_genotype_show(args):
@@ -88,12 +102,15 @@ def cmd_genotype_show(args):
             raise UsageError("--format nni: NNI's DARTS space has no NAS-Bench-201 cells; use text or json")
         print(json.dumps({"arch_str": arch_str}, indent=2) if args.format == "json" else arch_str)
         return
-    g = gt.load_any(args.genotype)
-    if isinstance(g, gt.RecurrentGenotype):
+    recurrent = _recurrent_cell(args.genotype)
+    if recurrent is not None:
+        from .spaces import rnn
         if args.format == "nni":
             raise UsageError("--format nni: NNI has no recurrent cells; use text or json")
-        print(json.dumps(gt.recurrent_to_dict(g), indent=2) if args.format == "json" else gt.format_recurrent(g))
+        print(json.dumps(rnn.recurrent_to_dict(recurrent), indent=2) if args.format == "json"
+              else rnn.format_recurrent(recurrent))
         return
+    g = gt.load(args.genotype)
     if args.format == "json":
         print(json.dumps(gt.to_dict(g), indent=2))
     elif args.format == "nni":
@@ -109,9 +126,9 @@ def cmd_genotype_draw(args):
         from .spaces import nb201
         print(nb201.draw(arch_str, f"{args.output}.{args.format}", "NAS-Bench-201 cell"))
         return
-    g = gt.load_any(args.genotype)
-    if isinstance(g, gt.RecurrentGenotype):  # one cell: PREFIX.FMT
-        print(draw_recurrent_cell(g, f"{args.output}.{args.format}", args.genotype))
+    recurrent = _recurrent_cell(args.genotype)
+    if recurrent is not None:  # one cell: PREFIX.FMT
+        print(draw_recurrent_cell(recurrent, f"{args.output}.{args.format}", args.genotype))
         return
     if args.side_by_side:  # NNI's picture: both cells in one image
         print(draw_side_by_side(gt.load(args.genotype), f"{args.output}.{args.format}", args.genotype))

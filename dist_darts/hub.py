@@ -94,9 +94,9 @@ RECURRENT_PUBLISHED = [
 
 def build_recurrent_model(name: str, dataset: str = "ptb") -> nn.Module:
     """The untrained RNNModel of a recurrent genotype at the original train.py's size for `dataset`."""
-    from .rnn import RNNModel
+    from .spaces.rnn import RNNModel, load_recurrent
     size = RECURRENT_SIZES[dataset]
-    return RNNModel(size.words, size.units, size.units, size.units, genotype=gt.load_recurrent(name))
+    return RNNModel(size.words, size.units, size.units, size.units, genotype=load_recurrent(name))
 
 
 def _dataset(dataset: str):

@@ -1,8 +1,8 @@
 """What the jobs need to know of a search space (its `Space` object): its job configs and jobs (the CLI's
 search, retrain and evaluate run them), and for `dist-darts sweep` how its trials' metrics read, which selection
 score is better, and what its report shows. tune.py runs the three stages alike for every space. The DARTS
-spaces' Space classes are here; another space's lives in its unit and is one row of spaces.TABLE. Nothing here
-imports Ray.
+convolutional space's Space class is here; another space's lives in its unit and is one row of spaces.TABLE.
+Nothing here imports Ray.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from pathlib import Path
 
 from . import collapse
 from . import genotype as gt
-from .config import (EvaluateConfig, RecurrentEvaluateConfig, RecurrentRetrainConfig, RecurrentSearchConfig,
-                     RetrainConfig, SearchConfig)
+from .config import EvaluateConfig, RetrainConfig, SearchConfig
 from .logs import log
 
 
@@ -138,104 +137,6 @@ class ConvSpace:
     def draw_winner(genotype: dict, root: Path) -> list[Path]:
         from .visualize import draw_genotype
         return draw_genotype(gt.from_dict(genotype), root / "winner", "png")
-
-
-class RecurrentSpace(ConvSpace):
-    """Recurrent cells: searches report val_perplexity; selection and final retrains are read from the report
-    each retrain worker sends after its job (the best weights' validation and test perplexity); lower is better."""
-
-    name = "rnn"
-    search_config, retrain_config, evaluate_config = (RecurrentSearchConfig, RecurrentRetrainConfig,
-                                                      RecurrentEvaluateConfig)
-    stand_in_genotype = "RNN_DARTS_V2"
-    to_dict, from_dict, save, format = (staticmethod(gt.recurrent_to_dict), staticmethod(gt.recurrent_from_dict),
-                                        staticmethod(gt.save_recurrent), staticmethod(gt.format_recurrent))
-    select_key, select_name, higher_is_better = "select_val_perplexity", "selection val perplexity", False
-    final_key, final_name, unit = "test_perplexity", "test perplexity", ""
-    paper_select_epochs = 300  # DARTS section 3.2: each candidate cell trained from scratch for 300 epochs on PTB
-    splits = {"search_val_perplexity": "the corpus's validation split, the search's last epoch",
-              "select_val_perplexity": "the corpus's validation split, the selection retrain's best weights",
-              "val_perplexity": "the corpus's validation split, a final retrain's best weights",
-              "test_perplexity": "the corpus's test split, once, after a final retrain"}
-
-    @staticmethod
-    def selection_settings(sweep) -> dict:
-        return {"evaluate_test": False}  # the corpus has its own validation split
-
-    @staticmethod
-    def selection_split(sweep) -> str:
-        return "the corpus's validation split"
-
-    @staticmethod
-    def check_data(cfg) -> None:
-        from .data.text import load_text
-        load_text(cfg.dataset, cfg.data_dir, cfg.download)
-
-    @staticmethod
-    def job(kind: str):
-        from . import rnn_jobs
-        return rnn_jobs.search if kind == "search" else rnn_jobs.retrain
-
-    @staticmethod
-    def evaluate(cfg) -> dict:
-        from . import rnn_jobs
-        return rnn_jobs.evaluate_checkpoint(cfg)
-
-    @staticmethod
-    def final_report(kind: str, result) -> dict | None:
-        if kind == "search":
-            return None
-        numbers = {"val_perplexity": result.val_perplexity, "test_perplexity": result.test_perplexity}
-        return {"final": True, "params": result.params, **{k: v for k, v in numbers.items() if v is not None}}
-
-    def trial(self, metrics: dict) -> dict:
-        genotype = gt.recurrent_from_dict(json.loads(metrics["genotype"]))
-        return {"search_val_perplexity": metrics["val_perplexity"], "genotype": gt.recurrent_to_dict(genotype)}
-
-    @staticmethod
-    def selection(metrics: dict) -> dict:
-        return {"select_val_perplexity": metrics["val_perplexity"], "params": metrics["params"]}
-
-    @staticmethod
-    def final_run(metrics: dict) -> dict:
-        return {"val_perplexity": metrics["val_perplexity"], "test_perplexity": metrics["test_perplexity"],
-                "params": metrics["params"]}
-
-    @staticmethod
-    def progress(kind: str, result: dict) -> str:
-        if kind == "search":
-            return f"val perplexity {result['val_perplexity']:.2f}"
-        return f"val perplexity {result['val_perplexity']:.2f} (best {result['best_val_perplexity']:.2f})"
-
-    @staticmethod
-    def describe(search_cfg) -> dict:
-        return {"space": "rnn", "dataset": search_cfg.dataset, "unrolled": search_cfg.unrolled}
-
-    @staticmethod
-    def headline(search: dict) -> str:
-        return (f"Searches: recurrent cells on {search['dataset']}, {'2nd' if search['unrolled'] else '1st'} order "
-                f"DARTS. Lower perplexity is better; the winner has the lowest selection val perplexity.\n\n"
-                "Splits: search and selection perplexities are on the corpus's validation split; only the final "
-                "retrains' test perplexity is on its test split.")
-
-    def table(self, trials: list[dict]) -> list[str]:
-        lines = ["| seed | search val perplexity | selection val perplexity | params | genotype |",
-                 "|---:|---:|---:|---:|---|"]
-        for t in trials:
-            lines.append(f"| {t['label']} | {t['search_val_perplexity']:.2f} | {t['select_val_perplexity']:.2f} | "
-                         f"{t['params']:,} | `{self.format(self.from_dict(t['genotype']))}`{t['same']} |")
-        return lines
-
-    @staticmethod
-    def summary(t: dict) -> str:
-        return (f"search ppl {t['search_val_perplexity']:.2f} | select ppl {t['select_val_perplexity']:.2f} | "
-                f"{t['params']:,} params")
-
-    @staticmethod
-    def draw_winner(genotype: dict, root: Path) -> list[Path]:
-        from .visualize import draw_recurrent_cell
-        return [draw_recurrent_cell(gt.recurrent_from_dict(genotype), root / "winner_recurrent.png",
-                                    "the winner's recurrent cell")]
 
 
 def best_trial(space, trials: list[dict]) -> dict:

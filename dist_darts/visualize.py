@@ -19,7 +19,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from . import genotype as gt
-from .genotype import PRIMITIVES, RNN_PRIMITIVES, RNN_STEPS, Genotype, RecurrentGenotype, steps_for_edges
+from .genotype import PRIMITIVES, Genotype, steps_for_edges
+from .spaces.rnn.genotype import RNN_PRIMITIVES, RNN_STEPS, RecurrentGenotype
 
 FORMATS = ("png", "svg", "pdf")
 log = logging.getLogger("dist_darts")

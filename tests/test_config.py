@@ -123,7 +123,7 @@ def test_resume_needs_a_run_folder():
 
 
 def test_recurrent_jobs_take_a_fresh_dated_folder_and_overwrite_like_the_others():
-    from dist_darts.config import RecurrentRetrainConfig, RecurrentSearchConfig
+    from dist_darts.spaces.rnn.config import RecurrentRetrainConfig, RecurrentSearchConfig
     for cls, kind in ((RecurrentSearchConfig, "rnn_search"), (RecurrentRetrainConfig, "rnn_retrain")):
         c = cls(dataset="pydoc")
         assert c.output is None and c.run_kind == kind and cls(dataset="pydoc", overwrite=True).overwrite

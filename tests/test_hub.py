@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from dist_darts import genotype as gt
+from dist_darts.spaces.rnn import genotype as rgt
 from dist_darts.checkpoint import CheckpointError
 from dist_darts import hub
 from dist_darts.hub import (PUBLISHED, Published, Weights, build_searched_model, catalogue, file_sha256,
@@ -34,7 +35,7 @@ def test_recurrent_rows_count_the_original_sizes():
     assert rows["RNN_ENAS", "ptb"]["params"] == 27_295_000
     assert rows["RNN_DARTS_V2", "wt2"]["params"] == 33_127_878 and rows["RNN_ENAS", "wt2"]["params"] == 36_067_878
     assert "55.68" in rows["RNN_DARTS_V2", "ptb"]["reported_error"]
-    assert not set(r["name"] for r in rows.values()) & set(gt.GENOTYPES) & set(gt.RNN_GENOTYPES)
+    assert not set(r["name"] for r in rows.values()) & set(gt.GENOTYPES) & set(rgt.RNN_GENOTYPES)
 
 
 def test_hub_list_cli():

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from dist_darts.checkpoint import CheckpointError
-from dist_darts.genotype import RNN_DARTS_V2
-from dist_darts.original_rnn import read_torch_model
-from dist_darts.rnn import DARTSCell, RNNModel
+from dist_darts.spaces.rnn.genotype import RNN_DARTS_V2
+from dist_darts.spaces.rnn.networks import DARTSCell, RNNModel
+from dist_darts.spaces.rnn.original import read_torch_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

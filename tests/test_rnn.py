@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dist_darts import genotype as gt
-from dist_darts.rnn import RNNModel, RNNModelSearch, detach_hidden
+from dist_darts.spaces.rnn import genotype as rgt
+from dist_darts.spaces.rnn.networks import RNNModel, RNNModelSearch, detach_hidden
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -107,12 +107,12 @@ def test_search_network_interface(fixtures_dir):
     assert model.decoder.weight is model.encoder.weight
     with torch.no_grad():
         model.alphas.copy_(ref["alphas"])
-    assert gt.recurrent_to_dict(model.genotype()) == ref["genotype"]
+    assert rgt.recurrent_to_dict(model.genotype()) == ref["genotype"]
 
 
 def test_hidden_state_and_return_h_shapes():
     torch.manual_seed(0)
-    model = RNNModel(30, 8, 8, 8, genotype=gt.RNN_DARTS_V1)
+    model = RNNModel(30, 8, 8, 8, genotype=rgt.RNN_DARTS_V1)
     hidden = model.init_hidden(4)
     assert len(hidden) == 1 and hidden[0].shape == (1, 4, 8) and not hidden[0].any()
     x = torch.randint(0, 30, (5, 4))

@@ -1,5 +1,5 @@
-"""The recurrent alpha gradient of dist_darts.architect.RecurrentArchitect against the original rnn/architect.py's
-own numbers (fixture original_rnn_architect.pt, see fixtures/README.md).
+"""The recurrent alpha gradient of dist_darts.spaces.rnn.architect.RecurrentArchitect against the original
+rnn/architect.py's own numbers (fixture original_rnn_architect.pt, see fixtures/README.md).
 
 The rules that differ from the convolutional architect, each observable in the fixture:
 R1 the virtual step's training gradient is clipped to `clip` (0.25) and has no momentum term (plain SGD);
@@ -12,8 +12,8 @@ R5 the implicit term is scaled by eta times the training clip coefficient (even 
 import pytest
 import torch
 
-from dist_darts.architect import RecurrentArchitect
-from dist_darts.rnn import RNNModelSearch
+from dist_darts.spaces.rnn.architect import RecurrentArchitect
+from dist_darts.spaces.rnn.networks import RNNModelSearch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,21 +6,23 @@ import pytest
 import torch
 
 from dist_darts import genotype as gt
-from dist_darts.genotype import RNN_PRIMITIVES, GenotypeError
+from dist_darts.spaces.rnn import genotype as rgt
+from dist_darts.genotype import GenotypeError
+from dist_darts.spaces.rnn.genotype import RNN_PRIMITIVES
 
 
 def test_published_recurrent_cells():
     assert RNN_PRIMITIVES == ["none", "tanh", "relu", "sigmoid", "identity"]
-    assert gt.RNN_DARTS is gt.RNN_DARTS_V2
-    assert gt.RNN_DARTS_V2.recurrent[5] == ("sigmoid", 5) and gt.RNN_DARTS_V2.concat == list(range(1, 9))
-    assert len(gt.RNN_ENAS.recurrent) == 11 and gt.RNN_ENAS.concat == [2, 5, 6, 9, 10, 11]
-    for name, g in gt.RNN_GENOTYPES.items():
+    assert rgt.RNN_DARTS is rgt.RNN_DARTS_V2
+    assert rgt.RNN_DARTS_V2.recurrent[5] == ("sigmoid", 5) and rgt.RNN_DARTS_V2.concat == list(range(1, 9))
+    assert len(rgt.RNN_ENAS.recurrent) == 11 and rgt.RNN_ENAS.concat == [2, 5, 6, 9, 10, 11]
+    for name, g in rgt.RNN_GENOTYPES.items():
         assert name.startswith("RNN_") and name not in gt.GENOTYPES
-        assert gt.load_recurrent(name) is g and gt.validate_recurrent(g) is g
-    assert gt.format_recurrent(gt.RNN_DARTS_V1) == (
+        assert rgt.load_recurrent(name) is g and rgt.validate_recurrent(g) is g
+    assert rgt.format_recurrent(rgt.RNN_DARTS_V1) == (
         "Genotype(recurrent=[('relu', 0), ('relu', 1), ('tanh', 2), ('relu', 3), ('relu', 4), ('identity', 1), "
         "('relu', 5), ('relu', 1)], concat=range(1, 9))")
-    assert gt.format_recurrent(gt.RNN_ENAS).endswith("concat=[2, 5, 6, 9, 10, 11])")
+    assert rgt.format_recurrent(rgt.RNN_ENAS).endswith("concat=[2, 5, 6, 9, 10, 11])")
 
 
 def test_derive_matches_the_originals_parse_on_many_draws(fixtures_dir):
@@ -28,7 +30,7 @@ def test_derive_matches_the_originals_parse_on_many_draws(fixtures_dir):
     draws, expected = ref["parse_alphas"], ref["parse_genotypes"]
     assert len(draws) == len(expected) == 300
     for alphas, want in zip(draws, expected):
-        assert gt.recurrent_to_dict(gt.derive_recurrent(alphas)) == want
+        assert rgt.recurrent_to_dict(rgt.derive_recurrent(alphas)) == want
 
 
 def test_derive_rules_on_hand_set_alphas():
@@ -36,7 +38,7 @@ def test_derive_rules_on_hand_set_alphas():
     alphas[:, 0] = 10.0  # 'none' is strongest everywhere, and never chosen
     alphas[0, 3] = 2.0  # node 1: its only input (state 0), sigmoid
     alphas[2, 1] = 3.0  # node 2: input 1 (edge offset 1 + j), tanh
-    g = gt.derive_recurrent(alphas)
+    g = rgt.derive_recurrent(alphas)
     assert g.recurrent[0] == ("sigmoid", 0) and g.recurrent[1] == ("tanh", 1)
     assert g.recurrent[2] == ("tanh", 0)  # all tied: the lower input, the first activation
     assert g.concat == list(range(1, 9))
@@ -44,17 +46,17 @@ def test_derive_rules_on_hand_set_alphas():
 
 def test_derive_rejects_wrong_shapes():
     with pytest.raises(GenotypeError, match=r"expected shape \(36, 5\), got \(14, 8\)"):
-        gt.derive_recurrent(torch.zeros(14, 8))
+        rgt.derive_recurrent(torch.zeros(14, 8))
 
 
 def test_json_round_trip(tmp_path):
     path = tmp_path / "genotype.json"
-    gt.save_recurrent(gt.RNN_ENAS, path)
+    rgt.save_recurrent(rgt.RNN_ENAS, path)
     d = json.loads(path.read_text())
-    assert d["recurrent"][0] == ["tanh", 0] and gt.is_recurrent_dict(d) and not gt.is_recurrent_dict(
+    assert d["recurrent"][0] == ["tanh", 0] and rgt.is_recurrent_dict(d) and not rgt.is_recurrent_dict(
         gt.to_dict(gt.DARTS_V2))
-    assert gt.load_recurrent(str(path)) == gt.RNN_ENAS
-    assert gt.load_recurrent(d) == gt.RNN_ENAS
+    assert rgt.load_recurrent(str(path)) == rgt.RNN_ENAS
+    assert rgt.load_recurrent(d) == rgt.RNN_ENAS
     assert not list(tmp_path.glob("*.tmp"))
 
 
@@ -74,14 +76,14 @@ def test_bad_files_give_one_line(tmp_path, content, message):
     path = tmp_path / "g.json"
     path.write_text(content)
     with pytest.raises(GenotypeError, match=message) as info:
-        gt.load_recurrent(str(path))
+        rgt.load_recurrent(str(path))
     assert "\n" not in str(info.value) and str(path) in str(info.value)
 
 
 def test_unknown_and_convolutional_names():
     with pytest.raises(GenotypeError, match="neither a known name"):
-        gt.load_recurrent("RNN_NOPE")
+        rgt.load_recurrent("RNN_NOPE")
     with pytest.raises(GenotypeError, match="'DARTS_V2' is a convolutional cell"):
-        gt.load_recurrent("DARTS_V2")
+        rgt.load_recurrent("DARTS_V2")
     with pytest.raises(GenotypeError, match="recurrent cell.*--space rnn"):  # the CNN loader points to the space
-        gt.load(gt.recurrent_to_dict(gt.RNN_DARTS_V2))
+        gt.load(rgt.recurrent_to_dict(rgt.RNN_DARTS_V2))

@@ -2,12 +2,12 @@ import pytest
 import torch
 from PIL import Image
 
-from dist_darts import genotype as gt
+from dist_darts.spaces.rnn import genotype as rgt
 from dist_darts.visualize import DrawingError, draw_recurrent_cell, plot_recurrent_alphas, recurrent_edge_labels
 
 
 def test_recurrent_cell_png_is_a_real_image(tmp_path):
-    path = draw_recurrent_cell(gt.RNN_DARTS_V2, tmp_path / "cells" / "rnn.png", title="DARTS (2nd order)")
+    path = draw_recurrent_cell(rgt.RNN_DARTS_V2, tmp_path / "cells" / "rnn.png", title="DARTS (2nd order)")
     with Image.open(path) as im:
         im.verify()
         assert im.format == "PNG"
@@ -16,21 +16,21 @@ def test_recurrent_cell_png_is_a_real_image(tmp_path):
 
 
 def test_svg_has_the_originals_nodes_and_labels(tmp_path):
-    svg = draw_recurrent_cell(gt.RNN_DARTS_V2, tmp_path / "rnn.svg").read_text()
+    svg = draw_recurrent_cell(rgt.RNN_DARTS_V2, tmp_path / "rnn.svg").read_text()
     for label in ("x_{t}", "h_{t&#45;1}", "h_{t}", ">0<", ">8<", "sigmoid", "identity", "relu", "tanh"):
         assert label in svg, label
     assert svg.count("&#45;&gt;h_{t}</title>") == 8  # every node 1..8 feeds h_t
 
 
 def test_enas_cell_feeds_h_t_from_its_concat_only(tmp_path):
-    svg = draw_recurrent_cell(gt.RNN_ENAS, tmp_path / "enas.svg").read_text()
+    svg = draw_recurrent_cell(rgt.RNN_ENAS, tmp_path / "enas.svg").read_text()
     assert ">11<" in svg and svg.count("&#45;&gt;h_{t}</title>") == 6
 
 
 def test_pdf_and_unknown_format(tmp_path):
-    assert draw_recurrent_cell(gt.RNN_DARTS_V1, tmp_path / "c.pdf").read_bytes().startswith(b"%PDF")
+    assert draw_recurrent_cell(rgt.RNN_DARTS_V1, tmp_path / "c.pdf").read_bytes().startswith(b"%PDF")
     with pytest.raises(DrawingError, match="use a .png, .svg or .pdf"):
-        draw_recurrent_cell(gt.RNN_DARTS_V1, tmp_path / "c.jpg")
+        draw_recurrent_cell(rgt.RNN_DARTS_V1, tmp_path / "c.jpg")
 
 
 def test_plot_recurrent_alphas(tmp_path):

@@ -15,6 +15,7 @@ import pytest
 
 from dist_darts import genotype as gt
 from dist_darts.config import ConfigError, SweepConfig
+from dist_darts.spaces.rnn import genotype as rgt
 from helpers import checkpoint_step, env_for_subprocess
 
 pytestmark = pytest.mark.slow  # whole sweeps on a real Ray runtime
@@ -147,8 +148,8 @@ def test_recurrent_sweep_ranks_by_perplexity(tmp_path):
     trials = report["trials"]
     assert [t["seed"] for t in trials] == [0, 1]
     for t in trials:
-        gt.recurrent_from_dict(t["genotype"])  # a valid recurrent cell
-        assert t["genotype"] == gt.recurrent_to_dict(gt.load_recurrent(str(out / "search" / f"seed_{t['seed']}" /
+        rgt.recurrent_from_dict(t["genotype"])  # a valid recurrent cell
+        assert t["genotype"] == rgt.recurrent_to_dict(rgt.load_recurrent(str(out / "search" / f"seed_{t['seed']}" /
                                                                            "genotype.json")))
         assert math.isfinite(t["search_val_perplexity"]) and t["params"] > 0
     best = min(trials, key=lambda t: (t["select_val_perplexity"], t["seed"]))

@@ -1,9 +1,9 @@
 """Search spaces, one unit each, and the one table of them that the CLI, the sweep and the configs consult.
 
 A space's unit holds its networks, genotype type (read, write, derive, draw), job settings, jobs and what its
-sweep reports (a `Space` object: sweep_spaces.py describes the protocol). ``nb201`` (NAS-Bench-201) is a
-subpackage here; the DARTS convolutional and recurrent spaces still live in the shared modules (supernet.py,
-model.py, genotype.py, rnn.py, search.py, train.py, rnn_jobs.py) until they move here. A new space is one
+sweep reports (a `Space` object: sweep_spaces.py describes the protocol). ``rnn`` (the DARTS recurrent space) and
+``nb201`` (NAS-Bench-201) are subpackages here; the DARTS convolutional space, which the others' jobs build on,
+still lives in the shared modules (supernet.py, model.py, genotype.py, search.py, train.py). A new space is one
 folder plus one row of TABLE.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Mapping
 TABLE = {
     "cnn": ("dist_darts.sweep_spaces", "ConvSpace", "convolutional cells on images (the DARTS paper's CIFAR and "
                                                     "ImageNet space)"),
-    "rnn": ("dist_darts.sweep_spaces", "RecurrentSpace", "recurrent cells on text (the original's rnn/ code)"),
+    "rnn": ("dist_darts.spaces.rnn.sweep", "RecurrentSpace", "recurrent cells on text (the original's rnn/ code)"),
     "nb201": ("dist_darts.spaces.nb201.sweep", "NB201Space", "NAS-Bench-201's cell on images, each epoch's cell "
                                                             "looked up in the benchmark (docs/nas-bench-201.md)"),
 }

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from ...genotype import GenotypeError, _read_file
+from ...genotype import GenotypeError, read_file
 from ...runfolder import atomic_write
 
 OPS = ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"]  # the benchmark's order
@@ -104,7 +104,7 @@ def load(arch_or_path) -> str:
     if not os.path.exists(key):
         raise GenotypeError(f"NAS-Bench-201 genotype {key!r}: neither an arch string (|op~0|+...) nor an existing "
                             "file")
-    return _read_file(key, from_dict)
+    return read_file(key, from_dict)
 
 
 def draw(arch_str: str, path: str | os.PathLike, title: str = ""):

@@ -21,22 +21,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import checkpoint as ckpt_io
-from . import genotype as gt
+from ... import checkpoint as ckpt_io
+from ...data.text import (Corpus, batchify, epoch_schedule, eval_batches, load_text, search_batches, shard_columns,
+                          train_batches)
+from ...distributed import (DistEnv, all_gather_object, all_reduce_mean_, all_reduce_sum, barrier,
+                            seed_model_randomness)
+from ...driver import EpochEnd, StepOutput, run_epochs
+from ...job import EpochHook, Job, run_job
+from ...logs import log, summary_table
+from ...meters import LossMeter, perplexity
+from ...model import count_parameters
+from ...parallel import check_replicas, prepare_model
+from ...runfolder import atomic_write, best_checkpoint_path
+from . import genotype as rgt
 from .architect import RecurrentArchitect
 from .config import RecurrentEvaluateConfig, RecurrentRetrainConfig, RecurrentSearchConfig
-from .data.text import (Corpus, batchify, eval_batches, load_text, search_batches, shard_columns,
-                        train_batches, epoch_schedule)
-from .distributed import (DistEnv, all_gather_object, all_reduce_mean_, all_reduce_sum, barrier,
-    seed_model_randomness)
-from .driver import EpochEnd, StepOutput, run_epochs
-from .job import EpochHook, Job, run_job
-from .logs import log, summary_table
-from .meters import LossMeter, perplexity
-from .model import count_parameters
-from .parallel import check_replicas, prepare_model
-from .rnn import RNNModel, RNNModelSearch, detach_hidden
-from .runfolder import atomic_write, best_checkpoint_path
+from .networks import RNNModel, RNNModelSearch, detach_hidden
 
 # settings that define the run; a resume with any of them changed is refused
 SEARCH_RESUME_KEYS = ("dataset", "batch_size", "bptt", "emsize", "nhid", "unrolled", "epochs", "seed")
@@ -130,7 +130,7 @@ def weight_step(model: RNNModel, train_model: nn.Module, optimizer: torch.optim.
 
 @dataclass
 class RecurrentSearchResult:
-    genotype: gt.RecurrentGenotype
+    genotype: rgt.RecurrentGenotype
     val_perplexity: float
     train_perplexity: float
     epochs: int
@@ -209,18 +209,18 @@ class RecurrentSearchTask:
         val_loss = evaluate_loss(model, self.val_data, cfg.eval_batch_size, self.val_rows, cfg.bptt, self.job.autocast)
         genotype = model.genotype()
         if self.job.env.is_main:
-            gt.save_recurrent(genotype, _mkdir(self.job.run_dir / "genotypes") / f"epoch_{epoch:03d}.json")
+            rgt.save_recurrent(genotype, _mkdir(self.job.run_dir / "genotypes") / f"epoch_{epoch:03d}.json")
             atomic_write(_mkdir(self.job.run_dir / "alphas") / f"epoch_{epoch:03d}.pt",
                          lambda f: torch.save({"alphas": model.alphas.detach().cpu()}, f))
         row = {"epoch": epoch + 1, "lr": cfg.learning_rate, "train_loss": train["loss"],
                "train_perplexity": perplexity(train["loss"]), "val_loss": val_loss,
                "val_perplexity": perplexity(val_loss)}
         return EpochEnd(
-            metrics={**row, "genotype": json.dumps(gt.recurrent_to_dict(genotype))},
-            row={**row, "genotype": gt.recurrent_to_dict(genotype)},
+            metrics={**row, "genotype": json.dumps(rgt.recurrent_to_dict(genotype))},
+            row={**row, "genotype": rgt.recurrent_to_dict(genotype)},
             scalars={f"search/{k}": v for k, v in row.items() if k != "epoch"},
             line=f"epoch {epoch + 1}/{cfg.epochs} | train loss {train['loss']:.4f} ppl {row['train_perplexity']:.2f} "
-                 f"| val loss {val_loss:.4f} ppl {row['val_perplexity']:.2f} | {gt.format_recurrent(genotype)}")
+                 f"| val loss {val_loss:.4f} ppl {row['val_perplexity']:.2f} | {rgt.format_recurrent(genotype)}")
 
 
 def _mkdir(path: Path) -> Path:
@@ -243,11 +243,11 @@ def _search(job: Job, on_epoch: EpochHook | None) -> RecurrentSearchResult:
     result = RecurrentSearchResult(genotype, perplexity(metrics["val_loss"]), perplexity(metrics["train_loss"]),
                                    cfg.epochs, str(job.run_dir), seconds)
     if env.is_main:
-        gt.save_recurrent(genotype, job.run_dir / "genotype.json")
+        rgt.save_recurrent(genotype, job.run_dir / "genotype.json")
         atomic_write(job.run_dir / "alphas.pt", lambda f: torch.save({"alphas": model.alphas.detach().cpu()}, f))
         drawings = _draw(job.run_dir, genotype, model.alphas)
         atomic_write(job.run_dir / "result.json", json.dumps({
-            "genotype": gt.recurrent_to_dict(genotype), "val_perplexity": result.val_perplexity,
+            "genotype": rgt.recurrent_to_dict(genotype), "val_perplexity": result.val_perplexity,
             "train_perplexity": result.train_perplexity, "epochs": cfg.epochs, "world_size": env.world_size,
             "seconds": seconds, "replica_digest": digest}, indent=2) + "\n")
         log.info("recurrent search finished\n%s", summary_table([
@@ -261,13 +261,13 @@ def _search(job: Job, on_epoch: EpochHook | None) -> RecurrentSearchResult:
             ("genotype", str(job.run_dir / "genotype.json")),
             ("drawings", ", ".join(drawings) or "none"),
         ]))
-        print(gt.format_recurrent(genotype))
+        print(rgt.format_recurrent(genotype))
     return result
 
 
-def _draw(run_dir: Path, genotype: gt.RecurrentGenotype, alphas: torch.Tensor) -> list[str]:
+def _draw(run_dir: Path, genotype: rgt.RecurrentGenotype, alphas: torch.Tensor) -> list[str]:
     """The cell drawing and the alpha plot; a machine without Graphviz or matplotlib gets a warning, not a crash."""
-    from . import visualize
+    from ... import visualize
     paths = []
     for what, draw in (("cell drawing", lambda: visualize.draw_recurrent_cell(genotype, run_dir / "genotype.png")),
                        ("alpha plot", lambda: visualize.plot_recurrent_alphas(
@@ -299,7 +299,7 @@ class RecurrentRetrainTask:
     meter = LossMeter
     resume_keys = RETRAIN_RESUME_KEYS
 
-    def __init__(self, job: Job, corpus: Corpus, genotype: gt.RecurrentGenotype):
+    def __init__(self, job: Job, corpus: Corpus, genotype: rgt.RecurrentGenotype):
         cfg, env, self.job, self.genotype = job.cfg, job.env, job, genotype
         self.ntoken = len(corpus.dictionary)
         self.columns = cfg.batch_size // env.world_size
@@ -340,7 +340,7 @@ class RecurrentRetrainTask:
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "asgd": self.asgd,
                 "averaged": self.averaged(), "hidden": _gathered_hidden(self.hidden), "best": self.best,
-                "val_losses": list(self.val_losses), "genotype": gt.recurrent_to_dict(self.genotype),
+                "val_losses": list(self.val_losses), "genotype": rgt.recurrent_to_dict(self.genotype),
                 "ntoken": self.ntoken}
 
     def load_state_dict(self, state: dict) -> None:
@@ -352,7 +352,7 @@ class RecurrentRetrainTask:
         self.best, self.val_losses = state["best"], list(state["val_losses"])
 
     def identity(self) -> dict:
-        return {"genotype": gt.recurrent_to_dict(self.genotype)}
+        return {"genotype": rgt.recurrent_to_dict(self.genotype)}
 
     def begin_epoch(self, epoch: int, start_step: int):
         cfg = self.job.cfg
@@ -420,11 +420,11 @@ def swapped_weights(model: nn.Module, weights: dict):
 
 def retrain(cfg: RecurrentRetrainConfig, on_epoch: EpochHook | None = None) -> RecurrentTrainResult:
     """Recurrent retrain; `on_epoch(metrics, checkpoint)` is called on every rank after each epoch's checkpoint."""
-    genotype = gt.load_recurrent(cfg.genotype)  # a bad genotype fails before any process group forms
+    genotype = rgt.load_recurrent(cfg.genotype)  # a bad genotype fails before any process group forms
     return run_job(cfg, _retrain, genotype, on_epoch)
 
 
-def _retrain(job: Job, genotype: gt.RecurrentGenotype, on_epoch: EpochHook | None) -> RecurrentTrainResult:
+def _retrain(job: Job, genotype: rgt.RecurrentGenotype, on_epoch: EpochHook | None) -> RecurrentTrainResult:
     cfg, env = job.cfg, job.env
     task = RecurrentRetrainTask(job, load_corpus(cfg, env), genotype)
     run_epochs(job, task, on_epoch)
@@ -441,7 +441,7 @@ def _retrain(job: Job, genotype: gt.RecurrentGenotype, on_epoch: EpochHook | Non
         _write_metrics(job.run_dir, {"val_perplexity": result.val_perplexity,
                                      "test_perplexity": result.test_perplexity, "val_loss": val_loss,
                                      "test_loss": test_loss, "params": task.params, "epochs": cfg.epochs,
-                                     "best_epoch": best["epoch"], "genotype": gt.recurrent_to_dict(genotype),
+                                     "best_epoch": best["epoch"], "genotype": rgt.recurrent_to_dict(genotype),
                                      "world_size": env.world_size, "seconds": seconds})
         log.info("recurrent retrain finished\n%s", summary_table([
             ("run folder", str(job.run_dir)),
@@ -477,7 +477,7 @@ def read_model_file(cfg: RecurrentEvaluateConfig) -> tuple[dict, dict, Recurrent
     try:
         obj = ckpt_io.read(cfg.checkpoint)
     except ckpt_io.CheckpointCorrupted as e:  # a whole pickled model is no weights-only file
-        from .original_rnn import read_torch_model
+        from .original import read_torch_model
         model_args, weights = read_torch_model(cfg.checkpoint, reason=str(e))
         return model_args, weights, with_checkpoint_data(cfg, None)
     ckpt = ckpt_io.verify(obj, cfg.checkpoint, "rnn_retrain")
@@ -514,7 +514,7 @@ def checkpoint_model(ckpt: dict) -> tuple[dict, dict]:
     c = ckpt["config"]
     args = dict(ntoken=ckpt["ntoken"], ninp=c["emsize"], nhid=c["nhid"], nhidlast=c["nhid"], dropout=c["dropout"],
                 dropouth=c["dropouth"], dropoutx=c["dropoutx"], dropouti=c["dropouti"], dropoute=c["dropoute"],
-                genotype=gt.recurrent_from_dict(ckpt["genotype"]))
+                genotype=rgt.recurrent_from_dict(ckpt["genotype"]))
     return args, evaluated_weights(ckpt)
 
 

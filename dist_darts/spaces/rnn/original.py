@@ -17,9 +17,9 @@ import zipfile
 
 import torch
 
-from . import genotype as gt
-from . import safe_pickle
-from .checkpoint import CheckpointError
+from ... import safe_pickle
+from ...checkpoint import CheckpointError
+from . import genotype as rgt
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization's MAGIC_NUMBER
 _DTYPES = {"Float": torch.float32, "Double": torch.float64, "Half": torch.float16, "Long": torch.int64,
@@ -176,7 +176,7 @@ def read_torch_model(path: str | os.PathLike, reason: str = "") -> tuple[dict, d
                           nhidlast=int(s["nhidlast"]), dropout=float(s["dropout"]),
                           dropouth=float(cell.state["dropouth"]), dropoutx=float(cell.state["dropoutx"]),
                           dropouti=float(s["dropouti"]), dropoute=float(s["dropoute"]),
-                          genotype=gt.load_recurrent({"recurrent": [list(e) for e in recurrent],
+                          genotype=rgt.load_recurrent({"recurrent": [list(e) for e in recurrent],
                                                       "concat": list(concat)}))
     except (KeyError, AttributeError, TypeError, ValueError) as e:
         raise CheckpointError(f"{what}: a pickled RNNModel without the original's attributes ({e!r:.80})") from None

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .genotype import (RNN_DARTS_V2, RNN_NUM_EDGES, RNN_PRIMITIVES, RNN_STEPS, RecurrentGenotype,
-    derive_recurrent, load_recurrent)
+                       derive_recurrent, load_recurrent)
 
 INITRANGE = 0.04  # every weight starts uniform in (-INITRANGE, INITRANGE), as in the original
 
