@@ -14,7 +14,9 @@ from importlib.metadata import version
 from . import genotype as gt
 from . import config
 from .config import DATASETS, ConfigError
+from .method_table import DEFAULT as DEFAULT_METHOD
 from .methods import METHODS
+from .spaces import DEFAULT as DEFAULT_SPACE
 from .spaces import SPACES, described
 
 
@@ -243,13 +245,15 @@ def cmd_hub_list(args):
 
 def _add_space(parser: argparse.ArgumentParser, space: str) -> None:
     parser.add_argument("--space", choices=list(SPACES), default=space,
-                        help=f"search space: {described()}; it also picks the options listed here (default: cnn)")
+                        help=f"search space: {described()}; it also picks the options listed here (default: "
+                             f"{DEFAULT_SPACE})")
 
 
 def requested_space(argv) -> str:
-    """The --space an argument list asks for (cnn when none): it decides which options the job parser has."""
+    """The --space an argument list asks for (the table's default when none): it decides which options the job
+    parser has."""
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--space", default="cnn")
+    pre.add_argument("--space", default=DEFAULT_SPACE)
     return pre.parse_known_args(argv)[0].space
 
 
@@ -260,10 +264,10 @@ class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
         return action.help if "(default:" in (action.help or "") else super()._get_help_string(action)
 
 
-def build_parser(space: str = "cnn") -> argparse.ArgumentParser:
+def build_parser(space: str = DEFAULT_SPACE) -> argparse.ArgumentParser:
     """The parser; `space` picks the option set of the jobs (search, retrain, evaluate)."""
-    jobs = {kind: SPACES[space if space in SPACES else "cnn"].config(kind) for kind in ("search", "retrain",
-                                                                                       "evaluate")}
+    jobs = {kind: SPACES[space if space in SPACES else DEFAULT_SPACE].config(kind)
+            for kind in ("search", "retrain", "evaluate")}
     fmt = _DefaultsHelp
     parser = argparse.ArgumentParser(prog="dist-darts", description="Distributed Differentiable Architecture "
                                      "Search (DARTS): search, retrain, evaluate, sweep, genotypes, models and the "
@@ -344,7 +348,7 @@ def build_parser(space: str = "cnn") -> argparse.ArgumentParser:
     p.add_argument("--output", default="alphas.png", help="plot file (.png, .svg or .pdf)")
     p.add_argument("--max-skip", type=int, default=None, metavar="N",
                    help="at most N skip_connects in the normal cell (P-DARTS's rule, as search --max-skip)")
-    p.add_argument("--method", choices=list(METHODS), default="darts",
+    p.add_argument("--method", choices=list(METHODS), default=DEFAULT_METHOD,
                    help="the search's --method: fair-darts's cells rank sigmoids of the alphas, the others' softmax")
     p.set_defaults(func=cmd_genotype_alphas)
 

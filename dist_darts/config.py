@@ -18,9 +18,10 @@ from typing import NamedTuple
 
 import yaml
 
+from . import method_table
 from .errors import ConfigError
 from .runfolder import atomic_write, default_evaluate_output
-from .spaces import NAMES as SPACES
+from . import spaces
 
 
 class DatasetInfo(NamedTuple):
@@ -237,11 +238,8 @@ class SearchConfig(JobConfig):
                             "(PC-DARTS' ImageNet search network: three stride-2 convolutions, 224 px to 28 px "
                             "before the cells), auto = imagenet for inputs of 112 px and more", "model",
                     choices=("auto", "cifar", "imagenet"))
-    method: str = opt("darts", "how the alphas weigh the ops: darts (softmax), darts-minus (an auxiliary skip on every "
-                               "edge, weight 1 -> 0), beta-darts (beta-decay penalty on the alphas), sdarts-rs "
-                               "(uniform noise on softmax(alphas) in the weight step), fair-darts (sigmoids + zero-one "
-                               "loss), drnas (Dirichlet samples); see docs/methods.md", "architecture search",
-                      choices=("darts", "darts-minus", "beta-darts", "sdarts-rs", "fair-darts", "drnas"))
+    method: str = opt(method_table.DEFAULT, f"how the alphas weigh the ops: {method_table.described()}; see "
+                                            "docs/methods.md", "architecture search", choices=tuple(method_table.TABLE))
     hessian_every: int = opt(0, "every N epochs, estimate the largest eigenvalue of the validation loss's Hessian "
                                 "in the alphas (RobustDARTS' collapse signal, which its authors estimate every 2 "
                                 "epochs; 20 power-iteration steps of 2 forward/backward passes on one validation "
@@ -331,10 +329,9 @@ class SearchConfig(JobConfig):
         check_ranges(self, minimum=0, names=("eigenvalue_start_epoch",))
         if self.eigenvalue_factor <= 0:
             raise ConfigError(f"eigenvalue-factor: must be > 0, got {self.eigenvalue_factor}")
-        if self.method == "drnas" and self.partial_channels > 1:  # docs/methods.md: what DrNAS's authors run
-            raise ConfigError("partial-channels: DrNAS's progressive learning (partial channels K=6 -> 4 with the ops "
-                              "pruned 7 -> 4 at epoch 25) is not built, and PC-DARTS's edge normalisation is no part "
-                              "of DrNAS; use --partial-channels 1 with --method drnas")
+        refusal = method_table.TABLE[self.method].partial_channels_refusal
+        if refusal and self.partial_channels > 1:
+            raise ConfigError(f"partial-channels: {refusal}")
         if self.derive == "darts-pt" and self.early_stop != "none":  # the selection needs the whole search first
             raise ConfigError("early-stop: DARTS-PT selects the cell after the whole search; use --early-stop none "
                               "with --derive darts-pt")
@@ -467,9 +464,9 @@ SWEEP_PASSED = tuple(f.name for f in dataclasses.fields(DataConfig) + dataclasse
 class SweepSettings:
     """The DARTS authors' protocol as one job: seeded searches, short selection retrains, the winner's retrain."""
 
-    space: str = opt("cnn", "search space of every trial: cnn (convolutional cells, ranked by top-1), rnn "
-                            "(recurrent cells, ranked by perplexity) or nb201 (NAS-Bench-201's cell, ranked by "
-                            "top-1)", "runtime", choices=SPACES)
+    space: str = opt(spaces.DEFAULT, f"search space of every trial, whose cells it ranks by its own score (top-1 "
+                                      f"on images, perplexity on text): {spaces.described()}", "runtime",
+                     choices=spaces.NAMES)
     seeds: str = opt("4", "N seeds (0..N-1) or a comma-separated list of seeds", "runtime")
     workers_per_trial: int = opt(1, "DDP workers (ranks) per search and selection trial", "distributed")
     final_workers: int = opt(0, "DDP workers of each final retrain (0 = workers-per-trial)", "distributed")
@@ -518,9 +515,7 @@ class SweepSettings:
             raise ConfigError(f"select-val-portion: must be between 0 and 1, got {self.select_val_portion}")
         if not 0.0 <= self.select_train_subset < 1.0:
             raise ConfigError(f"select-train-subset: must be in [0, 1), got {self.select_train_subset}")
-        if self.select_train_subset and self.space == "rnn":
-            raise ConfigError("select-train-subset: the image spaces' selection retrains train on a subset; --space "
-                              "rnn's read the corpus")
+        spaces.SPACES[self.space].check_sweep(self)
         check_ranges(self, minimum=0, names=("final_workers", "gpus_per_worker", "max_concurrent_trials",
                                              "max_failures"))
         if self.cpus_per_worker <= 0:
@@ -608,27 +603,17 @@ def load_yaml(path: str) -> dict:
 
 PRESETS = Path(__file__).resolve().parent / "presets"
 
-# --method X brings the settings its authors' released code searches the DARTS space with, wherever they differ
-# from DARTS's (the SearchConfig defaults); a key given in the YAML file or on the command line still wins. The
-# base batch is the authors' batch, so the scaling rules give their rates at it. Sources (file:line) and the
-# settings not taken over: docs/methods.md.
-METHOD_DEFAULTS = {
-    "fair-darts": {"batch_size": 128, "base_batch_size": 128, "learning_rate": 0.005, "arch_learning_rate": 3e-3,
-                   "arch_beta1": 0.9},
-    "drnas": {"learning_rate": 0.1, "learning_rate_min": 0.0, "arch_learning_rate": 6e-4},
-}
-
-
 def method_defaults(method: str, given: dict) -> dict:
-    """The settings --method `method` brings that `given` (the keys set explicitly) does not set."""
-    return {k: v for k, v in METHOD_DEFAULTS.get(method, {}).items() if k not in given}
+    """The settings --method `method` brings (its authors', method_table.py) that `given` (the keys set explicitly)
+    does not set."""
+    return {k: v for k, v in method_table.TABLE[method].authors_settings.items() if k not in given}
 
 
 def build(cls, yaml_values: dict | None = None, overrides: dict | None = None, source: str = "config"):
     """A config of type cls from YAML values and explicit overrides, checked field by field.
 
     Under both lies the data set's preset for this kind of job, where one exists: presets/KIND_DATASET.yaml
-    (the ImageNet retrain recipe), and under that a search method's own settings (METHOD_DEFAULTS)."""
+    (the ImageNet retrain recipe), and under that a search method's own settings (method_table.py)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
     for where, given in ((source, yaml_values or {}), ("command line", overrides or {})):

@@ -43,15 +43,15 @@ import torch
 import torch.nn.functional as F
 
 from .genotype import NONE_INDEX, without_none
+from .method_table import TABLE, MethodInfo
 
 # phases of a search step in which a network's forward runs; None = evaluation (deterministic weights)
 WEIGHT_STEP, ALPHA_STEP = "weights", "alphas"
 
 
 class Darts:
-    """Plain DARTS; the base every method changes one part of."""
+    """Plain DARTS; the base every method changes one part of. Its `name` is its row's in method_table.TABLE."""
 
-    name = "darts"
     derivation = "softmax"  # what genotype.derive ranks (its `mixing`): a softmax or the sigmoids of the alphas
     auxiliary_skip = False  # does every edge carry DARTS-'s extra skip connection
     stochastic = False  # does a forward draw random numbers (then the caller hands in a generator)
@@ -95,7 +95,6 @@ class Darts:
 
 
 class DartsMinus(Darts):
-    name = "darts-minus"
     auxiliary_skip = True
 
     def skip_coefficient(self, epoch: int, epochs: int) -> float:
@@ -103,7 +102,6 @@ class DartsMinus(Darts):
 
 
 class BetaDarts(Darts):
-    name = "beta-darts"
     derivation = "softmax-without-none"
     searches_none = False
     LAMBDA_MAX = 50.0  # lambda rises linearly from 0 to this over the search
@@ -114,7 +112,6 @@ class BetaDarts(Darts):
 
 
 class SdartsRS(Darts):
-    name = "sdarts-rs"
     derivation = "softmax-without-none"
     stochastic = True
     searches_none = False
@@ -139,7 +136,6 @@ class SdartsRS(Darts):
 
 
 class FairDarts(Darts):
-    name = "fair-darts"
     derivation = "sigmoid"
     searches_none = False
     ZERO_ONE_WEIGHT = 10.0
@@ -153,7 +149,6 @@ class FairDarts(Darts):
 
 
 class DrNAS(Darts):
-    name = "drnas"
     derivation = "softmax-without-none"
     stochastic = True
     searches_none = False
@@ -198,4 +193,10 @@ class _DirichletSample(torch.autograd.Function):
         return d_sample * (grad - (sample * grad).sum(-1, keepdim=True)), None
 
 
-METHODS = {m.name: m for m in (Darts(), DartsMinus(), BetaDarts(), SdartsRS(), FairDarts(), DrNAS())}
+def _build(name: str, info: MethodInfo) -> Darts:
+    method = globals()[info.cls]()
+    method.name = name
+    return method
+
+
+METHODS = {name: _build(name, info) for name, info in TABLE.items()}

@@ -20,8 +20,9 @@ import torch.nn as nn
 
 from . import collapse
 from . import genotype as gt
+from . import method_table
 from .architect import Architect
-from .config import METHOD_DEFAULTS, ConfigError, SearchConfig, search_rates
+from .config import ConfigError, SearchConfig, search_rates
 from .data import build_loaders
 from .distributed import all_reduce_mean_, seed_model_randomness
 from .driver import EpochEnd, StepOutput, run_epochs
@@ -222,8 +223,8 @@ class SearchTask:
         self.rates = search_rates(cfg, job.env.world_size)
         self.search_epochs = self.rates["epochs"]  # --epochs, or more with --epoch-scaling
         sync_bn = next((type(m).__name__ for m in self.model.modules() if "Sync" in type(m).__name__), None)
-        # the settings --method brings (config.METHOD_DEFAULTS), as this run has them: its authors' unless given
-        method_settings = {k: getattr(cfg, k) for k in METHOD_DEFAULTS.get(cfg.method, {})}
+        # the settings --method brings (method_table.py), as this run has them: its authors' unless given
+        method_settings = {k: getattr(cfg, k) for k in method_table.TABLE[cfg.method].authors_settings}
         job.resolved = {**self.rates, **({"method_settings": method_settings} if method_settings else {})}
         if method_settings:
             log.info("--method %s settings (its authors' unless given): %s", cfg.method,

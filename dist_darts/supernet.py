@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .genotype import NONE_INDEX, PRIMITIVES, Genotype, derive, edge_weights
+from .method_table import DEFAULT as DEFAULT_METHOD
 from .methods import METHODS, Darts
 from .ops import FactorizedReduce, Identity, ReLUConvBN, build_op, imagenet_stem, scaled_forward
 from .projection import Projection
@@ -186,7 +187,7 @@ class Network(nn.Module):
     """The search supernet (stem multiplier 3; reduction cells at layers//3 and 2*layers//3)."""
 
     def __init__(self, C, num_classes, layers, steps=4, multiplier=4, stem_multiplier=3, partial_channels=1,
-                 fold_alphas=True, fast_depthwise=True, method: str = "darts", stem: str = "cifar"):
+                 fold_alphas=True, fast_depthwise=True, method: str = DEFAULT_METHOD, stem: str = "cifar"):
         super().__init__()
         self.method: Darts = METHODS[method]
         self._phase, self._generator, self._epoch, self._epochs = None, None, 0, 1

@@ -24,9 +24,8 @@ class SweepFailed(RuntimeError):
 class ConvSpace:
     """Convolutional cells: searches report val_top1 (the alphas' half of the training images); selection retrains
     the best val_top1 on their hold-out of the training images; final retrains their test top-1 after the last
-    epoch; higher is better."""
+    epoch; higher is better. Its `name` is its row's in spaces.TABLE."""
 
-    name = "cnn"
     search_config, retrain_config, evaluate_config = SearchConfig, RetrainConfig, EvaluateConfig
     stand_in_genotype = "DARTS_V2"  # checks the retrain settings before any trial runs
     to_dict, from_dict, save, format = (staticmethod(gt.to_dict), staticmethod(gt.from_dict), staticmethod(gt.save),
@@ -50,6 +49,10 @@ class ConvSpace:
     def selection_split(sweep) -> str:
         subset = f", training on {sweep.select_train_subset:g} of the rest" if sweep.select_train_subset else ""
         return f"a {sweep.select_val_portion:g} hold-out of the training images{subset}"
+
+    @staticmethod
+    def check_sweep(sweep) -> None:
+        """Refuse, with a ConfigError, a sweep setting that does nothing in this space."""
 
     @staticmethod
     def check_data(cfg) -> None:
@@ -102,9 +105,8 @@ class ConvSpace:
             return f"val top-1 {result['val_top1']:.2f} %{best}"
         return f"train top-1 {result['train_top1']:.2f} %"  # a final retrain reads no split but training until its end
 
-    @staticmethod
-    def describe(search_cfg) -> dict:
-        return {"space": "cnn", "method": search_cfg.method, "derive": search_cfg.derive,
+    def describe(self, search_cfg) -> dict:
+        return {"space": self.name, "method": search_cfg.method, "derive": search_cfg.derive,
                 "unrolled": search_cfg.unrolled}
 
     @staticmethod

@@ -26,6 +26,7 @@ from . import config as config_io
 from .config import SWEEP_PASSED, ConfigError, SweepConfig
 from .logs import duration, log as logger, setup_logging, summary_table
 from .runfolder import atomic_write, checkpoint_path, claim
+from .spaces import DEFAULT as DEFAULT_SPACE
 from .spaces import SPACES
 from .sweep_spaces import SweepFailed, best_trial, draw, final_summary
 
@@ -154,7 +155,7 @@ class TrialProgress:
     and in sweep.log, in place of Tune's status tables. Runs in the driver, from the results Tune receives, as a
     Tune Callback (_tune_callback)."""
 
-    def __init__(self, stage: str, log, space: str = "cnn"):
+    def __init__(self, stage: str, log, space: str = DEFAULT_SPACE):
         self.stage, self.log, self.space = stage, log, SPACES[space]
         self.started = {}  # trial id -> (the epoch it (re)started from, when)
 

@@ -286,7 +286,7 @@ def test_darts_pt_operation_decisions_match_the_authors(fixtures_dir):
 
 @pytest.mark.parametrize("method, fixture", [("fair-darts", "fair_darts_step.pt"), ("drnas", "drnas_step.pt")])
 def test_the_methods_settings_are_what_the_authors_code_ran(fixtures_dir, method, fixture):
-    """--method X resolves (config.METHOD_DEFAULTS) to the settings the authors' train_search.py ran the fixture's
+    """--method X resolves (method_table.py) to the settings the authors' train_search.py ran the fixture's
     step with: the weights' cosine rate at the fixture's epoch, momentum, weight decay, clip, and Adam's rate,
     betas and weight decay for the alphas."""
     import math

@@ -86,3 +86,23 @@ def test_the_spaces_are_listed_once_in_the_table():
                 if len(found) > 1:
                     listing.append(f"{path.relative_to(package)}:{node.lineno}")
     assert not listing, listing
+
+
+def test_no_shared_module_names_a_space_or_a_method():
+    """A space's or a method's name is written down in its table alone (spaces/__init__.py, method_table.py): the
+    shared modules read defaults, choices and settings from there. A space's own unit (a spaces/ subpackage) may
+    name itself."""
+    import ast
+    from dist_darts.method_table import TABLE as METHOD_TABLE
+    from dist_darts.spaces import TABLE
+    package = PYPROJECT.parent / "dist_darts"
+    names = set(TABLE) | set(METHOD_TABLE)
+    tables = {package / "spaces" / "__init__.py", package / "method_table.py"}
+    named = []
+    for path in sorted(package.rglob("*.py")):
+        if path in tables or path.parent.parent == package / "spaces":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in names:
+                named.append(f"{path.relative_to(package)}:{node.lineno} {node.value!r}")
+    assert not named, named

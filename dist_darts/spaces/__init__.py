@@ -22,6 +22,7 @@ TABLE = {
                                                             "looked up in the benchmark (docs/nas-bench-201.md)"),
 }
 NAMES = tuple(TABLE)
+DEFAULT = "cnn"  # --space's default: the DARTS paper's space
 
 
 class _Spaces(Mapping):
@@ -40,7 +41,9 @@ class _Spaces(Mapping):
 @functools.cache
 def _load(name: str):
     module, cls, _ = TABLE[name]
-    return getattr(importlib.import_module(module), cls)()
+    space = getattr(importlib.import_module(module), cls)()
+    space.name = name
+    return space
 
 
 SPACES = _Spaces()

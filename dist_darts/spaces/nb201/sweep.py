@@ -13,7 +13,6 @@ from .config import NB201EvaluateConfig, NB201RetrainConfig, NB201SearchConfig
 
 
 class NB201Space(ConvSpace):
-    name = "nb201"
     search_config, retrain_config, evaluate_config = NB201SearchConfig, NB201RetrainConfig, NB201EvaluateConfig
     stand_in_genotype = NB201RetrainConfig.genotype  # the benchmark's best CIFAR-10 cell
     to_dict, from_dict, save, format = (staticmethod(nb.to_dict), staticmethod(nb.from_dict), staticmethod(nb.save),
@@ -37,9 +36,8 @@ class NB201Space(ConvSpace):
                 "param_free": NB201SearchTask.collapse_counts(arch_str)[0]["param_free"],
                 **{k: metrics.get(k) for k in ("noise_scale_weights", "noise_scale_alphas")}, **bench}
 
-    @staticmethod
-    def describe(search_cfg) -> dict:
-        return {"space": "nb201", "method": search_cfg.method, "derive": "argmax per edge, none included",
+    def describe(self, search_cfg) -> dict:
+        return {"space": self.name, "method": search_cfg.method, "derive": "argmax per edge, none included",
                 "unrolled": search_cfg.unrolled, "benchmark_file": search_cfg.benchmark_file}
 
     def table(self, trials: list[dict]) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ...errors import ConfigError
 from ...sweep_spaces import ConvSpace
 from . import genotype as rgt
 from .config import RecurrentEvaluateConfig, RecurrentRetrainConfig, RecurrentSearchConfig
@@ -15,7 +16,6 @@ class RecurrentSpace(ConvSpace):
     """Recurrent cells: searches report val_perplexity; selection and final retrains are read from the report
     each retrain worker sends after its job (the best weights' validation and test perplexity); lower is better."""
 
-    name = "rnn"
     search_config, retrain_config, evaluate_config = (RecurrentSearchConfig, RecurrentRetrainConfig,
                                                       RecurrentEvaluateConfig)
     stand_in_genotype = "RNN_DARTS_V2"
@@ -36,6 +36,12 @@ class RecurrentSpace(ConvSpace):
     @staticmethod
     def selection_split(sweep) -> str:
         return "the corpus's validation split"
+
+    @staticmethod
+    def check_sweep(sweep) -> None:
+        if sweep.select_train_subset:
+            raise ConfigError("select-train-subset: the image spaces' selection retrains train on a subset; --space "
+                              "rnn's read the corpus")
 
     @staticmethod
     def check_data(cfg) -> None:
@@ -78,9 +84,8 @@ class RecurrentSpace(ConvSpace):
             return f"val perplexity {result['val_perplexity']:.2f}"
         return f"val perplexity {result['val_perplexity']:.2f} (best {result['best_val_perplexity']:.2f})"
 
-    @staticmethod
-    def describe(search_cfg) -> dict:
-        return {"space": "rnn", "dataset": search_cfg.dataset, "unrolled": search_cfg.unrolled}
+    def describe(self, search_cfg) -> dict:
+        return {"space": self.name, "dataset": search_cfg.dataset, "unrolled": search_cfg.unrolled}
 
     @staticmethod
     def headline(search: dict) -> str:
