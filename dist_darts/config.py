@@ -34,6 +34,7 @@ DATASETS = {
     "cifar100": DatasetInfo(100, 32),
     "svhn": DatasetInfo(10, 32),
     "imagenet": DatasetInfo(1000, 224),
+    "imagenet16-120": DatasetInfo(120, 16),  # NAS-Bench-201's: Downsampled ImageNet 16x16, its first 120 classes
     "folder": DatasetInfo(0, 224),  # classes counted from the folder
     "digits": DatasetInfo(10, 32),
     "photos": DatasetInfo(10, 32),

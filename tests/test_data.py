@@ -29,9 +29,9 @@ def cfg(dataset="cifar10", data_dir=None, backend="torch", batch_size=4, seed=0,
                            seed=seed, **extra)
 
 
-def coded_images(ids):
-    """Position-coded uint8 images (N, 32, 32, 3) for sample ids `ids` (< 246)."""
-    rows, cols = np.mgrid[0:32, 0:32]
+def coded_images(ids, side=32):
+    """Position-coded uint8 images (N, side, side, 3) for sample ids `ids` (< 246)."""
+    rows, cols = np.mgrid[0:side, 0:side]
     base = np.stack([8 * rows + 3, 8 * cols + 3, np.zeros_like(rows)], axis=-1)
     images = np.repeat(base[None], len(ids), axis=0)
     images[..., 2] = 10 + np.asarray(ids)[:, None, None]
@@ -234,7 +234,7 @@ def crop_flip_of(image):
     cols = (green[real] - 3) // 8
     out_cols = torch.nonzero(real)[:, 1]
     flipped = bool((cols + out_cols == cols[0] + out_cols[0]).all()) and len(set(cols.tolist())) > 1
-    dx = (cols + out_cols - 31).unique() if flipped else (cols - out_cols).unique()
+    dx = (cols + out_cols - (image.shape[-1] - 1)).unique() if flipped else (cols - out_cols).unique()
     assert len(rows.unique()) == 1 and len(dx) == 1  # a pure shift (and mirror): a crop
     return int(rows[0]), int(dx[0]), flipped
 

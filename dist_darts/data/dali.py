@@ -49,7 +49,7 @@ class DaliLoader(PlannedLoader):
     def __iter__(self):
         planned = self.planned_batches()
         host_batches = memory_batches if self.in_memory else file_batches
-        self._feed.batches = host_batches(planned, self.split, self.plan, self.dataset.image_size)
+        self._feed.batches = host_batches(planned, self.split, self.plan, self.dataset)
         pipe, self._pipe = self._pipe or self._build(), None  # None while an epoch runs: an error drops it
         try:
             for images, labels in self._epoch(pipe):
@@ -113,7 +113,7 @@ class DaliLoader(PlannedLoader):
         start, mirror = params[:2]
         size = self.dataset.image_size
         images = fn.slice(images, start=start, shape=[size, size], axis_names="HW",
-                          out_of_bounds_policy="pad", fill_values=0)  # zero padding, as RandomCrop(padding=4)
+                          out_of_bounds_policy="pad", fill_values=0)  # zero padding, as RandomCrop(padding=pad)
         images = self._normalize(images, mirror=mirror)
         if cutout:
             images = fn.erase(images, anchor=params[2], shape=params[3], axis_names="HW", fill_value=0)
@@ -159,21 +159,23 @@ class HostFeed:
         return next(self.batches)  # StopIteration ends DALI's epoch
 
 
-def memory_batches(planned, split, plan, size):
+def memory_batches(planned, split, plan, dataset):
     """Host side of the in-memory graph: [images, labels] (+ [crop start, mirror] (+ [erase anchor, shape]))."""
+    size, pad = dataset.image_size, dataset.pad
     for idx, labels, rng in planned:
         batch = [split.images[idx], labels]
         if plan.train:
-            offsets, flips, boxes = crop_flip_cutout(rng, len(idx), size, plan.cutout)
-            batch += [(offsets - PAD).astype(np.int32), flips.astype(np.int32)]
+            offsets, flips, boxes = crop_flip_cutout(rng, len(idx), size, plan.cutout, pad)
+            batch += [(offsets - pad).astype(np.int32), flips.astype(np.int32)]
             if boxes is not None:
                 batch += [boxes[:, :2].astype(np.float32), (boxes[:, 2:] - boxes[:, :2]).astype(np.float32)]
         yield batch
 
 
-def file_batches(planned, split, plan, size):
+def file_batches(planned, split, plan, dataset):
     """Host side of the file graph: [encoded, labels] (+ for training: crop start and mirror of small images,
     or crop window, mirror and jitter factors)."""
+    size = dataset.image_size
     for idx, labels, rng in planned:
         paths = [split.paths[i] for i in idx]
         encoded = [np.fromfile(path, dtype=np.uint8) for path in paths]

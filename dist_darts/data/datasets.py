@@ -1,8 +1,9 @@
 """Data sets read in their original on-disk formats.
 
-CIFAR-10/100 (python pickle batches, read by a restricted unpickler), SVHN (.mat files), ImageNet and any `train/` + `val/` folder of class
-subfolders, scikit-learn's 8x8 digits (the embedded default, no download), `photos` (patches of the photographs
-scikit-image ships, no download) and `synthetic` (sizes only).
+CIFAR-10/100 and NAS-Bench-201's ImageNet16-120 (python pickle batches, read by a restricted unpickler), SVHN
+(.mat files), ImageNet and any `train/` + `val/` folder of class subfolders, scikit-learn's 8x8 digits (the
+embedded default, no download), `photos` (patches of the photographs scikit-image ships, no download) and
+`synthetic` (sizes only).
 Small data sets are returned in memory as uint8 (N, H, W, 3) arrays; image folders as sorted path lists.
 
 Image size of an image folder: an explicit `image_size` wins; else `imagenet` uses ImageNet's 224-px crops,
@@ -60,6 +61,7 @@ class Dataset(NamedTuple):
     image_size: int
     mean: tuple  # per-channel mean and std of the training images, in [0, 1]
     std: tuple
+    pad: int = 4  # training crops of an in-memory split: zero padding on each side, then a random crop back
 
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -72,11 +74,14 @@ STATS = {
     "imagenet": IMAGENET_STATS,
     "folder": IMAGENET_STATS,
     "synthetic": ((0.5,) * 3, (0.25,) * 3),
+    # NAS-Bench-201's (xautodl's) figures for its downsampled ImageNet
+    "imagenet16-120": ((122.68 / 255, 116.66 / 255, 104.01 / 255), (63.22 / 255, 61.26 / 255, 65.09 / 255)),
 }
 # (train, test) sizes of the real data sets, which synthetic data imitates
 SIZES = {
     "cifar10": (50000, 10000), "cifar100": (50000, 10000), "svhn": (73257, 26032),
     "imagenet": (1281167, 50000), "digits": (1497, 300), "photos": (2000, 400), "synthetic": (50000, 10000),
+    "imagenet16-120": (151700, 6000),
 }
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 DIGITS_TEST_SIZE = 300
@@ -163,6 +168,27 @@ def _check_labels(name, path, labels, num_classes):
         raise DataError(f"{name}: {path} has labels outside 0..{num_classes - 1}")
 
 
+def _read_pickled_batch(name, path, label_key, side, purpose):
+    """(images (N, 3, side, side) uint8, labels (N,) int64) of one pickled batch ('data': rows of CHW bytes)."""
+    try:
+        with open(path, "rb") as fh:
+            entry = safe_pickle.load(fh, what=f"{name}: {path}", purpose=purpose)
+        x = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, side, side)
+        y = np.asarray(entry[label_key], dtype=np.int64).reshape(-1)
+    except safe_pickle.PickleRefused as exc:
+        raise DataError(str(exc)) from None
+    except Exception as exc:  # a damaged pickle can raise almost anything
+        raise DataError(f"{name}: {path} is not a readable {purpose.removeprefix('a ')} ({one_line(exc)})") from None
+    if len(x) != len(y):
+        raise DataError(f"{name}: {path} has {len(x)} images but {len(y)} labels")
+    return x, y
+
+
+def _hwc(images: list) -> np.ndarray:
+    """Batches of CHW rows as one HWC array, the layout of every in-memory split."""
+    return np.ascontiguousarray(np.concatenate(images).transpose(0, 2, 3, 1))
+
+
 def _read_cifar(name, root, download):
     cifar10 = name == "cifar10"
     folder, label_key = ("cifar-10-batches-py", "labels") if cifar10 else ("cifar-100-python", "fine_labels")
@@ -181,24 +207,45 @@ def _read_cifar(name, root, download):
         images, labels = [], []
         for f in files:
             path = os.path.join(root, folder, f)
-            try:
-                with open(path, "rb") as fh:
-                    entry = safe_pickle.load(fh, what=f"{name}: {path}", purpose="a CIFAR batch")
-                x = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-                y = np.asarray(entry[label_key], dtype=np.int64).reshape(-1)
-            except safe_pickle.PickleRefused as exc:
-                raise DataError(str(exc)) from None
-            except Exception as exc:  # a damaged pickle can raise almost anything
-                raise DataError(f"{name}: {path} is not a readable CIFAR batch ({one_line(exc)})") from None
-            if len(x) != len(y):
-                raise DataError(f"{name}: {path} has {len(x)} images but {len(y)} labels")
+            x, y = _read_pickled_batch(name, path, label_key, 32, "a CIFAR batch")
             _check_labels(name, path, y, num_classes)
             images.append(x)
             labels.append(y)
-        # stored as CHW rows; kept as HWC like every other in-memory split
-        return Arrays(np.ascontiguousarray(np.concatenate(images).transpose(0, 2, 3, 1)), np.concatenate(labels))
+        return Arrays(_hwc(images), np.concatenate(labels))
 
     return Dataset(name, read(train_files), read(test_files), num_classes, 32, *STATS[name])
+
+
+IMAGENET16_TRAIN = [f"train_data_batch_{i}" for i in range(1, 11)]
+IMAGENET16_ALL_CLASSES = 1000
+
+
+def _read_imagenet16(name, root, download):
+    """Downsampled ImageNet at 16x16 (Chrabaszcz et al., 2017: the pickled batches train_data_batch_1..10 and
+    val_data, 1-based labels of all 1,000 classes), cut as NAS-Bench-201's ImageNet16-120: the images of labels
+    1..120, labelled 0..119 (151,700 training images; val_data's 6,000 are the test split). Trained with crops
+    after zero padding by 2, the benchmark's."""
+
+    def fetch():
+        raise RuntimeError("Downsampled ImageNet is served to ImageNet account holders only (image-net.org, "
+                           "'Imagenet16_train.zip' and 'Imagenet16_val.zip')")
+
+    expected = "train_data_batch_1..10 and val_data (Downsampled ImageNet 16x16, unzipped)"
+    _require(name, root, IMAGENET16_TRAIN + ["val_data"], expected, download, fetch)
+    num_classes = DATASETS[name].num_classes
+
+    def read(files):
+        images, labels = [], []
+        for f in files:
+            path = os.path.join(root, f)
+            x, y = _read_pickled_batch(name, path, "labels", 16, "a Downsampled ImageNet batch")
+            _check_labels(name, path, y - 1, IMAGENET16_ALL_CLASSES)
+            kept = y <= num_classes
+            images.append(x[kept])
+            labels.append(y[kept] - 1)
+        return Arrays(_hwc(images), np.concatenate(labels))
+
+    return Dataset(name, read(IMAGENET16_TRAIN), read(["val_data"]), num_classes, 16, *STATS[name], pad=2)
 
 
 def _read_svhn(name, root, download):
@@ -326,5 +373,5 @@ def _photos():
 
 READERS = {
     "cifar10": _read_cifar, "cifar100": _read_cifar, "svhn": _read_svhn, "imagenet": _read_image_folder,
-    "folder": _read_image_folder,
+    "folder": _read_image_folder, "imagenet16-120": _read_imagenet16,
 }

@@ -15,7 +15,7 @@ import numpy as np
 from .datasets import DataError
 
 IGNORE_LABEL = -100  # label of the padding in evaluation batches: F.cross_entropy's default ignore_index
-PAD = 4  # CIFAR-style augmentation: random crop after zero padding by 4 pixels
+PAD = 4  # CIFAR-style augmentation: random crop after zero padding by 4 pixels (in-memory splits: Dataset.pad)
 RESIZE_RATIO = 256 / 224  # ImageNet evaluation: resize the shorter side to 256, centre crop 224
 SMALL_IMAGE = 128  # image folders below this size get CIFAR's augmentation, not ImageNet's
 
@@ -107,14 +107,14 @@ def class_balanced_subsets(labels, fractions, seed: int, stream: int) -> list[np
     return [np.sort(np.concatenate(part)) for part in parts]
 
 
-def crop_flip_cutout(rng, n: int, size: int, cutout: int):
+def crop_flip_cutout(rng, n: int, size: int, cutout: int, pad: int = PAD):
     """DARTS' CIFAR augmentation for n images of size x size: (offsets, flips, cutout boxes or None).
 
-    offsets (n, 2): top-left (y, x) of the crop in the zero-padded image, 0..2*PAD (a shift of -4..+4);
+    offsets (n, 2): top-left (y, x) of the crop in the image zero-padded by `pad`, 0..2*pad (a shift of -pad..+pad);
     flips (n,) bool; boxes (n, 4) = (y1, x1, y2, x2): a cutout x cutout square centred at a uniformly random
     pixel and clipped at the borders, exactly as the original utils.Cutout.
     """
-    offsets = rng.integers(0, 2 * PAD + 1, size=(n, 2))
+    offsets = rng.integers(0, 2 * pad + 1, size=(n, 2))
     flips = rng.random(n) < 0.5
     if not cutout:
         return offsets, flips, None

@@ -46,7 +46,7 @@ class TensorLoader(PlannedLoader):
 
     def __init__(self, plan, images, dataset, device):
         super().__init__(plan)
-        self.images, self.device = images, device
+        self.images, self.device, self.pad = images, device, dataset.pad
         self.normalize = Normalize(dataset.mean, dataset.std, device)
 
     def __iter__(self):
@@ -56,8 +56,8 @@ class TensorLoader(PlannedLoader):
             if not self.plan.train:
                 yield self.normalize(x), self._tensor(labels)
                 continue
-            offsets, flips, boxes = crop_flip_cutout(rng, len(idx), size, self.plan.cutout)
-            x = self.normalize(crop_flip(x, self._tensor(offsets), self._tensor(flips)))
+            offsets, flips, boxes = crop_flip_cutout(rng, len(idx), size, self.plan.cutout, self.pad)
+            x = self.normalize(crop_flip(x, self._tensor(offsets), self._tensor(flips), self.pad))
             if boxes is not None:
                 x = cutout(x, self._tensor(boxes))
             yield x, self._tensor(labels)
@@ -69,14 +69,15 @@ class TensorLoader(PlannedLoader):
         return host.pin_memory().to(self.device, non_blocking=True)  # from pageable memory a copy syncs the host
 
 
-def crop_flip(x, offsets, flips):
-    """Crop each image of x (N, C, H, W) at offsets (N, 2) of its zero-padded copy, then mirror where flips."""
+def crop_flip(x, offsets, flips, pad=PAD):
+    """Crop each image of x (N, C, H, W) at offsets (N, 2) of its copy zero-padded by `pad`, then mirror where
+    flips."""
     n, c, h, w = x.shape
-    padded = F.pad(x, (PAD, PAD, PAD, PAD)).view(n, c, -1)  # zeros, as RandomCrop(padding=4)
+    padded = F.pad(x, (pad, pad, pad, pad)).view(n, c, -1)  # zeros, as RandomCrop(padding=pad)
     rows = offsets[:, :1] + torch.arange(h, device=x.device)
     cols = offsets[:, 1:] + torch.arange(w, device=x.device)
     cols = torch.where(flips[:, None], cols.flip(1), cols)
-    index = rows[:, :, None] * (w + 2 * PAD) + cols[:, None, :]
+    index = rows[:, :, None] * (w + 2 * pad) + cols[:, None, :]
     return padded.gather(2, index.view(n, 1, h * w).expand(n, c, h * w)).view(n, c, h, w)
 
 
