@@ -71,7 +71,7 @@ def supernet_with_batches(args):
     measured)."""
     from dist_darts.job import autocast_factory
     from dist_darts.parallel import to_memory_format
-    from dist_darts.supernet import Network
+    from dist_darts.spaces.cnn.supernet import Network
     device = setup_worker({"device": args.device, "threads": args.threads})
     torch.manual_seed(0)
     model = Network(args.init_channels, 10, args.layers).to(device).to(memory_format=torch.channels_last)

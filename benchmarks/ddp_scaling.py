@@ -37,7 +37,7 @@ def worker(cfg):
     from dist_darts.distributed import all_reduce_mean_, close_distributed, init_distributed
     from dist_darts.job import autocast_factory
     from dist_darts.parallel import prepare_model
-    from dist_darts.supernet import Network
+    from dist_darts.spaces.cnn.supernet import Network
 
     torch.set_num_threads(cfg["threads"])
     env = init_distributed(cfg["device"])

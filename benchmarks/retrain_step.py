@@ -49,8 +49,8 @@ def build(cfg, device):
     else:
         from dist_darts.job import autocast_factory
         from dist_darts.parallel import prepare_model
-        from dist_darts.genotype import DARTS_V2
-        from dist_darts.model import NetworkCIFAR, NetworkImageNet
+        from dist_darts.spaces.cnn.genotype import DARTS_V2
+        from dist_darts.spaces.cnn.model import NetworkCIFAR, NetworkImageNet
         cls = NetworkCIFAR if cfg["network"] == "cifar" else NetworkImageNet
         model, train_model = prepare_model(cls(net["C"], net["classes"], net["layers"], True, DARTS_V2), device,
                                            channels_last=cfg["channels_last"], compile=cfg["compile"] is True)

@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench  # noqa: E402
 import torch  # noqa: E402
-from dist_darts import genotype as gt  # noqa: E402
+from dist_darts.spaces.cnn import genotype as gt  # noqa: E402
 
 # each arm's search settings above 1x; "warm-up" and "freeze" are filled in from --warmup-epochs, --freeze-epochs
 ARMS = {
@@ -244,7 +244,7 @@ def expected_seconds(args, runs: list[tuple]) -> float:
     retrains come on top)."""
     from dist_darts.config import search_rates
     from dist_darts.job import autocast_factory
-    from dist_darts.supernet import Network
+    from dist_darts.spaces.cnn.supernet import Network
     device = torch.device(args.device)
     size = 32  # the digits (upscaled) and CIFAR-10 alike
     torch.manual_seed(0)

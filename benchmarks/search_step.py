@@ -55,7 +55,7 @@ def synthetic_batches(cfg, device):
 def build_ours(cfg, device):
     from dist_darts.job import autocast_factory
     from dist_darts.parallel import prepare_model
-    from dist_darts.supernet import Network
+    from dist_darts.spaces.cnn.supernet import Network
     off = set(cfg["ablate"])
     off = set(ABLATIONS) if "all" in off else off
     torch.manual_seed(cfg["seed"])

@@ -16,23 +16,26 @@ _EXPORTS = {
     "run_search": ("search", "run"),
     "run_retrain": ("train", "run"),
     "evaluate_checkpoint": ("train", "evaluate_checkpoint"),
-    "Genotype": ("genotype", "Genotype"),
-    "PRIMITIVES": ("genotype", "PRIMITIVES"),
-    "load_genotype": ("genotype", "load"),
-    "save_genotype": ("genotype", "save"),
-    "derive_genotype": ("genotype", "derive"),
-    "to_nni_dict": ("genotype", "to_nni_dict"),
-    "from_nni_dict": ("genotype", "from_nni_dict"),
-    "NetworkCIFAR": ("model", "NetworkCIFAR"),
-    "NetworkImageNet": ("model", "NetworkImageNet"),
+    "Genotype": ("spaces.cnn.genotype", "Genotype"),
+    "PRIMITIVES": ("spaces.cnn.genotype", "PRIMITIVES"),
+    "load_genotype": ("spaces.cnn.genotype", "load"),
+    "save_genotype": ("spaces.cnn.genotype", "save"),
+    "derive_genotype": ("spaces.cnn.genotype", "derive"),
+    "to_nni_dict": ("spaces.cnn.genotype", "to_nni_dict"),
+    "from_nni_dict": ("spaces.cnn.genotype", "from_nni_dict"),
+    "NetworkCIFAR": ("spaces.cnn.model", "NetworkCIFAR"),
+    "NetworkImageNet": ("spaces.cnn.model", "NetworkImageNet"),
     "load_searched_model": ("hub", "load_searched_model"),
     "animate": ("visualize", "animate"),
     "ConfigError": ("config", "ConfigError"),
     "DataError": ("data.datasets", "DataError"),
     "CheckpointError": ("checkpoint", "CheckpointError"),
-    "GenotypeError": ("genotype", "GenotypeError"),
+    "GenotypeError": ("spaces.cnn.genotype", "GenotypeError"),
 }
-_SUBMODULES = ("config", "search", "train", "genotype", "model", "hub", "visualize", "data", "tune", "spaces")
+# attribute -> module; genotype and model are the DARTS convolutional space's, reached as before
+_SUBMODULES = {"config": "config", "search": "search", "train": "train", "genotype": "spaces.cnn.genotype",
+               "model": "spaces.cnn.model", "hub": "hub", "visualize": "visualize", "data": "data", "tune": "tune",
+               "spaces": "spaces"}
 
 __all__ = ["__version__", *_EXPORTS]
 
@@ -44,7 +47,7 @@ def __getattr__(name):
         globals()[name] = value  # looked up once
         return value
     if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
+        return importlib.import_module(f".{_SUBMODULES[name]}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

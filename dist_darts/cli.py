@@ -11,7 +11,7 @@ import os
 import sys
 from importlib.metadata import version
 
-from . import genotype as gt
+from .spaces.cnn import genotype as gt
 from . import config
 from .config import DATASETS, ConfigError
 from .method_table import DEFAULT as DEFAULT_METHOD
@@ -198,7 +198,7 @@ def cmd_model_summary(args):
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .model import build_network, count_parameters, paper_size
+    from .spaces.cnn.model import build_network, count_parameters, paper_size
     info = DATASETS[args.dataset]
     paper_C, paper_layers = paper_size(info.image_size)
     C, layers = args.init_channels or paper_C, args.layers or paper_layers

@@ -20,7 +20,7 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn as nn
 
-from .genotype import Genotype
+from .spaces.cnn.genotype import Genotype
 
 PARAMETER_FREE = ("skip_connect", "max_pool_3x3", "avg_pool_3x3")
 DARTS_PLUS_SKIPS = 2  # DARTS+'s criterion 1: this many skip_connects or more in the normal cell is collapse

@@ -20,9 +20,9 @@ import torch
 import torch.nn as nn
 
 from . import checkpoint as ckpt_io
-from . import genotype as gt
+from .spaces.cnn import genotype as gt
 from .config import DATASETS
-from .model import build_network, count_parameters, from_nni_state_dict, paper_size
+from .spaces.cnn.model import build_network, count_parameters, from_nni_state_dict, paper_size
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from .genotype import NONE_INDEX, without_none
+from .spaces.cnn.genotype import NONE_INDEX, without_none
 from .method_table import TABLE, MethodInfo
 
 # phases of a search step in which a network's forward runs; None = evaluation (deterministic weights)

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from . import collapse
-from . import genotype as gt
+from .spaces.cnn import genotype as gt
 from . import method_table
 from .architect import Architect
 from .config import ConfigError, SearchConfig, search_rates
@@ -34,9 +34,9 @@ from .logs import log, summary_table
 from .methods import ALPHA_STEP, WEIGHT_STEP
 from .noise_scale import NoiseScaleMonitor, suggestion
 from .optimizers import weight_optimizer
-from .projection import Projection, decision_count
+from .spaces.cnn.projection import Projection, decision_count
 from .runfolder import atomic_write
-from .supernet import Network, choose_stem, fits
+from .spaces.cnn.supernet import Network, choose_stem, fits
 
 # settings that define the search; a resume with any of them changed is refused
 RESUME_KEYS = ("dataset", "layers", "init_channels", "batch_size", "train_portion", "unrolled", "partial_channels",

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from . import checkpoint as ckpt_io
-from . import genotype as gt
+from .spaces.cnn import genotype as gt
 from .config import DATASETS, ConfigError, EvaluateConfig, RetrainConfig, retrain_rates
 from .data import build_loaders
 from .distributed import average_buffers_, seed_model_randomness
@@ -32,7 +32,7 @@ from .meters import Meter, evaluate
 from .parallel import prepare_job_model, prepare_model, to_memory_format
 from .logs import log, summary_table
 from .hub import load_weights
-from .model import build_network, count_parameters, paper_size
+from .spaces.cnn.model import build_network, count_parameters, paper_size
 from .runfolder import atomic_write
 
 RESUME_KEYS = ("dataset", "genotype", "layers", "init_channels", "auxiliary", "batch_size", "epochs", "seed")

@@ -2,8 +2,8 @@
 
 Stage 1 runs one search per seed, stage 2 a short selection retrain of each distinct genotype found, stage 3 the
 full retrain of the winner (the best validation accuracy of the selection retrains, on a hold-out of the training
-images; for --space rnn the lowest validation perplexity: what differs between the spaces is in sweep_spaces.py),
-R times with different seeds. Only stage 3 reads the test split, once per retrain, after its last epoch. Every
+images; for --space rnn the lowest validation perplexity: what differs between the spaces is in their Space
+objects), R times with different seeds. Only stage 3 reads the test split, once per retrain, after its last epoch. Every
 trial is a DDP job of k workers: a Tune function trial builds a Ray Train TorchTrainer (Ray Train V2) whose
 workers call the same `run(cfg)` as torchrun does. Workers report every epoch, rank 0 attaching its checkpoint; a
 failed trial is retried and resumes from that checkpoint. Trial names are stable, so `--resume` restores each

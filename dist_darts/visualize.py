@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from . import genotype as gt
-from .genotype import PRIMITIVES, Genotype, steps_for_edges
+from .spaces.cnn import genotype as gt
+from .spaces.cnn.genotype import PRIMITIVES, Genotype, steps_for_edges
 from .spaces.rnn.genotype import RNN_PRIMITIVES, RNN_STEPS, RecurrentGenotype
 
 FORMATS = ("png", "svg", "pdf")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dist_darts import genotype as gt
+from dist_darts.spaces.cnn import genotype as gt
 from dist_darts.visualize import (DrawingError, animate, cell_image, cells_side_by_side, draw_side_by_side, epoch_files,
                                   picked_cells, plot_alpha_history, plot_alphas)
 from helpers import TINY_SEARCH, cli

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from dist_darts.architect import Architect
-from dist_darts.supernet import Network
+from dist_darts.spaces.cnn.supernet import Network
 
 
 def _from_fixture(ref):

@@ -17,7 +17,7 @@ from dist_darts.distributed import all_reduce_mean_, close_distributed, init_dis
 from dist_darts.job import StoppedAsAsked
 from dist_darts.parallel import prepare_model
 from dist_darts.search import search_step
-from dist_darts.supernet import Network
+from dist_darts.spaces.cnn.supernet import Network
 from helpers import Smooth, free_port
 
 TINY = dict(dataset="digits", layers=3, init_channels=4, batch_size=8, workers=0, seed=0, log_interval=1)

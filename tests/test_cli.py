@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from dist_darts import genotype as gt
+from dist_darts.spaces.cnn import genotype as gt
 from dist_darts.cli import main
 
 

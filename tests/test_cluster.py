@@ -26,7 +26,7 @@ from helpers import env_for_subprocess, process_tree
 
 import dist_darts.cli
 from dist_darts import config
-from dist_darts import genotype as gt
+from dist_darts.spaces.cnn import genotype as gt
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"

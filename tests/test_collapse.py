@@ -9,8 +9,8 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from dist_darts import collapse
-from dist_darts.genotype import DARTS_V2, Genotype
-from dist_darts.supernet import Network
+from dist_darts.spaces.cnn.genotype import DARTS_V2, Genotype
+from dist_darts.spaces.cnn.supernet import Network
 
 
 def test_parameter_free_counts_and_the_darts_plus_rule():
@@ -144,7 +144,7 @@ def test_an_early_stop_ends_the_search_with_the_rules_genotype_and_stays_ended(t
     keeping epoch 1's genotype (as RobustDARTS's roll-back does)."""
     from dist_darts import search
     from dist_darts.config import SearchConfig
-    from dist_darts.genotype import from_dict
+    from dist_darts.spaces.cnn.genotype import from_dict
     calls = []
 
     def fires_at_epoch_2(counts, epoch, estimates, rule):

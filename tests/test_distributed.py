@@ -8,10 +8,10 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 from dist_darts.architect import Architect
-from dist_darts import ops
+from dist_darts.spaces.cnn import ops
 from dist_darts.distributed import (all_reduce_mean_, average_buffers_, close_distributed, init_distributed,
                                     seed_everything, seed_model_randomness)
-from dist_darts.model import NetworkCIFAR
+from dist_darts.spaces.cnn.model import NetworkCIFAR
 from helpers import Smooth, TINY_SEARCH, cli, free_port
 
 

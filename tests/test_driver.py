@@ -67,7 +67,7 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_resume_checks_the_genotype_the_file_now_holds(tmp_path):
-    from dist_darts import genotype as gt
+    from dist_darts.spaces.cnn import genotype as gt
     geno = tmp_path / "cell.json"
     gt.save(gt.DARTS_V2, geno)
     args = ["retrain", *TINY_RETRAIN, "--genotype", str(geno), "--epochs", "1", "--steps-per-epoch", "2",

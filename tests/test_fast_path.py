@@ -15,10 +15,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dist_darts import ops
+from dist_darts.spaces.cnn import ops
 from dist_darts.architect import Architect
-from dist_darts.genotype import PRIMITIVES
-from dist_darts.supernet import MixedOp, Network
+from dist_darts.spaces.cnn.genotype import PRIMITIVES
+from dist_darts.spaces.cnn.supernet import MixedOp, Network
 
 
 def plain_forward(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -49,13 +49,13 @@ def plain_mixed(op: MixedOp, x, weights):
     bypass = x[:, x.shape[1] // k:]
     if op.stride == 2:
         bypass = F.max_pool2d(bypass, 2, 2)
-    from dist_darts.supernet import channel_shuffle
+    from dist_darts.spaces.cnn.supernet import channel_shuffle
     return channel_shuffle(torch.cat([out, bypass], dim=1), k)
 
 
 def plain_network_forward(net: Network, x):
     """Network.forward in the original's structure (NCHW, plain sums)."""
-    from dist_darts.genotype import edge_weights
+    from dist_darts.spaces.cnn.genotype import edge_weights
     w_normal, w_reduce = F.softmax(net.alphas_normal, dim=-1), F.softmax(net.alphas_reduce, dim=-1)
     e_normal = e_reduce = None
     if net.partial_channels > 1:

@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from dist_darts import genotype as gt
-from dist_darts.genotype import PRIMITIVES, GenotypeError
+from dist_darts.spaces.cnn import genotype as gt
+from dist_darts.spaces.cnn.genotype import PRIMITIVES, GenotypeError
 
 # The architecture dicts NNI's DARTS tutorial prints (seed 000): inputs as one-element lists, and as ints.
 NNI_FAST_DEV_RUN = {

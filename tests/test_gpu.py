@@ -10,10 +10,10 @@ from dist_darts.architect import Architect
 from dist_darts.job import autocast_factory
 from dist_darts.meters import Meter
 from dist_darts.parallel import prepare_model
-from dist_darts.genotype import DARTS_V2
-from dist_darts.model import NetworkCIFAR
+from dist_darts.spaces.cnn.genotype import DARTS_V2
+from dist_darts.spaces.cnn.model import NetworkCIFAR
 from dist_darts.search import search_step
-from dist_darts.supernet import Network
+from dist_darts.spaces.cnn.supernet import Network
 from dist_darts.train import WeightEMA, train_step
 
 pytestmark = pytest.mark.gpu

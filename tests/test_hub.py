@@ -6,7 +6,7 @@ import pickle
 import pytest
 import torch
 
-from dist_darts import genotype as gt
+from dist_darts.spaces.cnn import genotype as gt
 from dist_darts.spaces.rnn import genotype as rgt
 from dist_darts.checkpoint import CheckpointError
 from dist_darts import hub

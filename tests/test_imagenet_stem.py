@@ -4,7 +4,7 @@ figures and a tiny network its code produced (tests/fixtures/README.md's recipe)
 import pytest
 import torch
 
-from dist_darts.supernet import Network, cell_sides, choose_stem, fits
+from dist_darts.spaces.cnn.supernet import Network, cell_sides, choose_stem, fits
 
 # PC-DARTS' ImageNet search network at its defaults (C=16, 1000 classes, 8 cells, K=2), read from its code
 PCDARTS_IMAGENET_WEIGHTS = 956_512

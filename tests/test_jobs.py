@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from dist_darts import genotype as gt
+from dist_darts.spaces.cnn import genotype as gt
 from helpers import TINY_RETRAIN, TINY_SEARCH, cli
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dist_darts.memory import available_memory, saved_activation_bytes
-from dist_darts.supernet import Network
+from dist_darts.spaces.cnn.supernet import Network
 from helpers import cli, env_for_subprocess
 
 # one step in a fresh process: the peak resident memory of the step over the memory before it (VmHWM - VmRSS)
@@ -17,11 +17,11 @@ MEASURE = r"""
 import contextlib, json, sys
 from types import SimpleNamespace
 import torch, torch.nn as nn
-from dist_darts import genotype as gt
+from dist_darts.spaces.cnn import genotype as gt
 from dist_darts.architect import Architect
-from dist_darts.model import build_network
+from dist_darts.spaces.cnn.model import build_network
 from dist_darts.search import search_memory, search_step
-from dist_darts.supernet import Network
+from dist_darts.spaces.cnn.supernet import Network
 from dist_darts.train import retrain_memory, train_step
 
 def status(key):

@@ -31,11 +31,11 @@ import torch.nn as nn
 
 from dist_darts.architect import Architect
 from dist_darts.meters import evaluate
-from dist_darts.genotype import PRIMITIVES
+from dist_darts.spaces.cnn.genotype import PRIMITIVES
 from dist_darts.methods import ALPHA_STEP, METHODS, WEIGHT_STEP
-from dist_darts.projection import Projection
+from dist_darts.spaces.cnn.projection import Projection
 from dist_darts.search import search_step
-from dist_darts.supernet import Network
+from dist_darts.spaces.cnn.supernet import Network
 
 # float32 on both sides; the authors' sum over ops and ours (alphas folded into BN, in-place sums) round differently
 ATOL, RTOL = 2e-5, 1e-4

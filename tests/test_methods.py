@@ -11,14 +11,14 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dist_darts import genotype as gt
+from dist_darts.spaces.cnn import genotype as gt
 from dist_darts import search
 from dist_darts.architect import Architect
 from dist_darts.config import SearchConfig
 from dist_darts.job import StoppedAsAsked
 from dist_darts.methods import ALPHA_STEP, METHODS, WEIGHT_STEP
-from dist_darts.ops import FactorizedReduce, Identity
-from dist_darts.supernet import MixedOp, Network
+from dist_darts.spaces.cnn.ops import FactorizedReduce, Identity
+from dist_darts.spaces.cnn.supernet import MixedOp, Network
 from helpers import assert_same_state, free_port, model_state
 
 EDGES, OPS = 14, len(gt.PRIMITIVES)

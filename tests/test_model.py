@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dist_darts import genotype as gt
-from dist_darts.model import NetworkCIFAR, NetworkImageNet, count_parameters
-from dist_darts.ops import OPS, FactorizedReduce
+from dist_darts.spaces.cnn import genotype as gt
+from dist_darts.spaces.cnn.model import NetworkCIFAR, NetworkImageNet, count_parameters
+from dist_darts.spaces.cnn.ops import OPS, FactorizedReduce
 from helpers import env_for_subprocess
 
 
@@ -91,7 +91,7 @@ def test_factorized_reduce_matches_the_original_stride_2_convs():
 def test_channels_last_imagenet_network_with_few_channels_trains_on_cpu():
     """oneDNN's avx512 backward of a channels_last 1x1 stride-2 conv with < 16 input channels corrupted the heap;
     FactorizedReduce avoids that kernel. Run in a child with glibc's heap checks so corruption fails the test."""
-    code = ("import torch; from dist_darts.model import NetworkImageNet\n"
+    code = ("import torch; from dist_darts.spaces.cnn.model import NetworkImageNet\n"
             "net = NetworkImageNet(8, 3, 3, True, 'DARTS_V2').to(memory_format=torch.channels_last).train()\n"
             "for _ in range(3):\n"
             "    logits, aux = net(torch.randn(4, 3, 224, 224))\n"

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from dist_darts.architect import Architect
-from dist_darts.genotype import GenotypeError
+from dist_darts.spaces.cnn.genotype import GenotypeError
 from dist_darts.methods import ALPHA_STEP, METHODS, WEIGHT_STEP
 from dist_darts.spaces import nb201
 from test_packaging import JOB_SIDE, imported_names

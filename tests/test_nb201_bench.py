@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from dist_darts.genotype import GenotypeError
+from dist_darts.spaces.cnn.genotype import GenotypeError
 from dist_darts.spaces.nb201 import bench
 from helpers import env_for_subprocess
 

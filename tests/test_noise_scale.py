@@ -20,7 +20,7 @@ from dist_darts.parallel import prepare_model
 from dist_darts.methods import WEIGHT_STEP
 from dist_darts.noise_scale import NoiseScale, NoiseScaleMonitor, estimates, suggestion
 from dist_darts.search import search_step
-from dist_darts.supernet import Network
+from dist_darts.spaces.cnn.supernet import Network
 from helpers import Smooth, free_port
 
 

@@ -29,8 +29,9 @@ def test_dali_only_on_linux_x86_64():
                                                                                                  "lb"}
 
 
-MODEL_MODULES = ("ops", "supernet", "model", "genotype", "methods", "projection", "spaces/rnn/networks",
-                 "spaces/rnn/genotype", "spaces/nb201/networks", "spaces/nb201/genotype")
+MODEL_MODULES = ("spaces/cnn/ops", "spaces/cnn/supernet", "spaces/cnn/model", "spaces/cnn/genotype", "methods",
+                 "spaces/cnn/projection", "spaces/rnn/networks", "spaces/rnn/genotype", "spaces/nb201/networks",
+                 "spaces/nb201/genotype")
 JOB_SIDE = {"distributed", "data", "config", "tune", "job", "parallel", "meters", "memory", "driver", "ray"}
 
 

@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dist_darts import ops
+from dist_darts.spaces.cnn import ops
 from dist_darts.architect import Architect
-from dist_darts.supernet import Network
+from dist_darts.spaces.cnn.supernet import Network
 
 bf16_autocast = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16)
 

@@ -8,13 +8,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from dist_darts import genotype as gt
+from dist_darts.spaces.cnn import genotype as gt
 from dist_darts import search
 from dist_darts.config import ConfigError, SearchConfig, search_rates
 from dist_darts.job import StoppedAsAsked
-from dist_darts.genotype import PRIMITIVES
-from dist_darts.projection import Projection, decision_count, node_edges
-from dist_darts.supernet import Network
+from dist_darts.spaces.cnn.genotype import PRIMITIVES
+from dist_darts.spaces.cnn.projection import Projection, decision_count, node_edges
+from dist_darts.spaces.cnn.supernet import Network
 from helpers import assert_same_state, free_port, model_state
 
 SKIP, SEP3 = PRIMITIVES.index("skip_connect"), PRIMITIVES.index("sep_conv_3x3")

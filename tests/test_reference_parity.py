@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from dist_darts import genotype as gt
-from dist_darts.model import NetworkCIFAR, NetworkImageNet, from_nni_state_dict
-from dist_darts.supernet import Network
+from dist_darts.spaces.cnn import genotype as gt
+from dist_darts.spaces.cnn.model import NetworkCIFAR, NetworkImageNet, from_nni_state_dict
+from dist_darts.spaces.cnn.supernet import Network
 
 
 def _load(fixtures_dir, name):

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from dist_darts import genotype as gt
+from dist_darts.spaces.cnn import genotype as gt
 from dist_darts.spaces.rnn import genotype as rgt
-from dist_darts.genotype import GenotypeError
+from dist_darts.spaces.cnn.genotype import GenotypeError
 from dist_darts.spaces.rnn.genotype import RNN_PRIMITIVES
 
 

@@ -1,8 +1,8 @@
 import torch
 import torch.nn as nn
 
-from dist_darts.genotype import PRIMITIVES
-from dist_darts.supernet import MixedOp, Network, channel_shuffle
+from dist_darts.spaces.cnn.genotype import PRIMITIVES
+from dist_darts.spaces.cnn.supernet import MixedOp, Network, channel_shuffle
 
 
 def test_shapes_and_parameter_groups():

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from dist_darts import genotype as gt
+from dist_darts.spaces.cnn import genotype as gt
 from dist_darts.config import ConfigError, SweepConfig
 from dist_darts.spaces.rnn import genotype as rgt
 from helpers import checkpoint_step, env_for_subprocess

@@ -2,7 +2,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dist_darts import genotype as gt
+from dist_darts.spaces.cnn import genotype as gt
 from dist_darts.visualize import DrawingError, draw_cell, draw_genotype, plot_alphas
 
 

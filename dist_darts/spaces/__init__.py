@@ -1,10 +1,10 @@
 """Search spaces, one unit each, and the one table of them that the CLI, the sweep and the configs consult.
 
 A space's unit holds its networks, genotype type (read, write, derive, draw), job settings, jobs and what its
-sweep reports (a `Space` object: sweep_spaces.py describes the protocol). ``rnn`` (the DARTS recurrent space) and
-``nb201`` (NAS-Bench-201) are subpackages here; the DARTS convolutional space, which the others' jobs build on,
-still lives in the shared modules (supernet.py, model.py, genotype.py, search.py, train.py). A new space is one
-folder plus one row of TABLE.
+sweep reports (a `Space` object: cnn/sweep.py's ConvSpace is the protocol). ``cnn`` (the DARTS convolutional
+space), ``rnn`` (the DARTS recurrent space) and ``nb201`` (NAS-Bench-201) are subpackages here. The convolutional
+space's search and retrain are the shared jobs (search.py's SearchTask, train.py's RetrainTask), whose hooks the
+other image spaces override. A new space is one folder plus one row of TABLE.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 # name -> (module, class of its Space, what --space says of it)
 TABLE = {
-    "cnn": ("dist_darts.sweep_spaces", "ConvSpace", "convolutional cells on images (the DARTS paper's CIFAR and "
+    "cnn": ("dist_darts.spaces.cnn.sweep", "ConvSpace", "convolutional cells on images (the DARTS paper's CIFAR and "
                                                     "ImageNet space)"),
     "rnn": ("dist_darts.spaces.rnn.sweep", "RecurrentSpace", "recurrent cells on text (the original's rnn/ code)"),
     "nb201": ("dist_darts.spaces.nb201.sweep", "NB201Space", "NAS-Bench-201's cell on images, each epoch's cell "

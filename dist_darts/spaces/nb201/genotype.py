@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from ...genotype import GenotypeError, read_file
+from ..cnn.genotype import GenotypeError, read_file
 from ...runfolder import atomic_write
 
 OPS = ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"]  # the benchmark's order

@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 
 from ...methods import METHODS, Darts
-from ...ops import Identity, Zero
-from ...supernet import Network as DartsSupernet
+from ..cnn.ops import Identity, Zero
+from ..cnn.supernet import Network as DartsSupernet
 from .genotype import EDGES, NODES, OPS, derive, load, parse_arch
 
 NONE_INDEX = OPS.index("none")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ...sweep_spaces import ConvSpace
+from ..cnn.sweep import ConvSpace
 from . import genotype as nb
 from .config import NB201EvaluateConfig, NB201RetrainConfig, NB201SearchConfig
 

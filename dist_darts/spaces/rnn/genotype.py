@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import torch
 
-from ...genotype import GENOTYPES, GenotypeError, read_file
+from ..cnn.genotype import GENOTYPES, GenotypeError, read_file
 from ...runfolder import atomic_write
 
 RNN_PRIMITIVES = ["none", "tanh", "relu", "sigmoid", "identity"]

@@ -30,7 +30,7 @@ from ...driver import EpochEnd, StepOutput, run_epochs
 from ...job import EpochHook, Job, run_job
 from ...logs import log, summary_table
 from ...meters import LossMeter, perplexity
-from ...model import count_parameters
+from ..cnn.model import count_parameters
 from ...parallel import check_replicas, prepare_model
 from ...runfolder import atomic_write, best_checkpoint_path
 from . import genotype as rgt

@@ -1,5 +1,5 @@
 """What `dist-darts sweep --space rnn` needs to know of the recurrent space (the Space protocol of
-sweep_spaces.py): its trials report perplexities, lower is better."""
+spaces/cnn/sweep.py): its trials report perplexities, lower is better."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ...errors import ConfigError
-from ...sweep_spaces import ConvSpace
+from ..cnn.sweep import ConvSpace
 from . import genotype as rgt
 from .config import RecurrentEvaluateConfig, RecurrentRetrainConfig, RecurrentSearchConfig
 

@@ -13,7 +13,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from .runfolder import atomic_write
+from ...runfolder import atomic_write
 
 PRIMITIVES = [
     "none",
@@ -291,7 +291,7 @@ def from_dict(d: dict) -> Genotype:
         raise GenotypeError(f"genotype: expected a JSON object, got {type(d).__name__}")
     if any(str(k).startswith(("normal/", "reduce/")) for k in d):
         return from_nni_dict(d)
-    from .spaces.rnn.genotype import is_recurrent_dict
+    from ..rnn.genotype import is_recurrent_dict
     if is_recurrent_dict(d):
         raise GenotypeError("genotype: this is a recurrent cell (it has 'recurrent' edges): use it with --space rnn")
     if "arch_str" in d:
@@ -316,7 +316,7 @@ def load(path_or_name) -> Genotype:
     key = str(path_or_name)
     if key in GENOTYPES:
         return GENOTYPES[key]
-    from .spaces.rnn.genotype import RNN_GENOTYPES
+    from ..rnn.genotype import RNN_GENOTYPES
     if key in RNN_GENOTYPES:
         raise GenotypeError(f"genotype {key!r} is a recurrent cell (--space rnn); convolutional cells are "
                             f"{', '.join(GENOTYPES)}")

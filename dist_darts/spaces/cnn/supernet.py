@@ -26,9 +26,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...method_table import DEFAULT as DEFAULT_METHOD
+from ...methods import METHODS, Darts
 from .genotype import NONE_INDEX, PRIMITIVES, Genotype, derive, edge_weights
-from .method_table import DEFAULT as DEFAULT_METHOD
-from .methods import METHODS, Darts
 from .ops import FactorizedReduce, Identity, ReLUConvBN, build_op, imagenet_stem, scaled_forward
 from .projection import Projection
 
