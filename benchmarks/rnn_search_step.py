@@ -60,7 +60,7 @@ def weight_step(model, optimizer, hidden, x, y, ntoken):
 
 
 def build_ours(cfg):
-    """The library's own step: RecurrentArchitect (first order) then rnn_jobs.weight_step, as the search job runs."""
+    """The library's own step: RecurrentArchitect (first order) then spaces.rnn.jobs.weight_step, as the search job runs."""
     import contextlib
 
     from dist_darts.spaces.rnn.architect import RecurrentArchitect
