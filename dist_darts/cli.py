@@ -77,7 +77,8 @@ def _cell_of_space(key: str, is_name, is_cell_dict, load):
         return load(key)
     if os.path.isfile(key):
         try:
-            is_cell = is_cell_dict(json.loads(open(key, "rb").read()))
+            with open(key, "rb") as f:
+                is_cell = is_cell_dict(json.loads(f.read()))
         except ValueError:  # not JSON
             return None
         return load(key) if is_cell else None

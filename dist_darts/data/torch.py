@@ -69,7 +69,7 @@ class TensorLoader(PlannedLoader):
         return host.pin_memory().to(self.device, non_blocking=True)  # from pageable memory a copy syncs the host
 
 
-def crop_flip(x, offsets, flips, pad=PAD):
+def crop_flip(x, offsets, flips, pad):
     """Crop each image of x (N, C, H, W) at offsets (N, 2) of its copy zero-padded by `pad`, then mirror where
     flips."""
     n, c, h, w = x.shape
