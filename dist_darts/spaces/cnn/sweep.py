@@ -4,6 +4,7 @@ selection score is better, and what its report shows. Nothing here imports Ray."
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -56,16 +57,18 @@ class ConvSpace:
         """The config class of the space's `kind` job (search, retrain or evaluate)."""
         return {"search": self.search_config, "retrain": self.retrain_config, "evaluate": self.evaluate_config}[kind]
 
-    @staticmethod
-    def job(kind: str):
-        from ... import search, train
-        return search.run if kind == "search" else train.run
+    # the space's jobs as "module:function" (search, retrain, and evaluate on a checkpoint), imported on first use
+    entry_points = {"search": "dist_darts.search:run", "retrain": "dist_darts.train:run",
+                    "evaluate": "dist_darts.train:evaluate_checkpoint"}
 
-    @staticmethod
-    def evaluate(cfg) -> dict:
+    def job(self, kind: str):
+        """The function of the space's `kind` job (search, retrain or evaluate), called with its config."""
+        module, function = self.entry_points[kind].split(":")
+        return getattr(importlib.import_module(module), function)
+
+    def evaluate(self, cfg) -> dict:
         """The evaluate job on a checkpoint (cfg: evaluate_config)."""
-        from ... import train
-        return train.evaluate_checkpoint(cfg)
+        return self.job("evaluate")(cfg)
 
     @staticmethod
     def final_report(kind: str, result) -> dict | None:

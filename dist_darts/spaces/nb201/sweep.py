@@ -18,15 +18,8 @@ class NB201Space(ConvSpace):
     to_dict, from_dict, save, format = (staticmethod(nb.to_dict), staticmethod(nb.from_dict), staticmethod(nb.save),
                                         staticmethod(str))
 
-    @staticmethod
-    def job(kind: str):
-        from . import jobs
-        return jobs.search if kind == "search" else jobs.retrain
-
-    @staticmethod
-    def evaluate(cfg) -> dict:
-        from . import jobs
-        return jobs.evaluate_checkpoint(cfg)
+    entry_points = {"search": f"{__package__}.jobs:search", "retrain": f"{__package__}.jobs:retrain",
+                    "evaluate": f"{__package__}.jobs:evaluate_checkpoint"}
 
     def trial(self, metrics: dict) -> dict:
         from .jobs import NB201SearchTask

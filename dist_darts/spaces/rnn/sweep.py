@@ -48,15 +48,8 @@ class RecurrentSpace(ConvSpace):
         from ...data.text import load_text
         load_text(cfg.dataset, cfg.data_dir, cfg.download)
 
-    @staticmethod
-    def job(kind: str):
-        from . import jobs
-        return jobs.search if kind == "search" else jobs.retrain
-
-    @staticmethod
-    def evaluate(cfg) -> dict:
-        from . import jobs
-        return jobs.evaluate_checkpoint(cfg)
+    entry_points = {"search": f"{__package__}.jobs:search", "retrain": f"{__package__}.jobs:retrain",
+                    "evaluate": f"{__package__}.jobs:evaluate_checkpoint"}
 
     @staticmethod
     def final_report(kind: str, result) -> dict | None:
