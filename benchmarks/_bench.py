@@ -329,14 +329,14 @@ def spread(xs: list[float], fmt: str = ".2f") -> str:
 
 
 def short_retrain(dataset: str, genotype_file: str, seed: int, epochs: int, steps: int, layers: int,
-                  channels: int, output: str, image_size: int = 0) -> dict:
+                  channels: int, output: str, image_size: int = 0, data_dir: str | None = None) -> dict:
     """A short retrain of a derived genotype, the study benchmarks' measure of a cell's quality (batch 64, lr 0.05,
     no auxiliary head, so a few epochs of a small network separate good cells from bad). Its keys: the top-1 on a
     class-balanced tenth of the training images held out (`retrain_val_top1`, what a study chooses by, as a sweep
     does) and on the test split (`retrain_top1`, read once, to report)."""
     from dist_darts import train
     from dist_darts.config import RetrainConfig
-    cfg = RetrainConfig(dataset=dataset, image_size=image_size, workers=0, device="cpu", seed=seed,
+    cfg = RetrainConfig(dataset=dataset, data_dir=data_dir, image_size=image_size, workers=0, device="cpu", seed=seed,
                         genotype=genotype_file, epochs=epochs,
                         steps_per_epoch=steps, layers=layers, init_channels=channels, batch_size=64,
                         base_batch_size=64, learning_rate=0.05, auxiliary=False, val_portion=0.1,

@@ -7,7 +7,9 @@ settle: the 1x search runs at least 1,000 optimiser steps. The arms, each adding
 - linear/adam-sqrt+freeze: linear weights, adam-sqrt alphas (Malladi et al. 2022), the alphas frozen for the first
   --freeze-epochs (PC-DARTS), the weights' warm-up;
 - +sqrt(k) epochs: the same, sqrt(k) times the epochs (--epoch-scaling sqrt);
-- +LARS: the same with LARS for the weights.
+- +LARS: the same with LARS for the weights;
+- defaults: what `dist-darts search` does at that batch with no rule flag given (docs/large-batch.md), the arm a
+  user gets.
 
 At 1x every arm is the paper's search (warm-up and freeze apply only above 1x), so it runs once per seed. At 8x both
 BatchNorm choices run: over the global batch (SyncBatchNorm; one process with the global batch) and per GPU (8
@@ -28,8 +30,17 @@ paper's supernet size (8 cells, C=16, batch 64, 50 epochs) on GPUs, one run per 
 GPU-hour budget the same way; --toy shrinks either to a smoke run of a few seconds per search (on the CPU, on the
 digits), and --no-record keeps a smoke run out of RESULTS.md.
 
+`--preset held-back` is the acceptance check of the defaults on a task nothing was tuned on: 9 photographs that
+ship inside installed packages and that nothing else in the project reads (benchmarks/photo_folder.py --photos
+held-back: 96 training crops of each at 32 px, read at 16 px), the digits preset's supernet, 25 epochs of 384
+images (600 steps at 1x). Run with `--multipliers 1,8 --arms none,defaults --per-gpu-bn-at 0`, it asks whether
+the search's default flags at 8x the batch, with the 1x search's epochs (an eighth of its steps), keep the
+supernet's validation accuracy, and whether they ever do worse than no rule.
+
     python benchmarks/search_batch_scaling.py                   # the CPU study (prints its expected time first)
     python benchmarks/search_batch_scaling.py --preset cifar10 --data-dir DIR --gpus 8
+    python benchmarks/search_batch_scaling.py --preset held-back --multipliers 1,8 --arms none,defaults \
+        --per-gpu-bn-at 0 --rows benchmarks/batch_scaling_rows_held_back.jsonl
     python benchmarks/search_batch_scaling.py --toy --no-record # a smoke run
     python benchmarks/search_batch_scaling.py --redraw          # the newest recorded run's table and plot again
 
@@ -67,6 +78,7 @@ ARMS = {
                             epoch_scaling="sqrt"),
     "+LARS": dict(lr_scaling="linear", arch_lr_scaling="adam-sqrt", warmup=True, freeze=True, epoch_scaling="sqrt",
                   optimizer="lars"),
+    "defaults": dict(defaults=True),  # SearchConfig's own rules, warm-ups included
 }
 PAPER = "paper (1x)"
 SEARCH_SPLIT = {"cifar10": 25000}  # training images of a whole search epoch (train-portion 0.5)
@@ -75,7 +87,11 @@ PRESETS = {  # the study's sizes: CPU (default) and the paper's CIFAR-10 superne
                    images_per_epoch=640, retrain_epochs=4, retrain_layers=6, retrain_channels=12, device="cpu"),
     "cifar10": dict(dataset="cifar10", image_size=0, layers=8, init_channels=16, base_batch=64, epochs=50,
                     images_per_epoch=0, retrain_epochs=20, retrain_layers=8, retrain_channels=16, device="cuda"),
+    # the acceptance check on photographs nothing else in the project reads (benchmarks/photo_folder.py)
+    "held-back": dict(dataset="folder", image_size=16, layers=3, init_channels=4, base_batch=16, epochs=25,
+                      images_per_epoch=384, retrain_epochs=0, retrain_layers=6, retrain_channels=12, device="cpu"),
 }
+HELD_BACK_FOLDER = dict(size=32, train=96, val=8, seed=0, photos="held-back")  # 864 training crops of 9 photos
 
 
 TOY = dict(dataset="digits", image_size=16, device="cpu", layers=3, init_channels=4, base_batch=8, epochs=1,
@@ -85,11 +101,14 @@ TOY = dict(dataset="digits", image_size=16, device="cpu", layers=3, init_channel
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="digits", choices=tuple(PRESETS),
-                   help="digits (the CPU study, default) or cifar10 (the paper's supernet size, on GPUs)")
+                   help="digits (the CPU study, default), cifar10 (the paper's supernet size, on GPUs) or "
+                        "held-back (the acceptance check on 9 photographs the project never reads; writes their "
+                        "folder unless --data-dir names one)")
     p.add_argument("--toy", action="store_true", help="smoke size: 1x and 2x of batch 8, one seed, 1 epoch of 16 "
                                                        "digits on the CPU, a 3-cell supernet, a 1-epoch retrain of "
                                                        "2 steps; no plot")
-    p.add_argument("--data-dir", default=None, help="CIFAR-10 folder of --preset cifar10")
+    p.add_argument("--data-dir", default=None, help="CIFAR-10 folder of --preset cifar10, or the image folder of "
+                                                    "--preset held-back")
     p.add_argument("--multipliers", default="1,2,4,8,16", help="global batches as multiples of the base "
                                                                "(default: 1,2,4,8,16)")
     p.add_argument("--arms", default=",".join(ARMS), help=f"arms above 1x (default: {','.join(ARMS)})")
@@ -106,8 +125,8 @@ def parse_args(argv=None):
                        ("base_batch", int), ("epochs", int), ("images_per_epoch", int), ("retrain_epochs", int),
                        ("retrain_layers", int), ("retrain_channels", int), ("device", str)):
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
-                       help=f"override the preset's {name.replace('_', ' ')} (digits: {PRESETS['digits'][name]}, "
-                            f"cifar10: {PRESETS['cifar10'][name]})")
+                       help=f"override the preset's {name.replace('_', ' ')} (" +
+                            ", ".join(f"{preset}: {values[name]}" for preset, values in PRESETS.items()) + ")")
     p.add_argument("--jobs", type=int, default=None, help="runs at a time, one torch thread each on the CPU, one "
                                                           "GPU each on GPUs (default: 2 on the CPU, --gpus)")
     p.add_argument("--gpus", type=int, default=1, help="GPUs to spread the runs over (default: 1)")
@@ -134,7 +153,7 @@ def parse_args(argv=None):
     if args.jobs is None:
         args.jobs = args.gpus if args.device == "cuda" else 2
     if args.plot is None:
-        args.plot = f"docs/search_batch_scaling_{args.dataset}.png"
+        args.plot = f"docs/search_batch_scaling_{args.preset if args.dataset == 'folder' else args.dataset}.png"
     args.multipliers = [int(m) for m in str(args.multipliers).split(",")]
     args.arms = str(args.arms).split(",")
     if 1 not in args.multipliers or any(a not in ARMS for a in args.arms):
@@ -144,6 +163,19 @@ def parse_args(argv=None):
     if args.dataset == "cifar10" and not args.data_dir and not args.redraw:
         p.error("--preset cifar10 needs --data-dir (the CIFAR-10 folder)")
     return args
+
+
+def held_back_folder() -> str:
+    """The image folder of --preset held-back (HELD_BACK_FOLDER's crops), written once into the temporary
+    directory and reused by later runs."""
+    from photo_folder import write_folder
+    settings = HELD_BACK_FOLDER
+    folder = Path(tempfile.gettempdir()) / "dist-darts-held-back-{size}px-{train}-{val}-{seed}".format(**settings)
+    done = folder / "complete"
+    if not done.exists():
+        write_folder(folder, **settings)
+        done.touch()  # a folder cut off while being written is written again
+    return str(folder)
 
 
 def plan(args) -> list[tuple]:
@@ -189,7 +221,10 @@ def search_config(args, seed: int, multiplier: int, arm: str, bn: str, output: s
     """The SearchConfig of one run: the arm's rules above 1x, the paper's search at 1x."""
     from dist_darts.config import SearchConfig
     settings = {} if arm == PAPER else dict(ARMS[arm])
-    warmup, freeze = settings.pop("warmup", False), settings.pop("freeze", False)
+    warmup, freeze, defaults = (settings.pop(key, False) for key in ("warmup", "freeze", "defaults"))
+    if not defaults:  # the arm's warm-ups; the defaults arm keeps the search's own
+        settings.update(warmup_epochs=args.warmup_epochs if warmup else 0,
+                        arch_warmup_epochs=args.freeze_epochs if freeze else 0)
     per_gpu = bn == "per-gpu"
     batch = args.base_batch * (1 if per_gpu else multiplier)
     accumulate = multiplier if per_gpu else 1
@@ -198,8 +233,6 @@ def search_config(args, seed: int, multiplier: int, arm: str, bn: str, output: s
                         device=args.device, seed=seed, epochs=args.epochs, layers=args.layers,
                         init_channels=args.init_channels, batch_size=batch, accumulate=accumulate,
                         steps_per_epoch=args.images_per_epoch // global_batch, base_batch_size=args.base_batch,
-                        warmup_epochs=args.warmup_epochs if warmup else 0,
-                        arch_warmup_epochs=args.freeze_epochs if freeze else 0,
                         noise_scale_every=max(1, steps_per_epoch(args, multiplier) // 4),
                         log_interval=10**6, output=output, **settings)
 
@@ -233,7 +266,7 @@ def run_one(job: tuple) -> dict:
         if args.retrain_epochs:
             row.update(_bench.short_retrain(args.dataset, f"{tmp}/search/genotype.json", seed, args.retrain_epochs,
                                            args.retrain_steps, args.retrain_layers, args.retrain_channels,
-                                           f"{tmp}/retrain", image_size=args.image_size))
+                                           f"{tmp}/retrain", image_size=args.image_size, data_dir=args.data_dir))
     print(json.dumps({k: v for k, v in row.items() if k not in ("genotype", "epoch_genotypes")}), flush=True)
     return {**row, "settings": run_settings(args)}
 
@@ -332,6 +365,8 @@ def main(argv=None) -> None:
         return summarize(record["rows"], argparse.Namespace(**{**record["args"], "plot": args.plot,
                                                                "no_record": True}),
                          f" (redrawn from the run of {record['date'][:16]})")
+    if args.preset == "held-back" and args.dataset == "folder" and not args.data_dir:
+        args.data_dir = held_back_folder()
     rows = finished_rows(args)
     done = {run_key(r) for r in rows}
     runs = [run for run in plan(args) if run not in done]

@@ -359,13 +359,13 @@ def _study():
 
 
 def test_the_default_study_settles_at_1x_and_covers_every_cell():
-    """The CPU study's plan: 1,000 steps at 1x, 5 batches x 5 arms x 3 seeds, both BatchNorm choices at 8x; the
+    """The CPU study's plan: 1,000 steps at 1x, 5 batches x 6 arms x 3 seeds, both BatchNorm choices at 8x; the
     cifar10 preset is the paper's supernet and search."""
     study = _study()
     args = study.parse_args([])
     assert study.steps_per_epoch(args, 1) * args.epochs >= 1000
     runs = study.plan(args)
-    assert len(runs) == 3 * (1 + 4 * 5 + 5)
+    assert len(runs) == 3 * (1 + 4 * 6 + 6)
     assert {bn for _, m, _, bn in runs if m == 8} == {"global", "per-gpu"}
     per_gpu = study.search_config(args, 0, 8, "+LARS", "per-gpu", "x")
     assert (per_gpu.batch_size, per_gpu.accumulate, per_gpu.optimizer, per_gpu.epoch_scaling) == (16, 8, "lars",
@@ -425,3 +425,36 @@ def test_a_toy_dry_run_of_the_cifar10_preset_runs_on_the_cpu():
                          text=True, env=env_for_subprocess(), timeout=900, check=True).stdout
     assert "2 searches, 1 at a time: expected" in out
     assert "| 16 | +LARS | global |" in out and "Noise floor" in out
+
+
+def test_the_defaults_arm_runs_the_searchs_own_rules():
+    """The defaults arm is what `dist-darts search` does at that batch with no rule flag: SearchConfig's rules and
+    warm-ups, whatever they are; the held-back preset is the digits' supernet on a folder of the held-back photos."""
+    study = _study()
+    args = study.parse_args(["--preset", "held-back", "--data-dir", "photos"])
+    assert (args.dataset, args.image_size, args.layers, args.init_channels, args.retrain_epochs) == ("folder", 16, 3,
+                                                                                                     4, 0)
+    assert args.plot == "docs/search_batch_scaling_held-back.png"
+    ours = study.search_config(args, 0, 8, "defaults", "global", "x")
+    theirs = config.SearchConfig(dataset="digits")
+    for key in ("lr_scaling", "arch_lr_scaling", "warmup_epochs", "arch_warmup_epochs", "optimizer", "epoch_scaling"):
+        assert getattr(ours, key) == getattr(theirs, key), key
+    assert (ours.batch_size, ours.base_batch_size, ours.steps_per_epoch) == (128, 16, 3)
+
+
+def test_the_held_back_check_runs_on_an_image_folder_with_its_retrain(tmp_path):
+    """The held-back preset's plumbing on a small folder of the held-back photographs: both arms' searches at 1x
+    and 2x, and the short retrain of each cell reads the same folder."""
+    import subprocess
+    import sys
+    from helpers import env_for_subprocess
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    from photo_folder import write_folder
+    folder = write_folder(tmp_path / "photos", size=16, train=10, val=1, photos="held-back")  # a retrain batch of 64
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "search_batch_scaling.py")
+    out = subprocess.run([sys.executable, script, "--preset", "held-back", "--toy", "--dataset", "folder",
+                          "--data-dir", str(folder), "--arms", "none,defaults", "--per-gpu-bn-at", "0", "--jobs",
+                          "1", "--no-record"], capture_output=True, text=True, env=env_for_subprocess(), timeout=900,
+                         check=True).stdout
+    assert "3 searches, 1 at a time" in out
+    assert "| 16 | defaults | global | 1 |" in out and "| 16 | none | global | 1 |" in out
