@@ -63,6 +63,8 @@ def parse_args(argv=None):
                    "instead of its authors' (--method's own, docs/methods.md); the sizes above apply either way")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time, one torch thread each (default: 2)")
     p.add_argument("--plot", default="docs/search_collapse.png", help="plot file (default: %(default)s)")
+    p.add_argument("--redraw", action="store_true", help="no searches: the plot of the newest recorded run of this "
+                   "--dataset, --methods, --first-seed and --derive again, from benchmarks/results.jsonl")
     args = p.parse_args(argv)
     if args.toy:
         args.methods, args.seeds, args.epochs, args.steps_per_epoch = "darts,drnas", 1, 1, 2
@@ -109,8 +111,8 @@ def plot(path: str, rows: list[dict], labels: list[str], args) -> str | None:
     if plt is None:
         return None
     panels = [("param_free_normal", "parameter-free ops in the normal cell (of 8)")]
-    if args.retrain_epochs:
-        panels.append(("retrain_top1", f"{args.retrain_epochs}-epoch retrain top-1 %"))
+    if args.retrain_epochs:  # the hold-out the methods are compared on, not the test split
+        panels.append(("retrain_val_top1", f"{args.retrain_epochs}-epoch retrain top-1 on the hold-out %"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, (key, label) in zip(axes[0], panels):
         for i, method in enumerate(labels):
@@ -124,8 +126,22 @@ def plot(path: str, rows: list[dict], labels: list[str], args) -> str | None:
     return _bench.save_figure(fig, path)
 
 
+def redraw(args) -> None:
+    """The plot of the newest recorded run with args' data set, methods, first seed and derivation."""
+    wanted = {"dataset": args.dataset, "methods": args.methods, "first_seed": args.first_seed, "derive": args.derive}
+    records = [r for r in map(json.loads, (_bench.HERE / "results.jsonl").read_text().splitlines())
+               if r["benchmark"] == "search_collapse" and all(r["args"].get(k) == v for k, v in wanted.items())]
+    if not records:
+        raise SystemExit(f"--redraw: no recorded run of {wanted} in benchmarks/results.jsonl")
+    rows = records[-1]["rows"]
+    recorded = argparse.Namespace(**records[-1]["args"])
+    print(plot(args.plot, rows, list(dict.fromkeys(r["method"] for r in rows)), recorded))
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.redraw:
+        return redraw(args)
     jobs = [(args, method, seed) for seed in range(args.first_seed, args.first_seed + args.seeds)
             for method in args.methods]
     with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:

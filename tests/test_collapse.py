@@ -169,3 +169,22 @@ def test_an_early_stop_ends_the_search_with_the_rules_genotype_and_stays_ended(t
     resumed = search.run(SearchConfig(**settings, resume=True), on_epoch=lambda m, c: again.append(m))
     assert len(calls) == 2 and len(json.loads((out / "history.json").read_text())) == 2  # nothing trained
     assert resumed.genotype == result.genotype and again == reported[-1:]
+
+
+def test_the_collapse_benchmark_redraws_a_recorded_run_without_searching(tmp_path):
+    """--redraw plots the newest recorded comparison of the given data set and methods (the photographs' run in
+    benchmarks/results.jsonl); an unrecorded combination is one line, no traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    from helpers import env_for_subprocess
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "search_collapse.py"
+    drawn = tmp_path / "photos.png"
+    done = subprocess.run([sys.executable, str(script), "--redraw", "--dataset", "photos", "--plot", str(drawn)],
+                          capture_output=True, text=True, env=env_for_subprocess(), timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "matplotlib is not installed" in done.stdout or drawn.stat().st_size > 10_000
+    missing = subprocess.run([sys.executable, str(script), "--redraw", "--first-seed", "99"], capture_output=True,
+                             text=True, env=env_for_subprocess(), timeout=300)
+    assert missing.returncode == 1 and "--redraw: no recorded run" in missing.stderr
+    assert "Traceback" not in missing.stderr
