@@ -316,6 +316,12 @@ def record(benchmark: str, device: str, payload: dict, title: str, markdown: str
                 f"{describe_machine(rec['machine'], rec['versions'])}\n\n{markdown.strip()}\n")
 
 
+def recorded(benchmark: str) -> list[dict]:
+    """The runs of `benchmark` that record() appended to results.jsonl, oldest first (what --redraw reads)."""
+    return [r for r in map(json.loads, (HERE / "results.jsonl").read_text().splitlines())
+            if r["benchmark"] == benchmark]
+
+
 def table(header: list[str], rows: list[list[str]], right_from: int = 1) -> str:
     lines = ["| " + " | ".join(header) + " |",
              "|" + "|".join("---" if i < right_from else "---:" for i in range(len(header))) + "|"]

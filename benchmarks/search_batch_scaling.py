@@ -169,11 +169,11 @@ def held_back_folder() -> str:
     """The image folder of --preset held-back (HELD_BACK_FOLDER's crops), written once into the temporary
     directory and reused by later runs."""
     from photo_folder import write_folder
-    settings = HELD_BACK_FOLDER
-    folder = Path(tempfile.gettempdir()) / "dist-darts-held-back-{size}px-{train}-{val}-{seed}".format(**settings)
+    folder = Path(tempfile.gettempdir()) / "dist-darts-held-back-{size}px-{train}-{val}-{seed}".format(
+        **HELD_BACK_FOLDER)
     done = folder / "complete"
     if not done.exists():
-        write_folder(folder, **settings)
+        write_folder(folder, **HELD_BACK_FOLDER)
         done.touch()  # a folder cut off while being written is written again
     return str(folder)
 
@@ -359,9 +359,8 @@ def plot(path: str, rows: list[dict], args, panels: list[tuple[str, str]]) -> st
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.redraw:
-        record = [r for r in map(json.loads, (_bench.HERE / "results.jsonl").read_text().splitlines())
-                  if r["benchmark"] == "search_batch_scaling" and "arms" in r["args"]
-                  and r["args"]["dataset"] == args.dataset][-1]
+        record = [r for r in _bench.recorded("search_batch_scaling")
+                  if "arms" in r["args"] and r["args"]["dataset"] == args.dataset][-1]
         return summarize(record["rows"], argparse.Namespace(**{**record["args"], "plot": args.plot,
                                                                "no_record": True}),
                          f" (redrawn from the run of {record['date'][:16]})")

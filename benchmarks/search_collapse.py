@@ -129,8 +129,8 @@ def plot(path: str, rows: list[dict], labels: list[str], args) -> str | None:
 def redraw(args) -> None:
     """The plot of the newest recorded run with args' data set, methods, first seed and derivation."""
     wanted = {"dataset": args.dataset, "methods": args.methods, "first_seed": args.first_seed, "derive": args.derive}
-    records = [r for r in map(json.loads, (_bench.HERE / "results.jsonl").read_text().splitlines())
-               if r["benchmark"] == "search_collapse" and all(r["args"].get(k) == v for k, v in wanted.items())]
+    records = [r for r in _bench.recorded("search_collapse")
+               if all(r["args"].get(k) == v for k, v in wanted.items())]
     if not records:
         raise SystemExit(f"--redraw: no recorded run of {wanted} in benchmarks/results.jsonl")
     rows = records[-1]["rows"]
