@@ -169,9 +169,13 @@ def search_rates(cfg: SearchConfig, world_size: int) -> dict:
     a = scaling_factor("sqrt" if adam_sqrt else cfg.arch_lr_scaling, global_batch, cfg.base_batch_size)
     beta2 = 1 - min((1 - cfg.arch_beta2) * k, MAX_ONE_MINUS_BETA2) if adam_sqrt else cfg.arch_beta2
     epochs = max(1, round(cfg.epochs * scaling_factor(cfg.epoch_scaling, global_batch, cfg.base_batch_size)))
+    warmup = cfg.warmup_epochs
+    if warmup is None:  # 8x the batch at linear rates lost a quarter of the accuracy without one (docs/large-batch.md)
+        warmup = max(1, epochs // 10) if global_batch > cfg.base_batch_size and w > 1 else 0
     return {"global_batch": global_batch, "learning_rate": cfg.learning_rate * w,
             "learning_rate_min": cfg.learning_rate_min * w, "arch_learning_rate": cfg.arch_learning_rate * a,
-            "arch_beta2": beta2, "arch_eps": ADAM_EPS / math.sqrt(k) if adam_sqrt else ADAM_EPS, "epochs": epochs}
+            "arch_beta2": beta2, "arch_eps": ADAM_EPS / math.sqrt(k) if adam_sqrt else ADAM_EPS, "epochs": epochs,
+            "warmup_epochs": min(warmup, epochs)}
 
 
 LARGE_BATCH_WARMUP = 5  # epochs of linear warm-up a retrain above its base batch gets unless told otherwise
@@ -285,8 +289,11 @@ class SearchConfig(JobConfig):
                                     "base batch: none, linear (the default: the batch-scaling study's choice, "
                                     "docs/large-batch.md), sqrt; at the base batch all are the paper's",
                           "optimiser", choices=SCALING_RULES)
-    warmup_epochs: int = opt(0, "weights: linear learning-rate warm-up epochs, multiplied onto the cosine "
-                                "schedule", "schedule")
+    warmup_epochs: int | None = opt(None, "weights: linear learning-rate warm-up epochs, multiplied onto the cosine "
+                                          "schedule (default: unset = a tenth of the epochs, at least 1, when the "
+                                          "global batch is above the base batch and --lr-scaling raises the rate; "
+                                          "else none: the batch-scaling study's choice, docs/large-batch.md)",
+                                    "schedule")
     arch_lr_scaling: str = opt("linear", "alphas: how the Adam learning rate follows global batch / base batch: "
                                          "none, linear (the default, as the weights'), sqrt, adam-sqrt (Malladi et "
                                          "al. 2022: the rate x sqrt(k), 1 - beta2 x k up to 0.1, epsilon / sqrt(k); "

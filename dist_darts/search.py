@@ -237,10 +237,11 @@ class SearchTask:
                      self.subsets["weights_images"], self.subsets["alphas_images"], cfg.seed,
                      self.subsets["sha256"][:16])
         log.info("global batch %d (%d per rank x %d rank(s) x accumulate %d) | weights lr %.6g (%s) | alphas lr %.6g "
-                 "(%s) | base batch %d | weights optimizer %s | %d epochs (epoch scaling %s) | BatchNorm over %s",
-                 self.rates["global_batch"], cfg.batch_size, job.env.world_size, cfg.accumulate,
+                 "(%s) | base batch %d | weights optimizer %s | %d epochs (epoch scaling %s), %d of warm-up | "
+                 "BatchNorm over %s", self.rates["global_batch"], cfg.batch_size, job.env.world_size, cfg.accumulate,
                  self.rates["learning_rate"], cfg.lr_scaling, self.rates["arch_learning_rate"], cfg.arch_lr_scaling,
                  cfg.base_batch_size, cfg.optimizer, self.search_epochs, cfg.epoch_scaling,
+                 self.rates["warmup_epochs"],
                  f"the global batch ({sync_bn})" if sync_bn else f"each rank's batch of {cfg.batch_size} (per GPU)")
         self.w_opt = weight_optimizer(cfg.optimizer, self.model.weights(), self.rates["learning_rate"], cfg.momentum,
                                       cfg.weight_decay)
@@ -361,7 +362,8 @@ class SearchTask:
     def begin_epoch(self, epoch: int, start_step: int):
         cfg = self.job.cfg
         # the warm-up is a factor on the cosine schedule derived from the epoch, so a resume needs no extra state
-        warm = (epoch + 1) / cfg.warmup_epochs if epoch < cfg.warmup_epochs else 1.0
+        warmup = self.rates["warmup_epochs"]
+        warm = (epoch + 1) / warmup if epoch < warmup else 1.0
         self.lr = self.scheduler.get_last_lr()[0] * warm
         if epoch >= self.search_epochs:
             self.lr = self._select(epoch - self.search_epochs, start_step)

@@ -70,6 +70,24 @@ def test_epoch_scaling_resolves_to_the_documented_epochs(rule, k, epochs):
     assert SearchConfig(dataset="digits").epoch_scaling == "none"  # --epochs is what runs unless opted in
 
 
+@pytest.mark.parametrize("batch, world, settings, warmup", [
+    (64, 1, {}, 0),  # the paper's batch: no warm-up, the paper's search
+    (64, 8, {}, 5),  # 8x at the default linear rates: a tenth of the 50 epochs
+    (64, 8, dict(epochs=8), 1),  # at least one epoch
+    (64, 4, dict(lr_scaling="sqrt"), 5),  # any rule that raises the rate
+    (64, 8, dict(lr_scaling="none"), 0),  # the paper's rate at any batch needs none
+    (16, 1, {}, 0),  # a smaller batch lowers the rate
+    (64, 8, dict(warmup_epochs=0), 0),  # a flag given is what runs
+    (64, 1, dict(warmup_epochs=3), 3),
+    (64, 8, dict(epochs=2, warmup_epochs=5), 2),  # never past the search
+])
+def test_the_weights_warm_up_defaults_to_a_tenth_of_the_epochs_above_the_base_batch(batch, world, settings, warmup):
+    """The batch study's finding made the default: at 8x the batch, linear rates with a weights' warm-up kept 0.98x
+    the 1x supernet's accuracy and without one 0.74x (docs/large-batch.md); at the base batch nothing changes."""
+    cfg = SearchConfig(dataset="digits", batch_size=batch, **settings)
+    assert config.search_rates(cfg, world)["warmup_epochs"] == warmup
+
+
 def test_at_the_base_batch_the_new_rules_run_todays_search(tmp_path):
     """At global batch = base batch, adam-sqrt, epoch scaling and the noise-scale monitor change nothing: the
     search is bit for bit the default one (the paper's rates, SGD, --epochs), which runs torch's SGD and Adam."""
@@ -86,8 +104,8 @@ def test_at_the_base_batch_the_new_rules_run_todays_search(tmp_path):
     assert runs["defaults"]["a_optimizer"]["param_groups"][0]["betas"] == (0.5, 0.999)
     assert runs["defaults"]["a_optimizer"]["param_groups"][0]["eps"] == 1e-8
     assert "momentum_buffer" in next(iter(runs["defaults"]["w_optimizer"]["state"].values()))
-    assert "weights optimizer sgd | 1 epochs (epoch scaling none) | BatchNorm over each rank's batch of 8 (per " \
-           "GPU)" in (tmp_path / "defaults" / "log.txt").read_text()
+    assert "weights optimizer sgd | 1 epochs (epoch scaling none), 0 of warm-up | BatchNorm over each rank's batch " \
+           "of 8 (per GPU)" in (tmp_path / "defaults" / "log.txt").read_text()
 
 
 @pytest.mark.parametrize("name", ["lars", "lamb"])
@@ -184,7 +202,8 @@ def test_the_default_rules_are_linear_from_the_papers_batch(tmp_path):
     assert "resolved" not in resolved and resolved["lr_scaling"] == resolved["arch_lr_scaling"] == "linear"
     written = yaml.safe_load((tmp_path / "defaults" / "config.yaml").read_text())["resolved"]
     assert written == {"global_batch": 8, "learning_rate": 0.025 / 8, "learning_rate_min": 0.001 / 8,
-                       "arch_learning_rate": 3e-4 / 8, "arch_beta2": 0.999, "arch_eps": 1e-8, "epochs": 1}
+                       "arch_learning_rate": 3e-4 / 8, "arch_beta2": 0.999, "arch_eps": 1e-8, "epochs": 1,
+                       "warmup_epochs": 0}
     assert "global batch 8 (8 per rank x 1 rank(s) x accumulate 1) | weights lr 0.003125 (linear) | alphas lr " \
            "3.75e-05 (linear)" in (tmp_path / "defaults" / "log.txt").read_text()
     assert SearchConfig(dataset="digits").batch_size == 64  # at the paper's batch the defaults are its rates
@@ -440,6 +459,7 @@ def test_the_defaults_arm_runs_the_searchs_own_rules():
     for key in ("lr_scaling", "arch_lr_scaling", "warmup_epochs", "arch_warmup_epochs", "optimizer", "epoch_scaling"):
         assert getattr(ours, key) == getattr(theirs, key), key
     assert (ours.batch_size, ours.base_batch_size, ours.steps_per_epoch) == (128, 16, 3)
+    assert config.search_rates(ours, 1)["warmup_epochs"] == 1  # a tenth of the preset's 8 epochs, at least one
 
 
 def test_the_held_back_check_runs_on_an_image_folder_with_its_retrain(tmp_path):
