@@ -199,8 +199,9 @@ def resume_state(job: Job, task: Task) -> dict | None:
     if note:
         log.warning(note)
     ckpt_io.check_compatible(state, path, job.env.world_size, config_io.to_dict(job.cfg), task.resume_keys)
-    for key, value in task.identity().items():
-        if state.get("identity", {}).get(key) != value:
+    ours, theirs = task.identity(), state.get("identity", {})
+    for key in sorted(ours.keys() | theirs.keys()):  # a key on one side only differs too
+        if theirs.get(key) != ours.get(key):
             raise ckpt_io.CheckpointError(f"checkpoint {path} was trained with another {key} than this run's "
                                           f"(the file may have changed since): use a new --output or the same {key}")
     return state

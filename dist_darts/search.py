@@ -355,9 +355,12 @@ class SearchTask:
                 self.model.projection = self.projection
 
     def identity(self) -> dict:
-        """The ImageNet stem and the subsets' digest, where used (a CIFAR-stem run over the portion split has none)."""
+        """The ImageNet stem, the subsets' digest and the resolved weights' warm-up, where used (a CIFAR-stem run over
+        the portion split at the base batch has none): a resume must train as the run began."""
+        warmup = self.rates["warmup_epochs"]
         return {**({"stem": self.stem} if self.stem != "cifar" else {}),
-                **({"subsets": self.subsets["sha256"]} if self.subsets else {})}
+                **({"subsets": self.subsets["sha256"]} if self.subsets else {}),
+                **({"warmup_epochs": warmup} if warmup else {})}
 
     def begin_epoch(self, epoch: int, start_step: int):
         cfg = self.job.cfg
