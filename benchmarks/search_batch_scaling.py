@@ -376,7 +376,8 @@ def main(argv=None) -> None:
     if args.table_only:
         if not rows:
             raise SystemExit(f"--table-only: no finished runs in {args.rows}")
-        partial = f" (partial: {len(plan(args)) - len(runs)} of {len(plan(args))} runs; the study goes on)"
+        if runs:  # a finished study's table is no partial one
+            partial = f" (partial: {len(plan(args)) - len(runs)} of {len(plan(args))} runs; the study goes on)"
         runs = []
     expected = expected_seconds(args, runs) if runs else 0.0
     unit = "GPU-hours" if args.device == "cuda" else "core-hours"

@@ -170,7 +170,7 @@ def search_rates(cfg: SearchConfig, world_size: int) -> dict:
     beta2 = 1 - min((1 - cfg.arch_beta2) * k, MAX_ONE_MINUS_BETA2) if adam_sqrt else cfg.arch_beta2
     epochs = max(1, round(cfg.epochs * scaling_factor(cfg.epoch_scaling, global_batch, cfg.base_batch_size)))
     warmup = cfg.warmup_epochs
-    if warmup is None:  # at 8x, linear rates kept 0.74x of 1x without one, 0.98x with one (docs/large-batch.md)
+    if warmup is None:  # at 8x linear rates kept 0.74x without one (the issue), 0.98x with one (docs/large-batch.md)
         warmup = max(1, epochs // 10) if global_batch > cfg.base_batch_size and w > 1 else 0
     return {"global_batch": global_batch, "learning_rate": cfg.learning_rate * w,
             "learning_rate_min": cfg.learning_rate_min * w, "arch_learning_rate": cfg.arch_learning_rate * a,
