@@ -169,13 +169,21 @@ def search_rates(cfg: SearchConfig, world_size: int) -> dict:
     a = scaling_factor("sqrt" if adam_sqrt else cfg.arch_lr_scaling, global_batch, cfg.base_batch_size)
     beta2 = 1 - min((1 - cfg.arch_beta2) * k, MAX_ONE_MINUS_BETA2) if adam_sqrt else cfg.arch_beta2
     epochs = max(1, round(cfg.epochs * scaling_factor(cfg.epoch_scaling, global_batch, cfg.base_batch_size)))
-    warmup = cfg.warmup_epochs
-    if warmup is None:  # at 8x linear rates kept 0.74x without one (the issue), 0.98x with one (docs/large-batch.md)
-        warmup = max(1, epochs // 10) if global_batch > cfg.base_batch_size and w > 1 else 0
+    # a tenth of the epochs: at 8x linear rates kept 0.74x without one (the issue), 0.98x with one (docs/large-batch.md)
+    warmup = resolved_warmup(cfg.warmup_epochs, max(1, epochs // 10), global_batch, cfg.base_batch_size, w, epochs)
     return {"global_batch": global_batch, "learning_rate": cfg.learning_rate * w,
             "learning_rate_min": cfg.learning_rate_min * w, "arch_learning_rate": cfg.arch_learning_rate * a,
             "arch_beta2": beta2, "arch_eps": ADAM_EPS / math.sqrt(k) if adam_sqrt else ADAM_EPS, "epochs": epochs,
-            "warmup_epochs": min(warmup, epochs)}
+            "warmup_epochs": warmup}
+
+
+def resolved_warmup(given: int | None, unset: int, global_batch: int, base_batch: int, factor: float,
+                    epochs: int) -> int:
+    """The weights' warm-up epochs a job runs: the given ones, or when unset, `unset` above the base batch where the
+    scaling rule raises the rate (none otherwise); never more than the job's epochs."""
+    if given is None:
+        given = unset if global_batch > base_batch and factor > 1 else 0
+    return min(given, epochs)
 
 
 LARGE_BATCH_WARMUP = 5  # epochs of linear warm-up a retrain above its base batch gets unless told otherwise
@@ -186,11 +194,10 @@ def retrain_rates(cfg: RetrainConfig, world_size: int) -> dict:
     resolved section)."""
     global_batch = cfg.batch_size * world_size
     factor = scaling_factor(cfg.lr_scaling, global_batch, cfg.base_batch_size)
-    warmup = cfg.warmup_epochs
-    if warmup is None:
-        warmup = LARGE_BATCH_WARMUP if global_batch > cfg.base_batch_size and factor > 1 else 0
     return {"global_batch": global_batch, "learning_rate": cfg.learning_rate * factor,
-            "learning_rate_min": cfg.learning_rate_min * factor, "warmup_epochs": min(warmup, cfg.epochs)}
+            "learning_rate_min": cfg.learning_rate_min * factor,
+            "warmup_epochs": resolved_warmup(cfg.warmup_epochs, LARGE_BATCH_WARMUP, global_batch, cfg.base_batch_size,
+                                             factor, cfg.epochs)}
 
 
 def check_ranges(cfg, minimum, names) -> None:
