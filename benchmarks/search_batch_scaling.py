@@ -9,7 +9,10 @@ settle: the 1x search runs at least 1,000 optimiser steps. The arms, each adding
 - +sqrt(k) epochs: the same, sqrt(k) times the epochs (--epoch-scaling sqrt);
 - +LARS: the same with LARS for the weights;
 - defaults: what `dist-darts search` does at that batch with no rule flag given (docs/large-batch.md), the arm a
-  user gets.
+  user gets;
+- linear+warm-up+noise epochs: linear+warm-up with the epochs the gradient noise scale asks for at that batch,
+  ceil(E (B + B_noise) / (B0 + B_noise)) (noise_scale.epochs_factor, what the end-of-search summary advises), with
+  B_noise the median measured by this study's 1x searches: its runs start once those are finished.
 
 At 1x every arm is the paper's search (warm-up and freeze apply only above 1x), so it runs once per seed. At 8x both
 BatchNorm choices run: over the global batch (SyncBatchNorm; one process with the global batch) and per GPU (8
@@ -68,6 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench  # noqa: E402
 import torch  # noqa: E402
+from dist_darts.noise_scale import epochs_factor  # noqa: E402
 from dist_darts.spaces.cnn import genotype as gt  # noqa: E402
 
 # each arm's search settings above 1x; "warm-up" and "freeze" are filled in from --warmup-epochs, --freeze-epochs
@@ -80,6 +84,8 @@ ARMS = {
     "+LARS": dict(lr_scaling="linear", arch_lr_scaling="adam-sqrt", warmup=True, freeze=True, epoch_scaling="sqrt",
                   optimizer="lars"),
     "defaults": dict(defaults=True),  # SearchConfig's own rules, warm-ups included
+    "linear+warm-up+noise epochs": dict(lr_scaling="linear", arch_lr_scaling="linear", warmup=True,
+                                        noise_epochs=True),
 }
 PAPER = "paper (1x)"
 SEARCH_SPLIT = {"cifar10": 25000}  # training images of a whole search epoch (train-portion 0.5)
@@ -222,7 +228,8 @@ def search_config(args, seed: int, multiplier: int, arm: str, bn: str, output: s
     """The SearchConfig of one run: the arm's rules above 1x, the paper's search at 1x."""
     from dist_darts.config import SearchConfig
     settings = {} if arm == PAPER else dict(ARMS[arm])
-    warmup, freeze, defaults = (settings.pop(key, False) for key in ("warmup", "freeze", "defaults"))
+    warmup, freeze, defaults, noise_epochs = (settings.pop(key, False)
+                                              for key in ("warmup", "freeze", "defaults", "noise_epochs"))
     if not defaults:  # the arm's warm-ups; the defaults arm keeps the search's own
         settings.update(warmup_epochs=args.warmup_epochs if warmup else 0,
                         arch_warmup_epochs=args.freeze_epochs if freeze else 0)
@@ -230,8 +237,12 @@ def search_config(args, seed: int, multiplier: int, arm: str, bn: str, output: s
     batch = args.base_batch * (1 if per_gpu else multiplier)
     accumulate = multiplier if per_gpu else 1
     global_batch = args.base_batch * multiplier
+    epochs = args.epochs
+    if noise_epochs and args.b_noise is not None:  # (None only in the time estimate before the 1x searches end)
+        # rounded first: 25 x 1.2 is 30, not 31
+        epochs = math.ceil(round(args.epochs * epochs_factor(args.base_batch, global_batch, args.b_noise), 6))
     return SearchConfig(dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size, workers=0,
-                        device=args.device, seed=seed, epochs=args.epochs, layers=args.layers,
+                        device=args.device, seed=seed, epochs=epochs, layers=args.layers,
                         init_channels=args.init_channels, batch_size=batch, accumulate=accumulate,
                         steps_per_epoch=args.images_per_epoch // global_batch, base_batch_size=args.base_batch,
                         noise_scale_every=max(1, steps_per_epoch(args, multiplier) // 4),
@@ -275,7 +286,8 @@ def run_one(job: tuple) -> dict:
 def expected_seconds(args, runs: list[tuple]) -> float:
     """The study's expected wall time: seconds per training image of a short calibration search step at the base
     batch (alphas and weights), times the images every run's search processes, over the runs at a time (the short
-    retrains come on top)."""
+    retrains come on top; the noise-epochs arm counts the study's epochs until the 1x searches have measured
+    B_noise)."""
     from dist_darts.config import search_rates
     from dist_darts.job import autocast_factory
     from dist_darts.spaces.cnn.supernet import Network
@@ -329,6 +341,18 @@ def last_measured(values: list):
     return next((v for v in reversed(values) if v is not None), None)
 
 
+def reference_noise_scale(rows: list[dict]) -> float | None:
+    """The theory's bound, from the 1x searches: the median over seeds of the smaller of the weights' and the
+    alphas' last B_noise (None before any is measured)."""
+    measured = []
+    for r in rows:
+        last = [v for v in (last_measured(r["noise_scale_weights"]), last_measured(r["noise_scale_alphas"]))
+                if v is not None]
+        if r["arm"] == PAPER and last:
+            measured.append(min(last))
+    return statistics.median(measured) if measured else None
+
+
 def plot(path: str, rows: list[dict], args, panels: list[tuple[str, str]]) -> str | None:
     plt = _bench.pyplot()
     if plt is None:
@@ -379,6 +403,7 @@ def main(argv=None) -> None:
         if runs:  # a finished study's table is no partial one
             partial = f" (partial: {len(plan(args)) - len(runs)} of {len(plan(args))} runs; the study goes on)"
         runs = []
+    args.b_noise = reference_noise_scale(rows)
     expected = expected_seconds(args, runs) if runs else 0.0
     unit = "GPU-hours" if args.device == "cuda" else "core-hours"
     print(f"{len(runs)} searches, {args.jobs} at a time: expected {expected / 3600:.2f} h of wall time "
@@ -388,12 +413,21 @@ def main(argv=None) -> None:
         devices = multiprocessing.get_context("spawn").Manager().Queue()
         for i in range(args.jobs):
             devices.put(i % args.gpus)
-    with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(runs) or 1), _init_worker, (devices,)) as pool:
-        for row in pool.imap_unordered(run_one, [(args, run) for run in runs], chunksize=1):
-            rows.append(row)
-            if args.rows:
-                with open(args.rows, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+    # the arm whose epochs follow the 1x searches' B_noise runs after them
+    later = [run for run in runs if ARMS.get(run[2], {}).get("noise_epochs")]
+    for phase in ([run for run in runs if run not in later], later):
+        if not phase:
+            continue
+        args.b_noise = reference_noise_scale(rows)  # the later phase's, once the first has run the 1x searches
+        if phase is later and args.b_noise is None:
+            raise SystemExit("the arm linear+warm-up+noise epochs: the 1x searches measured no noise scale")
+        with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(phase)), _init_worker,
+                                                       (devices,)) as pool:
+            for row in pool.imap_unordered(run_one, [(args, run) for run in phase], chunksize=1):
+                rows.append(row)
+                if args.rows:
+                    with open(args.rows, "a") as f:
+                        f.write(json.dumps(row) + "\n")
     cells = set(plan(args))  # a rows file may hold more than this command's cells
     rows = sorted((r for r in rows if run_key(r) in cells), key=lambda r: (
         r["multiplier"], r["bn"] != "global", ([PAPER] + args.arms).index(r["arm"]), r["seed"]))  # the table's order
@@ -413,12 +447,7 @@ def summarize(rows: list[dict], args, title_note: str) -> None:
     for r in rows:
         r["param_free_normal"] = collapse.cell_counts(gt.from_dict(r["genotype"]))["param_free_normal"]
     paper = [r for r in rows if r["arm"] == PAPER]
-    # the theory's bound, from the 1x searches: the smaller of the weights' and the alphas' last B_noise
-    measured = [min(v for v in (last_measured(r["noise_scale_weights"]), last_measured(r["noise_scale_alphas"]))
-                    if v is not None) for r in paper
-                if any(v is not None for v in (last_measured(r["noise_scale_weights"]),
-                                               last_measured(r["noise_scale_alphas"])))]
-    b_noise = statistics.median(measured) if measured else None
+    b_noise = reference_noise_scale(rows)
     header = ["global batch", "arm", "BN", "seeds", "steps", "search val top-1 %", "agreement with other seeds' 1x",
               "cell stability (last 3 epochs)", "param-free ops, normal (of 8)", "retrain top-1 %",
               "B_noise weights", "B_noise alphas", "batch / B_noise(1x)", "search s"]

@@ -176,5 +176,14 @@ def suggestion(values: dict, global_batch: int, per_rank: int, world_size: int) 
     change = ("as many as now" if ranks == world_size else
               f"{ranks - world_size} more than now" if ranks > world_size else f"{world_size - ranks} fewer than now")
     ratio = global_batch / critical
+    more = ", ".join(f"{k}x {epochs_factor(global_batch, k * global_batch, critical):.2f}" for k in (2, 4, 8))
     return (f"global batch {global_batch} is {ratio:.2g}x the smaller measured B_noise ({critical:.0f}): up to about "
-            f"{ranks} rank(s) of {per_rank} images per step ({change}) still cut the steps nearly in proportion")
+            f"{ranks} rank(s) of {per_rank} images per step ({change}) still cut the steps nearly in proportion; "
+            f"the epochs that reach the same loss at a larger global batch, as a multiple of these: {more}")
+
+
+def epochs_factor(batch: int, larger: int, b_noise: float) -> float:
+    """How many times the epochs at `batch` a search at `larger` needs to reach the same loss. McCandlish et al.
+    (2018): the steps to a given loss are S_min (1 + B_noise / B), so the images, steps times B, are
+    S_min (B + B_noise); their ratio between the two batches is the epochs' (docs/large-batch.md tests it)."""
+    return (larger + b_noise) / (batch + b_noise)

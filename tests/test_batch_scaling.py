@@ -392,13 +392,13 @@ def _study():
 
 
 def test_the_default_study_settles_at_1x_and_covers_every_cell():
-    """The CPU study's plan: 1,000 steps at 1x, 5 batches x 6 arms x 3 seeds, both BatchNorm choices at 8x; the
+    """The CPU study's plan: 1,000 steps at 1x, 5 batches x 7 arms x 3 seeds, both BatchNorm choices at 8x; the
     cifar10 preset is the paper's supernet and search."""
     study = _study()
     args = study.parse_args([])
     assert study.steps_per_epoch(args, 1) * args.epochs >= 1000
     runs = study.plan(args)
-    assert len(runs) == 3 * (1 + 4 * 6 + 6)
+    assert len(runs) == 3 * (1 + 4 * 7 + 7)
     assert {bn for _, m, _, bn in runs if m == 8} == {"global", "per-gpu"}
     per_gpu = study.search_config(args, 0, 8, "+LARS", "per-gpu", "x")
     assert (per_gpu.batch_size, per_gpu.accumulate, per_gpu.optimizer, per_gpu.epoch_scaling) == (16, 8, "lars",
@@ -409,6 +409,27 @@ def test_the_default_study_settles_at_1x_and_covers_every_cell():
     assert config.search_rates(paper, 1)["learning_rate"] == 0.025  # the paper's search at the base batch
     cifar = study.parse_args(["--preset", "cifar10", "--data-dir", "/data"])
     assert (cifar.layers, cifar.init_channels, cifar.base_batch, cifar.epochs, cifar.device) == (8, 16, 64, 50, "cuda")
+
+
+def test_the_noise_epochs_arm_runs_the_epochs_the_1x_searches_noise_scale_asks_for():
+    """Its B_noise is the median over the 1x seeds of the smaller of the weights' and the alphas' last measurement;
+    its epochs are ceil(E (B + B_noise) / (B0 + B_noise)), its rates those of linear+warm-up."""
+    study = _study()
+    args = study.parse_args([])
+
+    def paper(weights, alphas):
+        return {"arm": study.PAPER, "noise_scale_weights": weights, "noise_scale_alphas": alphas}
+    rows = [paper([None, 900.0], [685.0, None]), paper([None, 500.0], [None]), paper([2000.0], [1500.0]),
+            paper([None], [None]), dict(paper([10.0], [10.0]), arm="none")]
+    args.b_noise = study.reference_noise_scale(rows)
+    assert args.b_noise == 685.0  # the median of 685, 500 and 1,500; the unmeasured and the other arms left out
+    arm = "linear+warm-up+noise epochs"
+    epochs = {m: study.search_config(args, 0, m, arm, "global", "x").epochs for m in (2, 8, 16)}
+    assert epochs == {2: 26, 8: 29, 16: 34}  # 25 x (32 + 685) / 701 = 25.6; 25 x 813 / 701 = 28.99; 33.6
+    ours, linear = (study.search_config(args, 0, 16, a, "global", "x") for a in (arm, "linear+warm-up"))
+    for key in ("lr_scaling", "arch_lr_scaling", "warmup_epochs", "arch_warmup_epochs", "epoch_scaling"):
+        assert getattr(ours, key) == getattr(linear, key), key
+    assert study.reference_noise_scale(rows[3:]) is None
 
 
 def test_the_study_runs_what_answers_first_and_resumes_from_its_rows_file(tmp_path):

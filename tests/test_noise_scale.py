@@ -3,6 +3,7 @@ one process over the same micro-batches, and invisible to the search step it mea
 
 import contextlib
 import json
+import math
 import os
 
 import pytest
@@ -18,7 +19,7 @@ from dist_darts.config import SearchConfig
 from dist_darts.distributed import all_reduce_mean_, close_distributed, init_distributed
 from dist_darts.parallel import prepare_model
 from dist_darts.methods import WEIGHT_STEP
-from dist_darts.noise_scale import NoiseScale, NoiseScaleMonitor, estimates, suggestion
+from dist_darts.noise_scale import NoiseScale, NoiseScaleMonitor, epochs_factor, estimates, suggestion
 from dist_darts.search import search_step
 from dist_darts.spaces.cnn.supernet import Network
 from helpers import Smooth, free_port
@@ -200,9 +201,19 @@ def test_a_search_logs_the_noise_scale_everywhere(tmp_path, caplog):
 def test_the_suggestion_counts_the_ranks_that_still_pay():
     text = suggestion({"noise_scale_weights": 900.0, "noise_scale_alphas": 300.0}, 64, 64, 1)
     assert "4 rank(s) of 64 images" in text and "3 more than now" in text
+    # (2 * 64 + 300) / (64 + 300) = 1.18, (4 * 64 + 300) / 364 = 1.53, (8 * 64 + 300) / 364 = 2.23
+    assert text.endswith("as a multiple of these: 2x 1.18, 4x 1.53, 8x 2.23")
     assert "2 fewer than now" in suggestion({"noise_scale_weights": 130.0, "noise_scale_alphas": None}, 256, 64, 4)
     assert "no noise-scale measurement" in suggestion({"noise_scale_weights": None, "noise_scale_alphas": None},
                                                       64, 64, 1)
+
+
+def test_the_epochs_a_larger_batch_needs_follow_the_steps_to_a_given_loss():
+    # far below B_noise the steps cut in proportion (the same epochs); far above, the steps stay (k times the epochs)
+    assert epochs_factor(16, 128, 1e9) == pytest.approx(1.0, abs=1e-6)
+    assert epochs_factor(16, 128, 1e-9) == pytest.approx(8.0)
+    # the digits study's 16x: (256 + 685) / (16 + 685) = 1.34, a 25-epoch search wants 34
+    assert math.ceil(25 * epochs_factor(16, 256, 685)) == 34
 
 
 def test_the_average_is_none_until_the_signal_is_measurable():
