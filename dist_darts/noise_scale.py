@@ -1,6 +1,6 @@
 """The gradient noise scale B_noise = tr(Sigma) / |G|^2 of the weights and of the alphas (McCandlish et al. 2018,
-"An Empirical Model of Large-Batch Training", appendix A.1): about the largest global batch that still cuts the
-steps a search needs nearly in proportion; far above it a larger batch buys little.
+"An Empirical Model of Large-Batch Training", appendix A.1): well below it a larger global batch cuts the steps a
+search needs nearly in proportion, at it half as much (twice the ideal's epochs), far above it hardly at all.
 
 From the squared gradient norms at two batch sizes b < B, unbiased estimates of the two parts are
 
@@ -178,8 +178,9 @@ def suggestion(values: dict, global_batch: int, per_rank: int, world_size: int) 
     ratio = global_batch / critical
     more = ", ".join(f"{k}x {epochs_factor(global_batch, k * global_batch, critical):.2f}" for k in (2, 4, 8))
     return (f"global batch {global_batch} is {ratio:.2g}x the smaller measured B_noise ({critical:.0f}): up to about "
-            f"{ranks} rank(s) of {per_rank} images per step ({change}) still cut the steps nearly in proportion; "
-            f"the epochs that reach the same loss at a larger global batch, as a multiple of these: {more}")
+            f"{ranks} rank(s) of {per_rank} images per step ({change}) still cut the steps, each needing more epochs "
+            f"(twice the ideal's at B_noise); the epochs that reach the same loss at a larger global batch, as a "
+            f"multiple of these: {more}")
 
 
 def epochs_factor(batch: int, larger: int, b_noise: float) -> float:
