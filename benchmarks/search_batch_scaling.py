@@ -11,8 +11,9 @@ settle: the 1x search runs at least 1,000 optimiser steps. The arms, each adding
 - defaults: what `dist-darts search` does at that batch with no rule flag given (docs/large-batch.md), the arm a
   user gets;
 - linear+warm-up+noise epochs: linear+warm-up with the epochs the gradient noise scale asks for at that batch,
-  ceil(E (B + B_noise) / (B0 + B_noise)) (noise_scale.epochs_factor, what the end-of-search summary advises), with
-  B_noise the median measured by this study's 1x searches: its runs start once those are finished.
+  (B + B_noise) / (B0 + B_noise) times the 1x search's images (noise_scale.epochs_factor, what the end-of-search
+  summary advises) in epochs of this batch's whole batches, with B_noise the median measured by this command's 1x
+  searches: its runs start once those are finished.
 
 At 1x every arm is the paper's search (warm-up and freeze apply only above 1x), so it runs once per seed. At 8x both
 BatchNorm choices run: over the global batch (SyncBatchNorm; one process with the global batch) and per GPU (8
@@ -239,8 +240,11 @@ def search_config(args, seed: int, multiplier: int, arm: str, bn: str, output: s
     global_batch = args.base_batch * multiplier
     epochs = args.epochs
     if noise_epochs and args.b_noise is not None:  # (None only in the time estimate before the 1x searches end)
+        # the images the factor asks for, in this batch's epochs: a 16x epoch of 640 images holds 2 batches of 256;
         # rounded first: 25 x 1.2 is 30, not 31
-        epochs = math.ceil(round(args.epochs * epochs_factor(args.base_batch, global_batch, args.b_noise), 6))
+        images = args.epochs * steps_per_epoch(args, 1) * args.base_batch
+        epochs = math.ceil(round(images * epochs_factor(args.base_batch, global_batch, args.b_noise)
+                                 / (steps_per_epoch(args, multiplier) * global_batch), 6))
     return SearchConfig(dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size, workers=0,
                         device=args.device, seed=seed, epochs=epochs, layers=args.layers,
                         init_channels=args.init_channels, batch_size=batch, accumulate=accumulate,
@@ -275,6 +279,8 @@ def run_one(job: tuple) -> dict:
                "epoch_genotypes": [h["genotype"] for h in history],
                "noise_scale_weights": [h["noise_scale_weights"] for h in history],
                "noise_scale_alphas": [h["noise_scale_alphas"] for h in history]}
+        if ARMS.get(arm, {}).get("noise_epochs"):
+            row["reference_b_noise"] = args.b_noise  # what set its epochs
         if args.retrain_epochs:
             row.update(_bench.short_retrain(args.dataset, f"{tmp}/search/genotype.json", seed, args.retrain_epochs,
                                            args.retrain_steps, args.retrain_layers, args.retrain_channels,
@@ -403,24 +409,28 @@ def main(argv=None) -> None:
         if runs:  # a finished study's table is no partial one
             partial = f" (partial: {len(plan(args)) - len(runs)} of {len(plan(args))} runs; the study goes on)"
         runs = []
-    args.b_noise = reference_noise_scale(rows)
+    cells = set(plan(args))  # a rows file may hold more than this command's cells
+    args.b_noise = reference_noise_scale([r for r in rows if run_key(r) in cells])
     expected = expected_seconds(args, runs) if runs else 0.0
     unit = "GPU-hours" if args.device == "cuda" else "core-hours"
     print(f"{len(runs)} searches, {args.jobs} at a time: expected {expected / 3600:.2f} h of wall time "
           f"({expected * args.jobs / 3600:.2f} {unit} of searching, the short retrains on top)", flush=True)
-    devices = None
-    if args.device == "cuda":
-        devices = multiprocessing.get_context("spawn").Manager().Queue()
-        for i in range(args.jobs):
-            devices.put(i % args.gpus)
     # the arm whose epochs follow the 1x searches' B_noise runs after them
     later = [run for run in runs if ARMS.get(run[2], {}).get("noise_epochs")]
     for phase in ([run for run in runs if run not in later], later):
         if not phase:
             continue
-        args.b_noise = reference_noise_scale(rows)  # the later phase's, once the first has run the 1x searches
+        # the later phase's, once the first has run the 1x searches
+        args.b_noise = reference_noise_scale([r for r in rows if run_key(r) in cells])
         if phase is later and args.b_noise is None:
-            raise SystemExit("the arm linear+warm-up+noise epochs: the 1x searches measured no noise scale")
+            print("the arm linear+warm-up+noise epochs did not run: the 1x searches measured no noise scale",
+                  flush=True)
+            break
+        devices = None  # each pool's workers take a GPU each from a queue of their own
+        if args.device == "cuda":
+            devices = multiprocessing.get_context("spawn").Manager().Queue()
+            for i in range(args.jobs):
+                devices.put(i % args.gpus)
         with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(phase)), _init_worker,
                                                        (devices,)) as pool:
             for row in pool.imap_unordered(run_one, [(args, run) for run in phase], chunksize=1):
@@ -428,7 +438,6 @@ def main(argv=None) -> None:
                 if args.rows:
                     with open(args.rows, "a") as f:
                         f.write(json.dumps(row) + "\n")
-    cells = set(plan(args))  # a rows file may hold more than this command's cells
     rows = sorted((r for r in rows if run_key(r) in cells), key=lambda r: (
         r["multiplier"], r["bn"] != "global", ([PAPER] + args.arms).index(r["arm"]), r["seed"]))  # the table's order
     references = [r for r in rows if r["arm"] == PAPER]

@@ -413,7 +413,7 @@ def test_the_default_study_settles_at_1x_and_covers_every_cell():
 
 def test_the_noise_epochs_arm_runs_the_epochs_the_1x_searches_noise_scale_asks_for():
     """Its B_noise is the median over the 1x seeds of the smaller of the weights' and the alphas' last measurement;
-    its epochs are ceil(E (B + B_noise) / (B0 + B_noise)), its rates those of linear+warm-up."""
+    its epochs hold (B + B_noise) / (B0 + B_noise) times the 1x search's images, its rates those of linear+warm-up."""
     study = _study()
     args = study.parse_args([])
 
@@ -425,7 +425,9 @@ def test_the_noise_epochs_arm_runs_the_epochs_the_1x_searches_noise_scale_asks_f
     assert args.b_noise == 685.0  # the median of 685, 500 and 1,500; the unmeasured and the other arms left out
     arm = "linear+warm-up+noise epochs"
     epochs = {m: study.search_config(args, 0, m, arm, "global", "x").epochs for m in (2, 8, 16)}
-    assert epochs == {2: 26, 8: 29, 16: 34}  # 25 x (32 + 685) / 701 = 25.6; 25 x 813 / 701 = 28.99; 33.6
+    # 25 x (32 + 685) / 701 = 25.6; 25 x 813 / 701 = 28.99; at 16x an epoch holds 512 of the 640 images (2 batches
+    # of 256), so the 16,000 x 941 / 701 images the factor asks for take 42 epochs
+    assert epochs == {2: 26, 8: 29, 16: 42}
     ours, linear = (study.search_config(args, 0, 16, a, "global", "x") for a in (arm, "linear+warm-up"))
     for key in ("lr_scaling", "arch_lr_scaling", "warmup_epochs", "arch_warmup_epochs", "epoch_scaling"):
         assert getattr(ours, key) == getattr(linear, key), key
