@@ -420,12 +420,12 @@ def main(argv=None) -> None:
     for phase in ([run for run in runs if run not in later], later):
         if not phase:
             continue
-        # the later phase's, once the first has run the 1x searches
-        args.b_noise = reference_noise_scale([r for r in rows if run_key(r) in cells])
-        if phase is later and args.b_noise is None:
-            print("the arm linear+warm-up+noise epochs did not run: the 1x searches measured no noise scale",
-                  flush=True)
-            break
+        if phase is later:  # the first phase may have run the 1x searches since the estimate's value
+            args.b_noise = reference_noise_scale([r for r in rows if run_key(r) in cells])
+            if args.b_noise is None:
+                print("the arm linear+warm-up+noise epochs did not run: the 1x searches measured no noise scale",
+                      flush=True)
+                break
         devices = None  # each pool's workers take a GPU each from a queue of their own
         if args.device == "cuda":
             devices = multiprocessing.get_context("spawn").Manager().Queue()
